@@ -1,0 +1,66 @@
+"""Marker layers that tell the probe which outputs a^(l) to measure (SPEC §2).
+
+A builder that knows its architecture (``cb_keras.models``) places these
+identity layers in the forward graph; `cb_keras.probe` finds them and reads
+the measured tensor from them. They change nothing in the forward pass, hold
+no weights and save and load with the model.
+
+- `Tap`: marks its input, shape ``(batch, ...)``, as a measured output.
+- `ScaledBranchTap`: marks the residual branch of a block. It is called on
+  ``[branch, conv1, conv2]`` (the branch before the addition and the outputs
+  of the block's two convolutions), returns ``branch`` unchanged, and the
+  probe measures ``branch * s1 * s2`` with ``s_k = 1 / sqrt(var(conv_k) +
+  1e-6)``, the variance taken over the whole evaluated batch tensor (all
+  axes), as the reference implementation scales it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+BRANCH_SCALE_EPSILON = 1e-6
+
+
+@keras.saving.register_keras_serializable(package="cb_keras")
+class Tap(keras.layers.Layer):
+    """Identity layer marking its input as a measured layer output a^(l)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def measured(self, inputs):
+        """The tensor to measure, built from this layer's (symbolic) inputs."""
+        return inputs
+
+
+@keras.saving.register_keras_serializable(package="cb_keras")
+class ScaledBranchTap(Tap):
+    """Identity on a residual branch; measured as branch * s(conv1) * s(conv2).
+
+    Call it as ``ScaledBranchTap(name=...)([branch, conv1, conv2])``; it
+    returns ``branch``. ``measured`` gives the reference scaling of SPEC §2.
+    """
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def measured(self, inputs):
+        branch, conv1, conv2 = inputs
+        branch = keras.ops.cast(branch, "float32")
+        return branch * _inverse_std(conv1) * _inverse_std(conv2)
+
+
+def _inverse_std(x):
+    """1 / sqrt(var(x) + 1e-6), variance over all axes of the batch tensor."""
+    x = keras.ops.cast(x, "float32")
+    return keras.ops.rsqrt(keras.ops.var(x) + BRANCH_SCALE_EPSILON)
