@@ -1,0 +1,44 @@
+"""Test session setup: quiet TensorFlow, two logical CPU devices, shared fixtures.
+
+Two logical CPU devices must be configured before TensorFlow initialises its
+runtime, so it happens here at import time; tests of
+`tf.distribute.MirroredStrategy` use them (`cpu_devices` fixture).
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = pathlib.Path(os.environ.get("CB_KERAS_FIXTURES", SHARED / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def cpu_devices() -> list[str]:
+    """Names of the two logical CPU devices, for MirroredStrategy tests."""
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+@pytest.fixture(scope="session")
+def bundle_cases() -> dict:
+    """The golden cases of shared/fixtures/bundle_cases.npz as a dict of arrays."""
+    with np.load(FIXTURES / "bundle_cases.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def optimizer_cases() -> dict:
+    """The golden trajectories of shared/fixtures/optimizer_cases.npz."""
+    with np.load(FIXTURES / "optimizer_cases.npz") as data:
+        return {key: data[key] for key in data.files}
