@@ -30,19 +30,33 @@ loop, O(N^2 * D) for a healthy layer. Here:
 1. `transform` computes ``t`` with separate float32 TensorFlow ops, so every
    operation rounds exactly as the reference (no fused multiply-add; the
    scalars enter as tensors, so no constant folding reassociates them).
-2. `fingerprint` turns each row into K = 3 integers. The float32 bit pattern
-   of every component (``-0.0`` canonicalised to ``+0.0`` so that float
-   equality and bit equality agree) is split into two 16-bit halves h, and
-   each fingerprint is ``sum_d h_d * r_d`` with fixed pseudo-random weights
-   ``r_d`` in ``[0, 2^22)``. The sum never exceeds ``2^63`` for
-   ``D <= 2^23`` features, so it is computed exactly in int64, in any order,
-   on any device: equal rows *always* get equal fingerprints.
-   Distinct rows differ in some half by a nonzero ``delta`` with
-   ``|delta| < 2^16``; with all other weights fixed, at most one value of
-   that half's weight makes the sums agree, so one fingerprint collides with
-   probability at most ``2^-22`` and all three with at most ``2^-66`` per
-   pair of rows: for N = 512 (about 1.3e5 pairs) below ``2e-15`` per layer.
-   The kernel is one fused XLA loop over the ``(N, D)`` elements.
+2. `fingerprint` turns each row into K = 4 integers. Float equality of two
+   rows of ``t`` is bit equality (``t`` is never ``-0.0``, since ``w_max``
+   is ``+0.0`` or positive, and NaN/inf rows are flagged, not grouped). The
+   float32 bit pattern of every component is split into two 16-bit halves h, and
+   each fingerprint is ``sum_d h_d * r_d`` over the 2D halves, with fixed
+   pseudo-random integer weights ``r_d`` in ``[0, 2^k)``. The halves and
+   weights are held in float64 and k is chosen so that every partial sum
+   stays below ``2^53`` (``k = min(24, 37 - ceil(log2(2D)))``): the product
+   is then computed *exactly*, in any summation order, on any device, by one
+   BLAS matrix product. Equal rows therefore *always* get equal fingerprints.
+   Distinct rows differ in some half by a nonzero ``delta``; with all other
+   weights fixed, at most one value of that half's weight makes the two sums
+   agree, so one fingerprint collides with probability at most ``2^-k`` and
+   all four with at most ``2^-4k`` per pair of rows:
+
+   =====================  ====  ==========================  ==================
+   features D             k     collision bound per pair    N = 512 (1.3e5 pairs)
+   =====================  ====  ==========================  ==================
+   <= 4096                24    2^-96                       < 1e-23
+   16384                  22    2^-88                       < 1e-21
+   131072 (= 2^17)        19    2^-76                       < 2e-18
+   1048576 (= 2^20, max)  16    2^-64                       < 1e-14
+   =====================  ====  ==========================  ==================
+
+   The transform runs as ordinary TensorFlow ops; only the integer part is
+   compiled with XLA (one fused pass plus the matrix product), because XLA
+   may contract the transform's multiply and subtract into one rounding.
 3. `bundle_stats` groups identical fingerprint rows (a sort, O(N log N)) and
    computes the three numbers with segment sums.
 
@@ -54,16 +68,18 @@ exactly that inside its own `tf.function`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 ENTROPY_EPSILON = 1e-5
-FINGERPRINT_HASHES = 3
-HASH_WEIGHT_BITS = 22
-MAX_FEATURES = 2**23
+FINGERPRINT_HASHES = 4
+MAX_WEIGHT_BITS = 24
+MAX_FEATURES = 2**20
 _HASH_SEED = (20201104, 21030467)
+_EXPONENT_MASK = 0x7F800000  # all exponent bits set: inf or NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,37 +125,65 @@ def transform(activations: tf.Tensor, weight_amplitude: tf.Tensor,
 
 def fingerprint(activations: tf.Tensor, weight_amplitude: tf.Tensor,
                 learning_rate: tf.Tensor, inverse_batch_size: tf.Tensor) -> tf.Tensor:
-    """Per-sample fingerprints of the transformed outputs, shape (N, 3) int64.
+    """Per-sample fingerprints of the transformed outputs, shape (N, 4) int64.
 
     Rows of `transform` that are equal (float equality) give equal rows here;
-    distinct rows collide with probability <= 2^-66 (module docstring).
+    distinct rows collide with probability <= 2^-64 (module docstring). A row
+    holding NaN or inf gets the fingerprint (-1, -1, -1, -1) (see
+    `diverged`); every other fingerprint is >= 0.
+
     Traceable; arguments as in `transform`. Works on any batch of samples:
     the fingerprints of a layer can be computed batch by batch and
-    concatenated along axis 0.
+    concatenated along axis 0. Do not call it under ``jit_compile=True``:
+    XLA contracts multiply and subtract into fused multiply-adds, which
+    rounds `transform` differently from the reference; the hashing part
+    compiles itself with XLA where that is exact.
     """
     t = transform(activations, weight_amplitude, learning_rate, inverse_batch_size)
     features = t.shape[1]
-    if features is not None and features > MAX_FEATURES:
+    if features is None:
+        raise ValueError(
+            f"activations of shape {activations.shape} have no static feature size; "
+            "build the model with a fixed input shape (all but the batch axis).")
+    if features > MAX_FEATURES:
         raise ValueError(
             f"A layer with {features} features per sample is larger than the "
             f"{MAX_FEATURES} the exact fingerprint supports; measure a smaller "
-            "layer (e.g. after pooling) or fewer spatial positions.")
-    t = tf.where(tf.equal(t, 0.0), tf.zeros_like(t), t)  # -0.0 -> +0.0
-    return _hash_rows(tf.bitcast(t, tf.int32))
+            "layer (e.g. after pooling).")
+    return _hash_rows(tf.bitcast(t, tf.int32), _weight_bits(features))
+
+
+def diverged(fingerprints: tf.Tensor) -> tf.Tensor:
+    """Boolean scalar tensor: does any row of `fingerprints` come from NaN/inf?"""
+    return tf.reduce_any(fingerprints < 0)
+
+
+def _weight_bits(features: int) -> int:
+    """Bits k of the hash weights so that every sum stays below 2^53 (exact in float64).
+
+    A sum has 2 * features terms, each below 2^16 * 2^k.
+    """
+    return min(MAX_WEIGHT_BITS, 53 - 16 - math.ceil(math.log2(2 * features)))
 
 
 @tf.function(jit_compile=True)
-def _hash_rows(bits: tf.Tensor) -> tf.Tensor:
-    """K exact weighted sums of the 16-bit halves of each row, (N, D) -> (N, K)."""
-    features = tf.shape(bits)[1]
-    weights = tf.random.stateless_uniform(
-        [2, FINGERPRINT_HASHES, features], seed=_HASH_SEED,
-        minval=0, maxval=2**HASH_WEIGHT_BITS, dtype=tf.int64)
-    unsigned = tf.bitwise.bitwise_and(tf.cast(bits, tf.int64), 0xFFFFFFFF)
-    low = tf.bitwise.bitwise_and(unsigned, 0xFFFF)
-    high = tf.bitwise.right_shift(unsigned, 16)
-    return (tf.reduce_sum(low[:, None, :] * weights[0][None], axis=-1)
-            + tf.reduce_sum(high[:, None, :] * weights[1][None], axis=-1))
+def _hash_rows(bits: tf.Tensor, weight_bits: int) -> tf.Tensor:
+    """Exact weighted sums of the 16-bit halves of each row: (N, D) int32 -> (N, 4) int64.
+
+    The halves and the weights are integers held exactly in float64, and
+    every partial sum stays below 2^53, so the matrix product is exact in
+    any summation order (and fast: one BLAS call).
+    """
+    features = bits.shape[1]
+    weights = tf.cast(tf.random.stateless_uniform(
+        [2, features, FINGERPRINT_HASHES], seed=_HASH_SEED,
+        minval=0, maxval=2**weight_bits, dtype=tf.int64), tf.float64)
+    low = tf.cast(tf.bitwise.bitwise_and(bits, 0xFFFF), tf.float64)
+    high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 0xFFFF), tf.float64)
+    sums = tf.cast(tf.matmul(low, weights[0]) + tf.matmul(high, weights[1]), tf.int64)
+    exponent = tf.bitwise.bitwise_and(bits, _EXPONENT_MASK)
+    finite = tf.reduce_all(tf.not_equal(exponent, _EXPONENT_MASK), axis=1, keepdims=True)
+    return tf.where(finite, sums, tf.constant(-1, tf.int64))
 
 
 def bundle_stats(fingerprints: tf.Tensor, labels: tf.Tensor,
@@ -176,11 +220,17 @@ def scalars(weight_amplitude: float, learning_rate: float,
         raise ValueError(
             f"weight_amplitude is {weight_amplitude}: the model's weights are not "
             "finite, so training diverged; lower the learning rate.")
+    if weight_amplitude < 0:
+        raise ValueError(
+            f"weight_amplitude must be >= 0 (it is a max |w|), got {weight_amplitude!r}; "
+            "use cb_keras.weight_amplitude(model).")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
     if isinstance(batch_size, bool) or not float(batch_size).is_integer() or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    return (tf.constant(weight_amplitude, tf.float32),
+    # `+ 0.0` turns -0.0 into +0.0, so that t = w_max - x is never -0.0 and
+    # float equality of rows is bit equality of rows.
+    return (tf.constant(float(weight_amplitude) + 0.0, tf.float32),
             tf.constant(learning_rate, tf.float32),
             tf.constant(1.0 / int(batch_size), tf.float32))
 
@@ -218,12 +268,19 @@ def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
     return tf.cast(labels, tf.int32)
 
 
-def check_finite(activations: tf.Tensor, layer: str = "activations") -> None:
-    """Raise ValueError if `activations` hold NaN or inf (training diverged)."""
-    if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(activations, tf.float32)))):
-        raise ValueError(
-            f"{layer} contain NaN or inf: training diverged, so bundles are not "
-            "defined. Lower the learning rate or check the input data.")
+def divergence_error(layer: str = "activations") -> ValueError:
+    """The error for a layer whose outputs hold NaN or inf (training diverged)."""
+    return ValueError(
+        f"{layer} contain NaN or inf: training diverged, so bundles are not "
+        "defined. Lower the learning rate or check the input data.")
+
+
+@tf.function
+def _layer_metrics(activations, labels, weight_amplitude, learning_rate,
+                   inverse_batch_size, num_classes):
+    """One graph for `bundle_metrics`: fingerprints, grouping, metrics, divergence flag."""
+    fingerprints = fingerprint(activations, weight_amplitude, learning_rate, inverse_batch_size)
+    return bundle_stats(fingerprints, labels, num_classes) + (diverged(fingerprints),)
 
 
 def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
@@ -263,9 +320,10 @@ def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
         raise ValueError(f"activations must have shape (N, ...), got {activations.shape}.")
     labels = check_labels(labels, activations.shape[0], num_classes)
     wmax, lr, inverse_bs = scalars(weight_amplitude, learning_rate, batch_size)
-    check_finite(activations)
-    fingerprints = fingerprint(activations, wmax, lr, inverse_bs)
-    num_bundles, entropy, max_accuracy = bundle_stats(fingerprints, labels, num_classes)
+    num_bundles, entropy, max_accuracy, is_diverged = _layer_metrics(
+        activations, labels, wmax, lr, inverse_bs, int(num_classes))
+    if is_diverged:
+        raise divergence_error()
     return BundleMetrics(int(num_bundles), float(entropy), float(max_accuracy))
 
 
