@@ -172,15 +172,24 @@ def _hash_rows(bits: tf.Tensor, weight_bits: int) -> tf.Tensor:
 
     The halves and the weights are integers held exactly in float64, and
     every partial sum stays below 2^53, so the matrix product is exact in
-    any summation order (and fast: one BLAS call).
+    any summation order (and fast: one BLAS call). A collapsed layer (all
+    rows equal, found in one fused pass) only hashes its first row.
     """
     features = bits.shape[1]
     weights = tf.cast(tf.random.stateless_uniform(
         [2, features, FINGERPRINT_HASHES], seed=_HASH_SEED,
         minval=0, maxval=2**weight_bits, dtype=tf.int64), tf.float64)
-    low = tf.cast(tf.bitwise.bitwise_and(bits, 0xFFFF), tf.float64)
-    high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 0xFFFF), tf.float64)
-    sums = tf.cast(tf.matmul(low, weights[0]) + tf.matmul(high, weights[1]), tf.int64)
+
+    def weighted_sums(rows):
+        low = tf.cast(tf.bitwise.bitwise_and(rows, 0xFFFF), tf.float64)
+        high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(rows, 16), 0xFFFF),
+                       tf.float64)
+        return tf.cast(tf.matmul(low, weights[0]) + tf.matmul(high, weights[1]), tf.int64)
+
+    collapsed = tf.reduce_all(tf.equal(bits, bits[:1]))
+    sums = tf.cond(collapsed,
+                   lambda: tf.tile(weighted_sums(bits[:1]), [tf.shape(bits)[0], 1]),
+                   lambda: weighted_sums(bits))
     exponent = tf.bitwise.bitwise_and(bits, _EXPONENT_MASK)
     finite = tf.reduce_all(tf.not_equal(exponent, _EXPONENT_MASK), axis=1, keepdims=True)
     return tf.where(finite, sums, tf.constant(-1, tf.int64))
