@@ -28,8 +28,11 @@ The reference implementation compares rows one sample at a time in a Python
 loop, O(N^2 * D) for a healthy layer. Here:
 
 1. `transform` computes ``t`` with separate float32 TensorFlow ops, so every
-   operation rounds exactly as the reference (no fused multiply-add; the
-   scalars enter as tensors, so no constant folding reassociates them).
+   operation rounds exactly as the reference: no fused multiply-add (it is
+   never compiled with XLA, which contracts multiply and subtract), and no
+   reassociation (the scalars enter as tensors, so constant folding leaves
+   them alone, and the multiplies are ops that Grappler's arithmetic
+   optimizer does not reorder).
 2. `fingerprint` turns each row into K = 4 integers. Float equality of two
    rows of ``t`` is bit equality (``t`` is never ``-0.0``, since ``w_max``
    is ``+0.0`` or positive, and NaN/inf rows are flagged, not grouped). The
@@ -120,7 +123,12 @@ def transform(activations: tf.Tensor, weight_amplitude: tf.Tensor,
     """
     a = tf.cast(activations, tf.float32)
     a = tf.reshape(a, [tf.shape(a)[0], -1])
-    return weight_amplitude - ((a * learning_rate) * inverse_batch_size)
+    # MulNoNan equals Mul for the nonzero lr and 1/bs, but Grappler's
+    # arithmetic optimizer does not reassociate it: a chain of Mul ops with
+    # scalars would become a * (lr * (1/bs)), which rounds differently.
+    scaled = tf.math.multiply_no_nan(tf.math.multiply_no_nan(a, learning_rate),
+                                     inverse_batch_size)
+    return weight_amplitude - scaled
 
 
 def fingerprint(activations: tf.Tensor, weight_amplitude: tf.Tensor,

@@ -9,7 +9,7 @@ no weights and save and load with the model.
 - `ScaledBranchTap`: marks the residual branch of a block. It is called on
   ``[branch, conv1, conv2]`` (the branch before the addition and the outputs
   of the block's two convolutions), returns ``branch`` unchanged, and the
-  probe measures ``branch * s1 * s2`` with ``s_k = 1 / sqrt(var(conv_k) +
+  probe measures ``branch * (s1 * s2)`` with ``s_k = 1 / sqrt(var(conv_k) +
   1e-6)``, the variance taken over the whole evaluated batch tensor (all
   axes), as the reference implementation scales it.
 """
@@ -42,7 +42,7 @@ class Tap(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cb_keras")
 class ScaledBranchTap(Tap):
-    """Identity on a residual branch; measured as branch * s(conv1) * s(conv2).
+    """Identity on a residual branch; measured as branch * (s(conv1) * s(conv2)).
 
     Call it as ``ScaledBranchTap(name=...)([branch, conv1, conv2])``; it
     returns ``branch``. ``measured`` gives the reference scaling of SPEC §2.
@@ -57,7 +57,7 @@ class ScaledBranchTap(Tap):
     def measured(self, inputs):
         branch, conv1, conv2 = inputs
         branch = keras.ops.cast(branch, "float32")
-        return branch * _inverse_std(conv1) * _inverse_std(conv2)
+        return branch * (_inverse_std(conv1) * _inverse_std(conv2))
 
 
 def _inverse_std(x):

@@ -207,3 +207,14 @@ def test_too_wide_layer_is_refused_with_advice():
     a = tf.zeros((1, bundles.MAX_FEATURES + 1))
     with pytest.raises(ValueError, match="after pooling"):
         bundles.fingerprint(a, *bundles.scalars(0.5, 1e-3, 64))
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_transform_rounds_each_operation_like_numpy_float32(graph):
+    """No fused multiply-add, no reassociation: bit-identical to NumPy's float32 ops."""
+    a = np.random.default_rng(5).normal(size=(512, 512)).astype(np.float32) * 7
+    scalars = bundles.scalars(1.7, 3e-3, 96)
+    transform = tf.function(bundles.transform) if graph else bundles.transform
+    expected = np.float32(1.7) - ((a * np.float32(3e-3)) * np.float32(1.0 / 96))
+    np.testing.assert_array_equal(transform(tf.constant(a), *scalars).numpy().view(np.int32),
+                                  expected.view(np.int32))
