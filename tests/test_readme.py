@@ -1,0 +1,43 @@
+"""The README's examples run and print what it says; CI runs its test command."""
+
+import contextlib
+import io
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def expected_output(block: str) -> list[str]:
+    """The trailing `# ...` comment lines of a block: what its prints must show."""
+    lines = block.rstrip("\n").splitlines()
+    tail = []
+    while lines and lines[-1].startswith("# "):
+        tail.insert(0, lines.pop()[2:])
+    return tail
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"block{i}" for i in range(len(PYTHON_BLOCKS))])
+def test_readme_python_example_runs(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    printed = [line for line in out.getvalue().splitlines() if line.strip()]
+    expected = expected_output(block)
+    if expected:  # a block without trailing "# output" lines must just run
+        assert printed[-len(expected):] == expected
+
+
+def test_readme_has_examples():
+    assert PYTHON_BLOCKS, "README.md lost its runnable examples"
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"^    (python3 -m venv .*pytest.*)$", README, flags=re.M)
+    assert len(commands) == 1, "README must show exactly one test command"
+    assert commands[0] in (ROOT / ".ci" / "run").read_text()
