@@ -1,5 +1,8 @@
 """cb_keras: conflicting bundles for Keras 3."""
 
 from cb_keras.bundles import BundleMetrics, bundle_metrics, weight_amplitude
+from cb_keras.probe import measure, probe
+from cb_keras.report import ConflictReport
 
-__all__ = ["BundleMetrics", "bundle_metrics", "weight_amplitude"]
+__all__ = ["BundleMetrics", "bundle_metrics", "weight_amplitude",
+           "probe", "measure", "ConflictReport"]
