@@ -1,0 +1,285 @@
+"""The papers' optimizer for Keras 3: `RAdam` wrapped in `Lookahead` (SPEC §3).
+
+Keras 3 ships neither optimizer, and TF-Addons (which the reference used)
+does not work with Keras 3. Both classes here reproduce TF-Addons 0.23
+``Lookahead(RectifiedAdam(...))`` step by step in float32, including the
+order of the floating-point operations, so that the golden trajectories of
+``shared/fixtures/optimizer_cases.npz`` match to the last bit or so.
+
+Both are ordinary Keras optimizers: they work in ``model.fit`` (also under
+``tf.distribute.MirroredStrategy`` and mixed precision, where Keras wraps
+them in a ``LossScaleOptimizer``) and save and load with the model, state
+included (``model.save("x.keras")`` / ``keras.models.load_model``).
+`Lookahead` uses ``tf.distribute`` directly and therefore needs the
+TensorFlow backend, as the rest of cb_keras does.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+PAPER_LEARNING_RATE = 1e-3
+RECTIFICATION_THRESHOLD = 5.0
+
+
+@keras.saving.register_keras_serializable(package="cb_keras")
+class RAdam(keras.optimizers.Optimizer):
+    """Rectified Adam with decoupled weight decay, as TF-Addons' RectifiedAdam.
+
+    For each variable w with gradient g at step t = 1, 2, ... (all in the
+    variable's dtype):
+
+        m = b1*m + (1-b1)*g              v = b2*v + (1-b2)*g*g
+        m_hat = m / (1-b1^t)             v_hat = sqrt(v / (1-b2^t))
+        rho_inf = 2/(1-b2) - 1           rho_t = rho_inf - 2*t*b2^t / (1-b2^t)
+        step = r_t * m_hat / (v_hat + epsilon)  if rho_t >= 5  else m_hat
+        w = w - lr * (step + weight_decay * w)
+
+    with ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``.
+    The weight decay is applied inside the step (not before it, as Keras's
+    base optimizer does) so that float32 rounding matches the reference;
+    ``exclude_from_weight_decay`` works as for any Keras optimizer.
+
+    Args:
+        learning_rate: float, schedule or callable; default 1e-3.
+        beta_1: decay of the first moment; default 0.9.
+        beta_2: decay of the second moment; default 0.999.
+        epsilon: added to ``v_hat``; default 1e-6 (the papers' value).
+        weight_decay: decoupled weight decay factor; default 1e-2 (the
+            papers' value). ``None`` or 0 turns it off.
+        **kwargs: the other arguments of ``keras.optimizers.Optimizer``
+            (``name``, ``clipnorm``, ``use_ema``, ...).
+
+    Example:
+        >>> model.compile(optimizer=RAdam(1e-3),
+        ...               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    """
+
+    def __init__(self, learning_rate=PAPER_LEARNING_RATE, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-6,
+                 weight_decay: float | None = 1e-2, **kwargs):
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {value!r}.")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon!r}.")
+        if weight_decay is not None and weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0 or None, got {weight_decay!r}.")
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+
+    def build(self, var_list):
+        """Create the first and second moments, one pair per variable."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            var_list, ["momentum", "velocity"])
+        # Decide weight decay per variable now, on the Keras variables: the
+        # cache is keyed like the per-device variables `update_step` sees.
+        for variable in var_list:
+            self._use_weight_decay(variable)
+
+    def _apply_weight_decay(self, variables):
+        """No-op: `update_step` applies the decay in the reference's order."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One RAdam step of one variable (see the class docstring)."""
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        beta_1 = ops.cast(self.beta_1, dtype)
+        beta_2 = ops.cast(self.beta_2, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(beta_1, step)
+        beta_2_power = ops.power(beta_2, step)
+        inverse_bias_2 = 1.0 / (1.0 - beta_2_power)
+        rho_inf = 2.0 / (1.0 - beta_2) - 1.0
+        rho_t = rho_inf - 2.0 * step * beta_2_power * inverse_bias_2
+        rectifier = ops.sqrt(
+            (rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) / (rho_inf - 2.0)
+            * rho_inf / rho_t)
+
+        self.assign(m, beta_1 * m + (1.0 - beta_1) * gradient)
+        self.assign(v, beta_2 * v + (1.0 - beta_2) * ops.square(gradient))
+        m_hat = m * (1.0 / (1.0 - beta_1_power))
+        v_hat = ops.sqrt(v * inverse_bias_2)
+        update = ops.where(
+            rho_t >= RECTIFICATION_THRESHOLD,
+            rectifier * m_hat / (v_hat + ops.cast(self.epsilon, dtype)),
+            m_hat)
+        if self.weight_decay and self._use_weight_decay(variable):
+            update = update + ops.cast(self.weight_decay, dtype) * variable
+        self.assign_sub(variable, lr * update)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cb_keras")
+class Lookahead(keras.optimizers.Optimizer):
+    """Lookahead (Zhang et al. 2019) around any Keras optimizer, as TF-Addons'.
+
+    The wrapped ("fast") optimizer updates the weights w at every step. The
+    wrapper keeps slow weights, set to w before the first step; after every
+    ``sync_period``-th step (``iterations % sync_period == 0``):
+
+        slow = slow + slow_step_size * (w - slow);   w = slow
+
+    Learning rate and loss scale are those of the wrapped optimizer (reading
+    or setting ``learning_rate`` reads or sets the inner one), so learning
+    rate callbacks and ``LossScaleOptimizer`` work unchanged.
+
+    Args:
+        optimizer: the Keras optimizer to wrap (e.g. `RAdam`); it must not
+            use ``gradient_accumulation_steps``.
+        sync_period: k, the number of fast steps between synchronisations;
+            default 6 (the papers' value).
+        slow_step_size: alpha in (0, 1]; default 0.5 (the papers' value).
+        name: optimizer name; default "lookahead".
+
+    Example:
+        >>> optimizer = Lookahead(RAdam(1e-3))      # == paper_optimizer()
+        >>> model.compile(optimizer=optimizer, loss=..., metrics=["accuracy"])
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer, sync_period: int = 6,
+                 slow_step_size: float = 0.5, name: str | None = None):
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "Lookahead wraps a Keras 3 optimizer instance such as "
+                f"cb_keras.optimizers.RAdam(), got {optimizer!r}.")
+        if optimizer.gradient_accumulation_steps:
+            raise ValueError(
+                "Lookahead does not support an inner optimizer with "
+                "gradient_accumulation_steps (its slow weights would sync on "
+                "micro-steps); accumulate gradients outside the optimizer.")
+        if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+            raise ValueError(f"sync_period must be a positive integer, got {sync_period!r}.")
+        if not 0.0 < slow_step_size <= 1.0:
+            raise ValueError(f"slow_step_size must lie in (0, 1], got {slow_step_size!r}.")
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = optimizer
+        self.sync_period = sync_period
+        self.slow_step_size = slow_step_size
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def loss_scale_factor(self):
+        return self.inner_optimizer.loss_scale_factor
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        # The base constructor sets None before the inner optimizer exists.
+        if hasattr(self, "inner_optimizer"):
+            self.inner_optimizer.loss_scale_factor = value
+
+    @property
+    def variables(self) -> list:
+        """Own variables (iterations, slow weights), then the inner optimizer's."""
+        return self._variables + self.inner_optimizer.variables
+
+    def build(self, var_list):
+        """Create one slow weight per variable and build the inner optimizer."""
+        if self.built:
+            return
+        self._slow_weights = self.add_optimizer_variables(var_list, "slow")
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    def apply(self, grads, trainable_variables=None):
+        """Fast step by the inner optimizer, then synchronise every k steps."""
+        if len(grads) == 0:
+            return
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    "Lookahead is not built: pass trainable_variables on the "
+                    "first call or call optimizer.build(model.trainable_variables).")
+            with keras.name_scope(self.name, caller=self):
+                self.build(list(trainable_variables))
+        variables = list(trainable_variables or self._trainable_variables)
+        self._update_slow_weights(variables, _start_slow_weights,
+                                  ops.equal(self._iterations, 0))
+        self.inner_optimizer.apply(grads, trainable_variables)
+        self._update_slow_weights(
+            variables, self._synchronize,
+            ops.equal((self._iterations + 1) % self.sync_period, 0))
+        self._iterations.assign_add(1)
+
+    def _update_slow_weights(self, variables, update_fn, condition) -> None:
+        """Run ``update_fn(var, slow, condition)`` per variable, on every device."""
+        pairs = [(_tf_variable(v), self._slow_weights[self._get_variable_index(v)].value)
+                 for v in variables]
+
+        def update_all(distribution, pairs, condition):
+            for variable, slow in pairs:
+                distribution.extended.update(
+                    variable, update_fn, args=(slow, condition), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            update_all, self._distribution_strategy, pairs, condition)
+
+    def _synchronize(self, variable, slow, condition):
+        """If `condition`: slow += alpha * (w - slow); w = slow (TF-Addons' order)."""
+        def step_back():
+            alpha = tf.cast(self.slow_step_size, variable.dtype)
+            target = slow + alpha * (variable - slow)
+            slow.assign(target)
+            variable.assign(target)
+
+        tf.cond(condition, step_back, lambda: None)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "sync_period": self.sync_period,
+            "slow_step_size": self.slow_step_size,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "Lookahead":
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(
+            config.pop("optimizer"), custom_objects=custom_objects)
+        return cls(optimizer, **config)
+
+
+def _start_slow_weights(variable, slow, condition):
+    """Before the first step: slow = w."""
+    def start():
+        slow.assign(variable)
+
+    tf.cond(condition, start, lambda: None)
+
+
+def _tf_variable(variable):
+    """The backing tf.Variable (possibly distributed) of a Keras variable."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def paper_optimizer(learning_rate: float = PAPER_LEARNING_RATE) -> Lookahead:
+    """The papers' optimizer: ``Lookahead(RAdam(learning_rate), 6, 0.5)``.
+
+    RAdam with epsilon 1e-6 and weight decay 1e-2 (SPEC §3).
+    """
+    return Lookahead(RAdam(learning_rate=learning_rate))

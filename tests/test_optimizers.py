@@ -1,0 +1,205 @@
+"""RAdam and Lookahead: golden trajectories, hand-computed updates, saving, fit."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cb_keras import optimizers
+
+SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _case_optimizer(cases, i):
+    inner = optimizers.RAdam(float(cases[f"{i}_lr"]), weight_decay=float(cases[f"{i}_wd"]))
+    return optimizers.Lookahead(inner) if bool(cases[f"{i}_lookahead"]) else inner
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("i", range(4))
+def test_golden_trajectories_match_every_step(optimizer_cases, i, graph):
+    optimizer = _case_optimizer(optimizer_cases, i)
+    w = keras.Variable(optimizer_cases[f"{i}_w0"])
+    optimizer.build([w])
+
+    def step(grad):
+        optimizer.apply_gradients([(grad, w)])
+
+    step = tf.function(step) if graph else step
+    for t, (grad, expected) in enumerate(zip(optimizer_cases[f"{i}_grads"],
+                                             optimizer_cases[f"{i}_traj"]), start=1):
+        step(tf.constant(grad))
+        np.testing.assert_allclose(
+            w.numpy(), expected, rtol=2e-6, atol=1e-9,
+            err_msg=f"case {optimizer_cases['names'][i]}, step {t}")
+
+
+def _reference_trajectory(w0, grads, lr, wd, sync_period, alpha, threshold=5.0):
+    """SPEC §3 written out in float64 NumPy: RAdam in Lookahead."""
+    b1, b2, eps = 0.9, 0.999, 1e-6
+    w, slow = w0.astype(np.float64), w0.astype(np.float64)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    rho_inf = 2 / (1 - b2) - 1
+    trajectory = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), np.sqrt(v / (1 - b2**t))
+        rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho_t >= threshold:
+            r_t = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                          / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            step = r_t * m_hat / (v_hat + eps)
+        else:
+            step = m_hat
+        w = w - lr * (step + wd * w)
+        if t % sync_period == 0:
+            slow = slow + alpha * (w - slow)
+            w = slow.copy()
+        trajectory.append(w)
+    return np.array(trajectory)
+
+
+def test_matches_hand_computed_update_with_other_lookahead_settings():
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(5,)).astype(np.float32)
+    grads = rng.normal(size=(13, 5)).astype(np.float32)
+    optimizer = optimizers.Lookahead(optimizers.RAdam(0.1, weight_decay=0.05),
+                                     sync_period=4, slow_step_size=0.8)
+    w = keras.Variable(w0)
+    got = []
+    for g in grads:
+        optimizer.apply_gradients([(tf.constant(g), w)])
+        got.append(w.numpy())
+    expected = _reference_trajectory(w0, grads, 0.1, 0.05, sync_period=4, alpha=0.8)
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-6)
+    # Step 5 has rho_t = 4.996: not rectified with the threshold 5, rectified with 4.
+    wrong = _reference_trajectory(w0, grads, 0.1, 0.05, 4, 0.8, threshold=4.0)
+    assert not np.allclose(got[4], wrong[4], rtol=1e-5, atol=1e-6)
+
+
+def test_exclude_from_weight_decay_keeps_excluded_variables():
+    optimizer = optimizers.RAdam(0.1, weight_decay=0.5)
+    kernel, bias = keras.Variable(np.ones(3, "float32"), name="kernel"), \
+        keras.Variable(np.ones(3, "float32"), name="bias")
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    zero = tf.zeros(3)
+    optimizer.apply_gradients([(zero, kernel), (zero, bias)])
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5)
+    np.testing.assert_array_equal(bias.numpy(), 1.0)
+
+
+def test_lookahead_delegates_learning_rate_to_inner_optimizer():
+    optimizer = optimizers.paper_optimizer(learning_rate=2e-3)
+    assert isinstance(optimizer.inner_optimizer, optimizers.RAdam)
+    assert float(optimizer.learning_rate) == pytest.approx(2e-3)
+    optimizer.learning_rate = 5e-4
+    assert float(optimizer.inner_optimizer.learning_rate) == pytest.approx(5e-4)
+
+
+def test_paper_optimizer_settings():
+    optimizer = optimizers.paper_optimizer()
+    inner = optimizer.inner_optimizer
+    assert (optimizer.sync_period, optimizer.slow_step_size) == (6, 0.5)
+    assert (inner.epsilon, inner.weight_decay, inner.beta_1, inner.beta_2) == \
+        (1e-6, 1e-2, 0.9, 0.999)
+    assert float(inner.learning_rate) == pytest.approx(1e-3)
+
+
+def test_config_round_trip_through_keras_serialization():
+    optimizer = optimizers.Lookahead(optimizers.RAdam(0.01, epsilon=1e-5, weight_decay=0.0),
+                                     sync_period=3, slow_step_size=0.25, name="la")
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(restored, optimizers.Lookahead)
+    assert isinstance(restored.inner_optimizer, optimizers.RAdam)
+    assert restored.get_config() == optimizer.get_config()
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"sync_period": 0}, ValueError), ({"sync_period": 2.5}, ValueError),
+    ({"slow_step_size": 0.0}, ValueError), ({"slow_step_size": 1.5}, ValueError)])
+def test_lookahead_rejects_bad_settings(kwargs, error):
+    with pytest.raises(error):
+        optimizers.Lookahead(optimizers.RAdam(), **kwargs)
+
+
+def test_lookahead_rejects_non_optimizers_and_gradient_accumulation():
+    with pytest.raises(TypeError, match="Keras 3 optimizer"):
+        optimizers.Lookahead("radam")
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        optimizers.Lookahead(optimizers.RAdam(gradient_accumulation_steps=2))
+
+
+@pytest.mark.parametrize("kwargs", [{"beta_1": 1.0}, {"beta_2": -0.1}, {"epsilon": 0.0},
+                                    {"weight_decay": -1.0}])
+def test_radam_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        optimizers.RAdam(**kwargs)
+
+
+def _tiny_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+
+
+def _tiny_model(weights=None):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2)])
+    if weights is not None:
+        model.set_weights(weights)
+    model.compile(optimizer=optimizers.paper_optimizer(0.05), loss=SCCE, metrics=["accuracy"])
+    return model
+
+
+def _assert_same_arrays(a, b, **tolerance):
+    assert len(a) == len(b)
+    for left, right in zip(a, b):
+        np.testing.assert_allclose(np.asarray(left), np.asarray(right), **tolerance)
+
+
+def test_save_and_load_round_trip_keeps_optimizer_state(tmp_path):
+    x, y = _tiny_data()
+    model = _tiny_model()
+    model.fit(x, y, batch_size=12, epochs=1, shuffle=False, verbose=0)  # 8 steps: one sync
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored.optimizer, optimizers.Lookahead)
+    assert int(restored.optimizer.iterations) == 8
+    _assert_same_arrays(restored.optimizer.variables, model.optimizer.variables, rtol=0, atol=0)
+    # Training on continues identically, so slow weights and moments came back.
+    for m in (model, restored):
+        m.fit(x, y, batch_size=12, epochs=1, shuffle=False, verbose=0)
+    _assert_same_arrays(restored.get_weights(), model.get_weights(), rtol=0, atol=0)
+
+
+def test_fit_under_mirrored_strategy_matches_single_device(cpu_devices):
+    x, y = _tiny_data()
+    single = _tiny_model()
+    initial = single.get_weights()
+    strategy = tf.distribute.MirroredStrategy(cpu_devices)
+    with strategy.scope():
+        mirrored = _tiny_model(initial)
+    for model in (single, mirrored):
+        model.fit(x, y, batch_size=12, epochs=2, shuffle=False, verbose=0)
+    _assert_same_arrays(mirrored.get_weights(), single.get_weights(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(single.get_weights()[0], initial[0])
+    for variable in mirrored.optimizer.variables:  # every replica holds the same state
+        first, second = strategy.experimental_local_results(variable.value)
+        np.testing.assert_array_equal(first.numpy(), second.numpy(), err_msg=variable.path)
+
+
+def test_fit_with_mixed_precision():
+    x, y = _tiny_data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _tiny_model()
+        history = model.fit(x, y, batch_size=12, epochs=2, shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer.inner_optimizer, optimizers.Lookahead)
+    assert int(model.optimizer.iterations) == 16
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
