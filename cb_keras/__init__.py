@@ -1,8 +1,9 @@
 """cb_keras: conflicting bundles for Keras 3."""
 
 from cb_keras.bundles import BundleMetrics, bundle_metrics, weight_amplitude
+from cb_keras.callback import ConflictingBundles
 from cb_keras.probe import measure, probe
 from cb_keras.report import ConflictReport
 
 __all__ = ["BundleMetrics", "bundle_metrics", "weight_amplitude",
-           "probe", "measure", "ConflictReport"]
+           "probe", "measure", "ConflictReport", "ConflictingBundles"]
