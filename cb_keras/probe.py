@@ -216,6 +216,10 @@ def _sample_from_dataset(dataset: tf.data.Dataset, samples: int) -> tuple[Any, n
             raise ValueError(
                 "the Dataset must yield (x, y) or (x, y, sample_weight) batches; got "
                 f"elements of structure {tf.nest.map_structure(lambda t: t.shape, element)}.")
+        if np.ndim(element[1]) == 0:
+            raise ValueError(
+                "the Dataset yields single examples, not batches; batch it first, e.g. "
+                "dataset.batch(64).")
         xs.append(tf.nest.map_structure(np.asarray, element[0]))
         ys.append(np.asarray(element[1]))
         count += len(ys[-1])
@@ -629,8 +633,12 @@ _MEASURERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _measurer(model: keras.Model, layers: LayersArg) -> _Measurer:
-    """The cached `_Measurer` of `model` for this layer selection."""
-    key = check_layers(layers)
+    """The cached `_Measurer` of `model` for this layer selection and graph.
+
+    The key includes the model's output tensors, so a Sequential model that
+    gained or lost layers since is probed anew.
+    """
+    key = (check_layers(layers), tuple(map(id, getattr(model, "outputs", None) or ())))
     per_model = _MEASURERS.setdefault(model, {})
     if key not in per_model:
         per_model[key] = _Measurer(model, layers)

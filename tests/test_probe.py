@@ -1,5 +1,8 @@
 """probe and measure: which outputs are tapped, their values, and the metrics on them."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -255,6 +258,25 @@ def test_non_finite_weights_make_every_layer_diverged(digits):
     assert report.diverged == report.names and not np.isfinite(report.weight_amplitude)
 
 
+def test_measure_follows_a_sequential_model_that_changed(digits):
+    model = mlp()
+    settings = dict(num_classes=10, learning_rate=LR, batch_size=BS)
+    assert cb_keras.measure(model, *digits, **settings).names == ["fused", "act", "tanh"]
+    for _ in range(3):  # softmax, logits, tanh
+        model.pop()
+    model.add(keras.layers.Dense(10, name="new_logits"))
+    assert cb_keras.measure(model, *digits, **settings).names == ["fused", "act"]
+
+
+def test_cached_probes_do_not_keep_models_alive(digits):
+    model = mlp()
+    cb_keras.measure(model, *digits, num_classes=10, learning_rate=LR, batch_size=BS)
+    reference = weakref.ref(model)
+    del model
+    gc.collect()
+    assert reference() is None
+
+
 def test_measure_works_under_a_distribution_strategy(digits, cpu_devices):
     strategy = tf.distribute.MirroredStrategy(cpu_devices)
     with strategy.scope():
@@ -390,6 +412,8 @@ def test_bad_measure_arguments(digits, kwargs, message):
      "must yield \\(x, y\\) or \\(x, y, sample_weight\\) batches"),
     (tf.data.Dataset.from_tensor_slices((np.zeros((0, 64), "float32"), np.zeros(0, int))),
      None, "the Dataset is empty"),
+    (tf.data.Dataset.from_tensor_slices((np.zeros((4, 64), "float32"), np.zeros(4, int))),
+     None, "yields single examples, not batches; batch it first"),
 ])
 def test_bad_datasets(dataset, y, message):
     with pytest.raises(ValueError, match=message):
