@@ -1,0 +1,330 @@
+"""The papers' data sets with their preprocessing (SPEC §5), and `digits`.
+
+`load` returns ``(train, test, info)``: two ``tf.data.Dataset`` of
+``(images, labels)`` batches, images float32 ``(batch, H, W, C)``, labels
+int32 ``(batch,)``, and a `DataInfo`. `measurement_sample` returns the fixed,
+augmentation-free sample of training images the bundle metric is measured on
+(SPEC §2), as NumPy arrays.
+
+Preprocessing, in this order (``convert``: uint8 to float32 in [0, 1];
+``std``: per-image standardisation; ``pad(n)``: ``tf.image.resize_with_pad``
+to n x n, which for a square image is a bilinear zoom, not zero padding, as
+in the reference; ``crop(n)``: random crop back to n x n; ``flip``: random
+left-right flip; ``bright``: random brightness, max delta 0.25):
+
+    name          image      train (augment=True)                            test
+    mnist         28x28x1    convert, pad(32), crop(28), bright              convert
+    cifar10       32x32x3    convert, std, pad(38), crop(32), flip, bright   convert, std
+    svhn_cropped  32x32x3    convert, pad(36), crop(32), std, bright         convert, std
+    imagenette    128x128x3  convert, pad(138), crop(128), flip, std, bright convert, pad(128), std
+    digits        8x8x1      pad(10), crop(8), bright                        (none)
+
+With ``augment=False`` the training split gets the test preprocessing.
+
+``imagenette`` means the TFDS config ``imagenette/160px-v2`` (train /
+validation split): the reference loaded the full-size images and resized
+them to 128 px, but every pipeline step above resizes to at most 138 px, so
+the 160 px variant (shortest side 160 px) yields the same 128 px geometry
+with no up-sampling from a download ten times smaller. Pass
+``"imagenette/full-size-v2"`` (or any other imagenette config) to use
+another variant.
+
+``digits`` is scikit-learn's bundled 8x8 handwritten digits (1,797 images,
+values 0..16 scaled to [0, 1]), split stratified and deterministically into
+1,437 training and 360 test images; it needs no download. Its augmentation
+follows mnist's (zoom by about 1/8, crop, brightness), scaled to 8 px.
+
+Randomness: ``shuffle_seed`` seeds both the shuffle order and the
+augmentation (stateless random ops fed by ``tf.data.Dataset.random``); both
+change every epoch. ``None`` (default) draws fresh seeds.
+
+No downloads: TFDS data sets must be prepared beforehand (see
+`DatasetNotPreparedError`); cb_keras fails fast instead of trying the
+network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+SHUFFLE_BUFFER = 10_000
+BRIGHTNESS_DELTA = 0.25
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
+DIGITS_MAX_VALUE = 16.0
+IMAGENETTE_DEFAULT_CONFIG = "160px-v2"
+
+Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (image, seed (2,) int64) -> image
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a model and the bundle metric need to know about a data set.
+
+    Attributes:
+        name: the data set name as passed to `load`.
+        num_classes: number of classes C; labels lie in [0, C).
+        input_shape: ``(height, width, channels)`` of one preprocessed image.
+        train_size: examples in the training split (before dropping the
+            remainder of the last batch).
+        test_size: examples in the test split (all are evaluated).
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    train_size: int
+    test_size: int
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A TFDS data set is not prepared in the data_dir and will not be downloaded."""
+
+
+# Preprocessing steps: each maps (image, seed) to an image.
+def convert(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]; float images pass unchanged."""
+    del seed
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def standardize(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Per-image standardisation to mean 0, standard deviation 1."""
+    del seed
+    return tf.image.per_image_standardization(image)
+
+
+def pad(size: int) -> Step:
+    """``tf.image.resize_with_pad`` to size x size (aspect ratio kept)."""
+    def step(image, seed):
+        del seed
+        return tf.image.resize_with_pad(image, size, size)
+    return step
+
+
+def crop(size: int) -> Step:
+    """Random crop to size x size, all channels."""
+    def step(image, seed):
+        shape = tf.concat([[size, size], tf.shape(image)[-1:]], axis=0)
+        return tf.image.stateless_random_crop(image, shape, seed)
+    return step
+
+
+def flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Random left-right flip with probability 1/2."""
+    return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def bright(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Add a random delta in [-0.25, 0.25) to every pixel."""
+    return tf.image.stateless_random_brightness(image, BRIGHTNESS_DELTA, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    """Where a data set comes from and how its images are preprocessed."""
+
+    input_shape: tuple[int, int, int]
+    train: tuple[Step, ...]
+    test: tuple[Step, ...]
+    test_split: str = "test"
+
+
+_RECIPES = {
+    "mnist": _Recipe((28, 28, 1), (convert, pad(32), crop(28), bright), (convert,)),
+    "cifar10": _Recipe((32, 32, 3), (convert, standardize, pad(38), crop(32), flip, bright),
+                       (convert, standardize)),
+    "svhn_cropped": _Recipe((32, 32, 3), (convert, pad(36), crop(32), standardize, bright),
+                            (convert, standardize)),
+    "imagenette": _Recipe((128, 128, 3),
+                          (convert, pad(138), crop(128), flip, standardize, bright),
+                          (convert, pad(128), standardize), test_split="validation"),
+    "digits": _Recipe((8, 8, 1), (pad(10), crop(8), bright), ()),
+}
+SUPPORTED = tuple(_RECIPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Unprocessed splits: (image, label) examples, images uint8 or float32."""
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    num_classes: int
+
+
+def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | None = None,
+         shuffle_seed: int | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
+    """Training and test batches of a data set, preprocessed as in the papers.
+
+    Args:
+        name: one of ``SUPPORTED`` ("mnist", "cifar10", "svhn_cropped",
+            "imagenette", "digits"), or "imagenette/<TFDS config>".
+        batch_size: examples per batch, >= 1.
+        augment: apply the training augmentation of SPEC §5 (default True);
+            if False the training split is preprocessed like the test split.
+        data_dir: TFDS data directory; default: TFDS's own (``$TFDS_DATA_DIR``
+            or ``~/tensorflow_datasets``). Ignored for "digits".
+        shuffle_seed: seed of the training shuffle and augmentation; None
+            draws fresh randomness.
+
+    Returns:
+        ``(train, test, info)``. ``train``: batches ``(batch_size, H, W, C)``
+        float32 and ``(batch_size,)`` int32, shuffled with a buffer of 10,000
+        and reshuffled every epoch, the last partial batch dropped. ``test``:
+        the whole test split in order, the last batch possibly smaller.
+
+    Raises:
+        ValueError: unknown name, bad batch size, or a training split
+            smaller than one batch.
+        DatasetNotPreparedError: a TFDS data set is not in ``data_dir``.
+    """
+    recipe = _recipe(name)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    source = _source(name, data_dir)
+    info = DataInfo(name, source.num_classes, recipe.input_shape,
+                    _cardinality(source.train), _cardinality(source.test))
+    if info.train_size < batch_size:
+        raise ValueError(
+            f"The {name} training split holds {info.train_size} examples, fewer than "
+            f"batch_size={batch_size}; every batch would be dropped. Lower batch_size.")
+    train_steps = recipe.train if augment else recipe.test
+    train = source.train.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)
+    train = (tf.data.Dataset.zip(train, seeds)
+             .map(functools.partial(_preprocess_seeded, train_steps, recipe.input_shape),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+             .batch(batch_size, drop_remainder=True)
+             .prefetch(tf.data.AUTOTUNE))
+    test = _unseeded(source.test, recipe).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return train, test, info
+
+
+def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed sample of training examples without augmentation (SPEC §2).
+
+    The examples are the first `samples` of the training split after a
+    seeded shuffle with a buffer of 10,000 (TFDS stores examples shuffled,
+    so this is a random sample), preprocessed like the test split. The same
+    arguments give the same arrays on every call.
+
+    Args:
+        name: as for `load`.
+        samples: N, the number of examples, 1 <= N <= training split size.
+        data_dir: as for `load`.
+        seed: which sample; default 0.
+
+    Returns:
+        ``(x, y)``: float32 ``(N, H, W, C)`` images and int32 ``(N,)`` labels.
+    """
+    recipe = _recipe(name)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}.")
+    source = _source(name, data_dir)
+    available = _cardinality(source.train)
+    if samples > available:
+        raise ValueError(
+            f"The {name} training split holds {available} examples; "
+            f"samples={samples} is too many.")
+    sample = source.train.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
+    x, y = next(iter(_unseeded(sample.take(samples), recipe).batch(samples)))
+    return x.numpy(), y.numpy()
+
+
+def _recipe(name: str) -> _Recipe:
+    """The recipe of a supported name; ValueError listing them otherwise."""
+    base, _, config = str(name).partition("/")
+    if base not in _RECIPES or (config and base != "imagenette"):
+        raise ValueError(
+            f"Unknown data set {name!r}; supported: {list(SUPPORTED)} "
+            "(imagenette also as 'imagenette/<TFDS config>').")
+    return _RECIPES[base]
+
+
+def _source(name: str, data_dir: str | None) -> _Source:
+    """The unprocessed splits of a data set."""
+    if name == "digits":
+        return _digits_source()
+    if name == "imagenette":
+        name = f"imagenette/{IMAGENETTE_DEFAULT_CONFIG}"
+    return _tfds_source(name, data_dir, _recipe(name).test_split)
+
+
+def _tfds_source(tfds_name: str, data_dir: str | None, test_split: str) -> _Source:
+    """TFDS splits as (uint8 image, label) datasets, read in a fixed order."""
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    try:
+        train = builder.as_dataset(split="train", as_supervised=True, shuffle_files=False)
+        test = builder.as_dataset(split=test_split, as_supervised=True, shuffle_files=False)
+    except AssertionError as error:  # TFDS's "could not find data in <data_dir>"
+        raise DatasetNotPreparedError(_not_prepared_message(tfds_name, builder)) from error
+    return _Source(train, test, builder.info.features["label"].num_classes)
+
+
+def _not_prepared_message(tfds_name: str, builder: tfds.core.DatasetBuilder) -> str:
+    root = builder.data_dir_root
+    return (
+        f"TFDS data set '{tfds_name}' is not prepared in data_dir {root} (looked for "
+        f"{builder.data_dir}), and cb_keras never downloads. On a machine with internet "
+        f"access run\n    tfds build {tfds_name} --data_dir=/some/dir\n(or "
+        f"tfds.load('{tfds_name}', data_dir='/some/dir', download=True)), then copy "
+        f"/some/dir/{builder.name}/ into {root}/ on this machine, or pass "
+        "data_dir=... / set TFDS_DATA_DIR to where it is. To try cb_keras without "
+        "any download, use the data set 'digits'.")
+
+
+@functools.cache
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """sklearn digits as float32 (N, 8, 8, 1) in [0, 1] and int32 labels, split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / DIGITS_MAX_VALUE).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels,
+        random_state=DIGITS_SPLIT_SEED)
+    return x_train, y_train, x_test, y_test
+
+
+def _digits_source() -> _Source:
+    x_train, y_train, x_test, y_test = _digits_arrays()
+    return _Source(tf.data.Dataset.from_tensor_slices((x_train, y_train)),
+                   tf.data.Dataset.from_tensor_slices((x_test, y_test)),
+                   num_classes=int(y_train.max()) + 1)
+
+
+def _cardinality(dataset: tf.data.Dataset) -> int:
+    """Number of examples of an unbatched split (TFDS and tensors know it)."""
+    return int(dataset.cardinality())
+
+
+def _unseeded(dataset: tf.data.Dataset, recipe: _Recipe) -> tf.data.Dataset:
+    """Apply the deterministic test preprocessing to (image, label) examples."""
+    no_seed = tf.zeros([2], tf.int64)
+    return dataset.map(
+        lambda image, label: _preprocess_seeded(recipe.test, recipe.input_shape,
+                                                (image, label), no_seed),
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _preprocess_seeded(steps: tuple[Step, ...], input_shape: tuple[int, int, int],
+                       example: tuple[tf.Tensor, tf.Tensor],
+                       seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Run `steps` on one image, each with its own seed; label to int32."""
+    image, label = example
+    if steps:
+        seeds = tf.random.experimental.stateless_split(seed, num=len(steps))
+        for index, step in enumerate(steps):
+            image = step(image, seeds[index])
+    image = tf.ensure_shape(tf.cast(image, tf.float32), input_shape)
+    return image, tf.cast(label, tf.int32)
