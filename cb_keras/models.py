@@ -1,0 +1,272 @@
+"""The papers' networks as functional Keras models, with their taps marked.
+
+Three builders, each returning an uncompiled ``keras.Model`` that maps images
+``(batch, *input_shape)`` float32 to logits ``(batch, num_classes)`` (a
+linear head: train with sparse categorical cross-entropy from logits):
+
+- `fnn`: ``depth`` hidden Dense+ReLU layers of ``width`` units.
+- `vgg`: plain blocks of conv-BN-ReLU-conv-BN-ReLU.
+- `resnet`: the same blocks with a shortcut added before the last ReLU.
+
+VGG and ResNet share the layout of the papers' reference implementation:
+
+    stem_conv 7x7/2, 64 filters -> stem_bn -> stem_relu
+      [-> stem_pool 3x3/2 max-pool, only for inputs wider than 50 px]
+    stage 1..4 with 64/128/256/512 filters, blocks[s-1] blocks each
+    gap (global average pooling) -> logits (Dense)
+
+``blocks`` lists the blocks per stage; a network with blocks ``b`` has
+``2 * sum(b) + 2`` weight layers (stem, two convolutions per block, head),
+so `paper_blocks` maps the papers' depths 4 ... 120 to block lists. The
+first block of stages 2-4 has stride 2. A stage with zero blocks is skipped
+together with its down-sampling, exactly as in the reference (which builds
+each stage with its own stride and drops empty ones); so ``[1, 0, 0, 0]``
+never down-samples after the stem, and ``[0, 1, 1, 1]`` starts with a
+stride-2 block on the stem's output.
+
+Choices where the reference is silent or incidental: all convolutions use
+He-normal initialisation and no bias (each is followed by BatchNormalization,
+whose offset makes a bias redundant; the reference kept the redundant
+biases, so its parameter counts are higher by the number of conv filters);
+BatchNormalization uses the Keras defaults, as the reference did.
+
+Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``):
+
+    {block}_conv1, _bn1, _relu1, _conv2, _bn2       both block types
+    {block}_relu2, {block}_tap                      VGG
+    {block}_branch_tap, [_proj_conv, _proj_bn],
+    {block}_add (inputs [shortcut, branch]), {block}_out, {block}_out_tap
+                                                    ResNet
+
+The taps (`cb_keras.taps`) mark what SPEC §2 measures, in measurement order:
+every hidden Dense output of an FNN, every VGG block output, and per
+residual block first the scaled branch, then the block output.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import keras
+
+from cb_keras.taps import ScaledBranchTap, Tap
+
+STAGE_FILTERS = (64, 128, 256, 512)
+STEM_FILTERS = 64
+STEM_POOL_MIN_WIDTH = 50  # the stem max-pools only inputs wider than this (px)
+PAPER_BLOCKS = {
+    4: [1, 0, 0, 0],
+    10: [1, 1, 1, 1],
+    20: [2, 2, 3, 2],
+    30: [3, 3, 5, 3],
+    50: [3, 6, 12, 3],
+    76: [3, 6, 25, 3],
+    100: [3, 12, 31, 3],
+    120: [3, 12, 41, 3],
+}
+KINDS = ("fnn", "vgg", "resnet")
+
+
+def paper_blocks(depth: int) -> list[int]:
+    """Blocks per stage of the papers' network with `depth` weight layers.
+
+    Example: ``paper_blocks(50) == [3, 6, 12, 3]``. Raises ValueError for a
+    depth the papers do not use, listing the known ones.
+    """
+    if depth not in PAPER_BLOCKS:
+        raise ValueError(
+            f"The papers define no network with depth {depth!r}; known depths: "
+            f"{sorted(PAPER_BLOCKS)}. Pass an explicit blocks list instead, "
+            "e.g. blocks=[2, 2, 2, 2].")
+    return list(PAPER_BLOCKS[depth])
+
+
+def num_layers(blocks: Sequence[int]) -> int:
+    """Weight layers of a VGG/ResNet with these blocks: ``2 * sum(blocks) + 2``.
+
+    Counts the stem convolution, two convolutions per block and the Dense
+    head (not the 1x1 shortcut projections), as the papers count depth.
+    """
+    return 2 * sum(_check_blocks(blocks)) + 2
+
+
+def fnn(depth: int, width: int, input_shape: Sequence[int],
+        num_classes: int) -> keras.Model:
+    """Fully connected network: Flatten, `depth` x Dense(width)+ReLU, linear head.
+
+    Hidden layers ``dense1 .. dense{depth}`` use He-uniform kernels and zero
+    biases; each is followed by a `Tap` ``dense{i}_tap``; the head is
+    ``logits``.
+
+    Args:
+        depth: number of hidden layers, >= 1.
+        width: units per hidden layer, >= 1.
+        input_shape: shape of one sample, e.g. (28, 28, 1); flattened first.
+        num_classes: output units, >= 2.
+
+    Returns:
+        Uncompiled model ``(batch, *input_shape) -> (batch, num_classes)``
+        named ``fnn{depth}x{width}``.
+    """
+    _check_positive("depth", depth)
+    _check_positive("width", width)
+    inputs, num_classes = _check_io(input_shape, num_classes, min_rank=1)
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i in range(1, depth + 1):
+        x = keras.layers.Dense(width, activation="relu", kernel_initializer="he_uniform",
+                               bias_initializer="zeros", name=f"dense{i}")(x)
+        x = Tap(name=f"dense{i}_tap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"fnn{depth}x{width}")
+
+
+def vgg(blocks: Sequence[int], input_shape: Sequence[int], num_classes: int) -> keras.Model:
+    """Plain (VGG-style) network of the papers; see the module docstring.
+
+    Args:
+        blocks: four non-negative ints, the blocks of stages 1-4
+            (e.g. ``paper_blocks(120)``).
+        input_shape: ``(height, width, channels)`` of one image.
+        num_classes: output units, >= 2.
+
+    Returns:
+        Uncompiled model ``(batch, H, W, C) -> (batch, num_classes)`` named
+        ``vgg{num_layers(blocks)}``, one `Tap` ``stage{s}_block{b}_tap`` per
+        block output.
+    """
+    return _conv_net("vgg", _vgg_block, blocks, input_shape, num_classes)
+
+
+def resnet(blocks: Sequence[int], input_shape: Sequence[int], num_classes: int) -> keras.Model:
+    """Residual network of the papers; see the module docstring.
+
+    Args:
+        blocks: four non-negative ints, the blocks of stages 1-4
+            (e.g. ``paper_blocks(50)``).
+        input_shape: ``(height, width, channels)`` of one image.
+        num_classes: output units, >= 2.
+
+    Returns:
+        Uncompiled model ``(batch, H, W, C) -> (batch, num_classes)`` named
+        ``resnet{num_layers(blocks)}``; per block a `ScaledBranchTap`
+        ``stage{s}_block{b}_branch_tap`` and a `Tap` ``stage{s}_block{b}_out_tap``.
+    """
+    return _conv_net("resnet", _residual_block, blocks, input_shape, num_classes)
+
+
+def build(kind: str, input_shape: Sequence[int], num_classes: int, *,
+          depth: int | None = None, blocks: Sequence[int] | None = None,
+          width: int | None = None) -> keras.Model:
+    """Build a network by kind, for experiment mains that read flags.
+
+    - ``build("fnn", shape, C, depth=..., width=...)`` -> `fnn`.
+    - ``build("vgg" | "resnet", shape, C, depth=...)`` -> the papers' network
+      of that depth (`paper_blocks`), or ``blocks=[...]`` for any block list
+      (give exactly one of depth and blocks).
+    """
+    if kind == "fnn":
+        if depth is None or width is None or blocks is not None:
+            raise ValueError("build('fnn', ...) needs depth and width (and no blocks).")
+        return fnn(depth, width, input_shape, num_classes)
+    if kind not in KINDS:
+        raise ValueError(f"Unknown model kind {kind!r}; known kinds: {list(KINDS)}.")
+    if (depth is None) == (blocks is None) or width is not None:
+        raise ValueError(
+            f"build({kind!r}, ...) needs exactly one of depth (a paper depth, one of "
+            f"{sorted(PAPER_BLOCKS)}) and blocks (four ints), and no width.")
+    builder = vgg if kind == "vgg" else resnet
+    return builder(paper_blocks(depth) if blocks is None else blocks, input_shape, num_classes)
+
+
+def _conv_net(kind, block_fn, blocks, input_shape, num_classes) -> keras.Model:
+    """Stem, the stages of `block_fn` blocks, pooling and the linear head."""
+    blocks = _check_blocks(blocks)
+    inputs, num_classes = _check_io(input_shape, num_classes, min_rank=3, max_rank=3)
+    x = _stem(inputs, pool=input_shape[1] > STEM_POOL_MIN_WIDTH)
+    for stage, (count, filters) in enumerate(zip(blocks, STAGE_FILTERS), start=1):
+        for block in range(1, count + 1):
+            stride = 2 if stage > 1 and block == 1 else 1
+            x = block_fn(x, filters, stride, f"stage{stage}_block{block}")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"{kind}{num_layers(blocks)}")
+
+
+def _stem(x, pool: bool):
+    """7x7/2 conv (64 filters), BN, ReLU, and a 3x3/2 max-pool if `pool`."""
+    x = _conv(x, STEM_FILTERS, 7, 2, "stem_conv")
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    if pool:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    return x
+
+
+def _conv(x, filters: int, kernel_size: int, stride: int, name: str):
+    """Bias-free He-normal convolution with 'same' padding."""
+    return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="same",
+                               use_bias=False, kernel_initializer="he_normal", name=name)(x)
+
+
+def _two_convs(x, filters: int, stride: int, name: str):
+    """conv1 (stride) - bn1 - relu1 - conv2 - bn2; returns (bn2, conv1, conv2) outputs."""
+    conv1 = _conv(x, filters, 3, stride, f"{name}_conv1")
+    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(conv1)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    conv2 = _conv(y, filters, 3, 1, f"{name}_conv2")
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(conv2)
+    return y, conv1, conv2
+
+
+def _vgg_block(x, filters: int, stride: int, name: str):
+    """Plain block: two conv-BN-ReLU, output tapped."""
+    y, _, _ = _two_convs(x, filters, stride, name)
+    y = keras.layers.ReLU(name=f"{name}_relu2")(y)
+    return Tap(name=f"{name}_tap")(y)
+
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    """Basic residual block: ReLU(shortcut(x) + branch(x)), branch and output tapped."""
+    branch, conv1, conv2 = _two_convs(x, filters, stride, name)
+    branch = ScaledBranchTap(name=f"{name}_branch_tap")([branch, conv1, conv2])
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv(x, filters, 1, stride, f"{name}_proj_conv")
+        shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, branch])
+    y = keras.layers.ReLU(name=f"{name}_out")(y)
+    return Tap(name=f"{name}_out_tap")(y)
+
+
+def _check_blocks(blocks: Sequence[int]) -> list[int]:
+    """Four non-negative ints with at least one block, as a list."""
+    blocks = list(blocks)
+    if len(blocks) != len(STAGE_FILTERS) or not all(_is_int(b) and b >= 0 for b in blocks):
+        raise ValueError(
+            f"blocks must be {len(STAGE_FILTERS)} non-negative ints (blocks of the stages "
+            f"with {list(STAGE_FILTERS)} filters), got {blocks!r}; e.g. paper_blocks(50).")
+    if sum(blocks) == 0:
+        raise ValueError("blocks are all zero: a network needs at least one block.")
+    return [int(b) for b in blocks]
+
+
+def _check_io(input_shape, num_classes, min_rank: int, max_rank: int | None = None):
+    """Validate shape and classes; returns (keras.Input, num_classes)."""
+    shape = tuple(input_shape)
+    rank_ok = len(shape) >= min_rank and (max_rank is None or len(shape) <= max_rank)
+    if not rank_ok or not all(_is_int(d) and d > 0 for d in shape):
+        expected = "(height, width, channels)" if max_rank == 3 else "positive ints"
+        raise ValueError(f"input_shape must be {expected} of one sample, got {input_shape!r}.")
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
+    return keras.Input(shape=shape, name="image"), int(num_classes)
+
+
+def _check_positive(name: str, value) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
