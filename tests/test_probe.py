@@ -181,6 +181,16 @@ def test_tap_marked_model_measures_exactly_its_taps_with_branch_scaling(digits):
                                   keras.Model(model.input, model.get_layer("out").output)(x))
 
 
+def test_probe_layers_do_not_clash_with_model_layer_names():
+    inputs = keras.Input((4,))
+    h = Tap(name="t")(keras.layers.Dense(4, activation="relu", name="t_measured")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(h))
+    x = np.ones((2, 4), "float32")
+    assert list(probe(model)(x)) == ["t"]
+    np.testing.assert_array_equal(probe(model)(x)["t"],
+                                  probe(model, ["t_measured"])(x)["t_measured"])
+
+
 def test_named_layers_are_measured_in_graph_order():
     model = resnet()
     assert tap_names(model, ["proj_out", "stem", "id_add"]) == ["stem", "id_add", "proj_out"]
