@@ -1,0 +1,200 @@
+"""lesion: the extension paper's lesion study on a trained ResNet (SPEC §4).
+
+    python -m experiments lesion --source_run=runs/<train run of a resnet>
+    python -m experiments lesion --flagfile=flags/lesion_digits.cfg --source_run=...
+
+Loads the final network of --source_run (see `experiments.trained`),
+measures the residual branch of every block on the run's measurement sample
+and splits the blocks into conflicting (bundle entropy > 0) and
+non-conflicting ones. Then, for k = 1 ... (number of conflicting blocks) and
+each group -- ``conflicting``, ``non_conflicting`` and ``any`` (all blocks)
+-- it lesions k blocks drawn at random from the group (--lesion_draws draws,
+without replacement within a draw; a group with fewer than k blocks is
+skipped) and measures the test accuracy of the lesioned network
+(`cb_keras.pruning.Lesion`: the blocks' branches are multiplied by 0, which
+equals removing them). Draws that pick the same set are evaluated once.
+
+Writes to the run directory:
+
+- ``lesion_draws.csv``: one row per draw (`DRAW_COLUMNS`): group, k, draw,
+  removed blocks (``;``-separated), test accuracy;
+- ``lesion.csv``: one row per group and k (`CURVE_COLUMNS`): mean and std of
+  the test accuracy over the draws;
+- ``lesion.png``: the three curves, mean +- std over k, with the intact
+  network's accuracy;
+- ``branches.csv``: bundle metrics of every block's branch;
+- ``results.json``: ``command``, ``source``, ``dataset``, ``blocks``,
+  ``conflicting_blocks``, ``test_accuracy`` (intact), ``draws``, ``curves``
+  (the rows of lesion.csv), and ``all_conflicting_removed``: the network
+  with every conflicting block physically removed (`remove_blocks`):
+  ``test_accuracy``, ``parameters``, ``parameters_before``, ``blocks``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from cb_keras import pruning
+from experiments import console, rundir, trained
+
+DRAWS = flags.DEFINE_integer(
+    "lesion_draws", 15, "Random draws of k blocks per group and k (the papers: 15).",
+    lower_bound=1)
+LESION_SEED = flags.DEFINE_integer("lesion_seed", 0, "Seed of the random draws.")
+flags.adopt_module_key_flags(rundir)
+flags.adopt_module_key_flags(trained)
+
+GROUPS = ("conflicting", "non_conflicting", "any")
+DRAWS_FILE = "lesion_draws.csv"
+CURVES_FILE = "lesion.csv"
+PLOT_FILE = "lesion.png"
+BRANCHES_FILE = "branches.csv"
+DRAW_COLUMNS = ("group", "k", "draw", "removed", "test_accuracy")
+CURVE_COLUMNS = ("group", "k", "draws", "test_accuracy_mean", "test_accuracy_std")
+TABLE_COLUMNS = (("k", "k", "d"),) + tuple(
+    (f"{group}_mean", f"{group} (mean)", ".4f") for group in GROUPS)
+
+
+def draw_sets(groups: dict[str, Sequence[str]], max_k: int, draws: int,
+              seed: int) -> list[dict[str, Any]]:
+    """The random lesions of the study: ``{group, k, draw, removed}`` per draw.
+
+    For k = 1 .. `max_k` and every group with at least k blocks, `draws`
+    sets of k distinct blocks, each sorted in the group's order.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(1, max_k + 1):
+        for group, names in groups.items():
+            if len(names) < k:
+                continue
+            for draw in range(draws):
+                chosen = sorted(rng.choice(len(names), size=k, replace=False))
+                rows.append({"group": group, "k": k, "draw": draw,
+                             "removed": [names[i] for i in chosen]})
+    return rows
+
+
+def evaluate_draws(rows: list[dict[str, Any]],
+                   accuracy: Callable[[list[str]], float]) -> list[dict[str, Any]]:
+    """`rows` with ``test_accuracy`` of each lesion, every distinct set evaluated once."""
+    cache: dict[frozenset, float] = {}
+    for row in rows:
+        key = frozenset(row["removed"])
+        if key not in cache:
+            cache[key] = accuracy(row["removed"])
+        row["test_accuracy"] = cache[key]
+    return rows
+
+
+def curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std of the test accuracy per group and k (`CURVE_COLUMNS`)."""
+    keys = sorted({(row["group"], row["k"]) for row in rows},
+                  key=lambda key: (GROUPS.index(key[0]), key[1]))
+    out = []
+    for group, k in keys:
+        values = [row["test_accuracy"] for row in rows if (row["group"], row["k"]) == (group, k)]
+        out.append({"group": group, "k": k, "draws": len(values),
+                    "test_accuracy_mean": float(np.mean(values)),
+                    "test_accuracy_std": float(np.std(values))})
+    return out
+
+
+def plot(curve_rows: list[dict[str, Any]], intact: float, title: str,
+         path: pathlib.Path) -> None:
+    """lesion.png: test accuracy (mean +- std) over the number of lesioned blocks."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    axes = figure.subplots()
+    colors = {"conflicting": "tab:red", "non_conflicting": "tab:blue", "any": "tab:gray"}
+    for group in GROUPS:
+        rows = [row for row in curve_rows if row["group"] == group]
+        if not rows:
+            continue
+        k = np.array([row["k"] for row in rows])
+        mean = np.array([row["test_accuracy_mean"] for row in rows])
+        std = np.array([row["test_accuracy_std"] for row in rows])
+        axes.plot(k, mean, marker="o", color=colors[group], label=group.replace("_", "-"))
+        axes.fill_between(k, mean - std, mean + std, color=colors[group], alpha=0.2)
+    axes.axhline(intact, color="black", linestyle="--", linewidth=1, label="intact")
+    axes.set_xlabel("blocks removed (k)")
+    axes.set_ylabel("test accuracy (mean ± std over draws)")
+    axes.set_title(title, fontsize=9)
+    axes.legend()
+    tmp = path.with_name(f".tmp-{path.name}")
+    figure.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
+
+
+def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int,
+                 seed: int) -> dict[str, Any]:
+    """Run the study on `source`, write its files to `run`; returns results.json."""
+    found = source.conflicts()
+    lesion = pruning.Lesion(source.model)
+    groups = {"conflicting": found.conflicting, "non_conflicting": found.non_conflicting,
+              "any": found.names}
+    rows = evaluate_draws(
+        draw_sets(groups, len(found.conflicting), draws, seed),
+        lambda removed: trained.accuracy(lesion.lesion(removed), source.test))
+    curve_rows = curves(rows)
+    intact = trained.accuracy(lesion.lesion([]), source.test)
+    pruned = pruning.remove_blocks(source.model, found.conflicting)
+    if run.writer:
+        found.report.save_csv(run.file(BRANCHES_FILE))
+        run.write_csv(DRAWS_FILE, [{**row, "removed": ";".join(row["removed"])}
+                                   for row in rows], DRAW_COLUMNS)
+        run.write_csv(CURVES_FILE, curve_rows, CURVE_COLUMNS)
+        plot(curve_rows, intact, f"Lesion study of {source.trial.path.name} "
+             f"({len(found.conflicting)}/{len(found.names)} blocks conflicting)",
+             run.file(PLOT_FILE))
+    return {
+        "command": "lesion", "source": str(source.trial.path),
+        "dataset": source.cfg.dataset, "blocks": found.names,
+        "conflicting_blocks": found.conflicting, "test_accuracy": intact,
+        "draws": draws, "curves": curve_rows,
+        "all_conflicting_removed": {
+            "test_accuracy": trained.accuracy(pruned, source.test),
+            "parameters": int(pruned.count_params()),
+            "parameters_before": int(source.model.count_params()),
+            "blocks": len(found.non_conflicting)},
+    }
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Mean test accuracy per k and group, and the all-conflicting removal."""
+    by_k: dict[int, dict[str, Any]] = {}
+    for row in results["curves"]:
+        by_k.setdefault(row["k"], {"k": row["k"]})[f"{row['group']}_mean"] = \
+            row["test_accuracy_mean"]
+    removed = results["all_conflicting_removed"]
+    return (f"intact test accuracy {results['test_accuracy']:.4f}; "
+            f"{len(results['conflicting_blocks'])}/{len(results['blocks'])} blocks "
+            f"conflicting; all of them removed: test accuracy "
+            f"{removed['test_accuracy']:.4f}, parameters {removed['parameters_before']:,} -> "
+            f"{removed['parameters']:,}\n" + console.table(list(by_k.values()), TABLE_COLUMNS))
+
+
+def main(argv: list[str]) -> None:
+    """Run (or show) the lesion study of --source_run."""
+    if len(argv) > 1:
+        raise app.UsageError(f"lesion takes no positional arguments, got {argv[1:]}.")
+    source = trained.SOURCE_RUN.value
+    if not source:
+        raise app.UsageError(
+            "lesion needs a trained resnet: --source_run=runs/<name> of a finished "
+            "`python -m experiments train --model=resnet ...` run.")
+    run = rundir.open_run("lesion", pathlib.Path(source).name, __name__)
+    if not run.results:
+        run.finish(lesion_study(trained.load_trial(source), run, DRAWS.value,
+                                LESION_SEED.value))
+    print(summary_table(run.results), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,194 @@
+"""prune: remove the conflicting residual blocks of a trained ResNet and export it.
+
+    python -m experiments prune --flagfile=flags/prune_digits.cfg
+    python -m experiments prune --source_run=runs/<train run of a resnet>
+
+With --source_run, loads the final network of that run (see
+`experiments.trained`); without it, first trains the network given by the
+training and model flags (``--model=resnet``, seed --seed) into ``train/``
+of this run, with the `train` command's code. Then:
+
+1. measures the residual branch of every block on the run's measurement
+   sample and finds the conflicting blocks (bundle entropy > 0; SPEC §4);
+2. removes them with `cb_keras.pruning.remove_blocks` and checks that the
+   pruned network's outputs equal the lesioned original's;
+3. fine-tunes the pruned network for --finetune_epochs (0: none) with the
+   run's optimizer and data;
+4. exports it as SavedModel (``export/``) and ``pruned.keras`` (the
+   original as ``original.keras``), reloads the SavedModel and compares its
+   outputs with the pruned network's.
+
+Writes ``branches.csv`` (bundle metrics of every block's branch) and
+``results.json``: ``command``, ``source`` (the trial), ``spec``, ``dataset``,
+``blocks`` (all, in order), ``conflicting_blocks`` (the removed ones),
+``removed_block_fraction``, ``removed_weight_layer_fraction``,
+``finetune_epochs``, ``test_accuracy_pruned_before_finetune``,
+``pruned_vs_lesioned_max_abs_diff``, ``savedmodel_vs_pruned_max_abs_diff``,
+and ``before`` / ``after``, each with ``blocks``, ``weight_layers`` (Conv and
+Dense layers, projections included), ``parameters``, ``test_accuracy`` (whole
+test split, final weights), ``latency_ms`` (median of --latency_repeats calls
+on one test batch of --batch_size images), ``keras_bytes`` and
+``savedmodel_bytes`` (size on disk).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from cb_keras import pruning
+from experiments import config, console, model_flags, rundir, strategy, trained, training
+
+FINETUNE_EPOCHS = flags.DEFINE_integer(
+    "finetune_epochs", 0, "Epochs of training after the removal (0: none).", lower_bound=0)
+LATENCY_REPEATS = flags.DEFINE_integer(
+    "latency_repeats", 50, "Timed inference calls per network; the median is reported.",
+    lower_bound=1)
+flags.adopt_module_key_flags(rundir)
+flags.adopt_module_key_flags(strategy)
+flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(model_flags)
+flags.adopt_module_key_flags(trained)
+rundir.operational(LATENCY_REPEATS)
+
+BRANCHES_FILE = "branches.csv"
+ORIGINAL_FILE = "original.keras"
+PRUNED_FILE = "pruned.keras"
+TRAIN_DIR = "train"
+MATCH_TOLERANCE = 1e-5  # rtol and atol of the output comparisons (float32 precision)
+TABLE_COLUMNS = (
+    ("network", "network", ""),
+    ("blocks", "blocks", "d"),
+    ("weight_layers", "weight_layers", "d"),
+    ("parameters", "parameters", ",d"),
+    ("test_accuracy", "test_acc", ".4f"),
+    ("latency_ms", "latency_ms", ".2f"),
+    ("keras_bytes", ".keras bytes", ",d"),
+    ("savedmodel_bytes", "SavedModel bytes", ",d"),
+)
+
+
+def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
+          repeats: int) -> dict[str, Any]:
+    """Find, remove, fine-tune and export the conflicting blocks of `source`.
+
+    Returns the results.json dict (module docstring).
+    """
+    found = source.conflicts()
+    if run.writer:
+        found.report.save_csv(run.file(BRANCHES_FILE))
+    pruned = pruning.remove_blocks(source.model, found.conflicting)
+    batch = next(iter(source.test))[0]
+    lesioned = pruning.lesioned(source.model, found.conflicting)
+    lesion_diff = _max_abs_diff(lesioned(batch, training=False), pruned(batch, training=False))
+    pruned_accuracy = trained.accuracy(pruned, source.test)
+    before = _measure(source.model, len(found.blocks), source, run.file(ORIGINAL_FILE), None)
+    if finetune_epochs:
+        _finetune(pruned, source.cfg, finetune_epochs)
+    after = _measure(pruned, len(found.non_conflicting), source, run.file(PRUNED_FILE), run)
+    before["latency_ms"], after["latency_ms"] = trained.latencies_ms(
+        [source.model, pruned], batch, repeats)
+    return {
+        "command": "prune", "source": str(source.trial.path), "spec": source.spec,
+        "dataset": source.cfg.dataset, "blocks": found.names,
+        "conflicting_blocks": found.conflicting,
+        "removed_block_fraction": len(found.conflicting) / len(found.blocks),
+        "removed_weight_layer_fraction":
+            1.0 - after["weight_layers"] / before["weight_layers"],
+        "finetune_epochs": finetune_epochs,
+        "test_accuracy_pruned_before_finetune": pruned_accuracy,
+        "pruned_vs_lesioned_max_abs_diff": lesion_diff,
+        "savedmodel_vs_pruned_max_abs_diff": _savedmodel_diff(run, pruned, batch),
+        "before": before, "after": after,
+    }
+
+
+def _measure(model: keras.Model, blocks: int, source: trained.Trained,
+             keras_file: pathlib.Path, export_run: rundir.RunDir | None) -> dict[str, Any]:
+    """Size, test accuracy and files of one network (`trained.describe` + more)."""
+    return {
+        **trained.describe(model, blocks),
+        "test_accuracy": trained.accuracy(model, source.test),
+        "keras_bytes": trained.save_keras(model, keras_file),
+        "savedmodel_bytes": trained.export_size(model, export_run),
+    }
+
+
+def _finetune(model: keras.Model, cfg: training.TrainConfig, epochs: int) -> None:
+    """Train `model` `epochs` more epochs with the run's optimizer, loss and data."""
+    training.compile_model(model, cfg)
+    train, _, _ = training.load_data(cfg, augment=cfg.augment, shuffle_seed=cfg.seed)
+    model.fit(train, epochs=epochs, verbose=2)
+
+
+def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: tf.Tensor) -> float:
+    """Reload export/ with tf.saved_model.load; max |served - model| on `batch`.
+
+    Raises:
+        RuntimeError: the outputs differ beyond float32 precision.
+    """
+    served = tf.saved_model.load(str(run.file(training.EXPORT_DIR)))
+    outputs, expected = served.serve(batch), model(batch, training=False)
+    difference = _max_abs_diff(outputs, expected)
+    if not np.allclose(outputs, expected, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE):
+        raise RuntimeError(
+            f"the SavedModel in {run.file(training.EXPORT_DIR)} computes other outputs than "
+            f"the pruned network (max abs difference {difference:.3g}); please report this.")
+    return difference
+
+
+def _max_abs_diff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Before and after as a table, with the removed blocks."""
+    rows = [{"network": "original", **results["before"]},
+            {"network": "pruned", **results["after"]}]
+    return (f"{len(results['conflicting_blocks'])} of {len(results['blocks'])} blocks "
+            f"conflicting and removed ({results['removed_block_fraction']:.0%}; "
+            f"{results['removed_weight_layer_fraction']:.0%} of the weight layers): "
+            f"{', '.join(results['conflicting_blocks']) or '-'}\n"
+            + console.table(rows, TABLE_COLUMNS))
+
+
+def main(argv: list[str]) -> None:
+    """Prune the network of --source_run (or train one first) and print before/after."""
+    if len(argv) > 1:
+        raise app.UsageError(f"prune takes no positional arguments, got {argv[1:]}.")
+    dist = strategy.make()
+    cfg = config.training_config()
+    source = trained.SOURCE_RUN.value
+    spec = None if source else _resnet_spec()
+    readable = pathlib.Path(source).name if source else \
+        f"{training.spec_name(spec)}_{cfg.dataset}"
+    run = rundir.open_run("prune", readable, __name__, writer=strategy.is_chief(dist))
+    if not run.results:
+        if not source:
+            training.train_trial(run.sub(TRAIN_DIR), spec, cfg, seed=cfg.seed, strategy=dist)
+            source = run.sub(TRAIN_DIR).path
+        run.finish(prune(trained.load_trial(source), run, FINETUNE_EPOCHS.value,
+                         LATENCY_REPEATS.value))
+    print(summary_table(run.results), flush=True)
+
+
+def _resnet_spec() -> dict[str, Any]:
+    """The --model/--depth/--blocks network, which must be a resnet."""
+    try:
+        spec = model_flags.model_spec()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    if spec["model"] != "resnet":
+        raise app.UsageError(
+            f"prune removes residual blocks, so it needs --model=resnet (got "
+            f"--model={spec['model']}), or --source_run=<a train run of a resnet>.")
+    return spec
+
+
+if __name__ == "__main__":
+    app.run(main)

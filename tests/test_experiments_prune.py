@@ -1,0 +1,103 @@
+"""The prune and lesion commands on a tiny run, and the lesion study's bookkeeping."""
+
+import csv
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from experiments import lesion, prune
+
+# A 6-layer ResNet (one identity block, one projection block) trained for one
+# epoch. The tiny learning rate makes every branch conflicting (a * lr / bs is
+# lost next to w_max), so both blocks are removed and both lesion curves exist.
+TINY_RUN = ["--dataset=digits", "--model=resnet", "--blocks=1,1,0,0", "--epochs=1",
+            "--learning_rate=1e-9", "--optimizer=adam", "--noaugment", "--measure_every=0",
+            "--measure_samples=128", "--noexport", "--progress=none"]
+
+
+def _command(module, *argv: str) -> None:
+    """What ``python -m experiments <module> ARGV`` does, in this process."""
+    flags.FLAGS.unparse_flags()
+    try:
+        module.main(flags.FLAGS([module.__name__, *argv]))
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory) -> pathlib.Path:
+    """A prune run that trained its own tiny network."""
+    run = tmp_path_factory.mktemp("runs") / "prune"
+    _command(prune, f"--run_dir={run}", "--latency_repeats=3", *TINY_RUN)
+    return run
+
+
+def test_prune_removes_exports_and_reports(pruned_run):
+    results = json.loads((pruned_run / "results.json").read_text())
+    assert results["blocks"] == ["stage1_block1", "stage2_block1"]
+    assert results["conflicting_blocks"] == results["blocks"]
+    before, after = results["before"], results["after"]
+    assert (before["blocks"], after["blocks"]) == (2, 0)
+    assert after["weight_layers"] == before["weight_layers"] - 4
+    assert after["parameters"] < before["parameters"]
+    assert after["keras_bytes"] < before["keras_bytes"]
+    assert after["savedmodel_bytes"] < before["savedmodel_bytes"]
+    assert results["pruned_vs_lesioned_max_abs_diff"] <= 1e-5
+    assert results["savedmodel_vs_pruned_max_abs_diff"] <= 1e-5
+    assert after["test_accuracy"] == results["test_accuracy_pruned_before_finetune"]
+    assert (pruned_run / "export" / "saved_model.pb").exists()
+    reloaded = keras.models.load_model(pruned_run / "pruned.keras")
+    assert reloaded.count_params() == after["parameters"]
+
+
+def test_lesion_study_writes_curves_and_plot(pruned_run, tmp_path):
+    run = tmp_path / "lesion"
+    _command(lesion, f"--run_dir={run}", f"--source_run={pruned_run / 'train'}",
+             "--lesion_draws=3")
+    with open(run / "lesion.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["group"], r["k"], r["draws"]) for r in rows] == [
+        ("conflicting", "1", "3"), ("conflicting", "2", "3"), ("any", "1", "3"),
+        ("any", "2", "3")]
+    with open(run / "lesion_draws.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 12
+    assert (run / "lesion.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((run / "results.json").read_text())
+    everything = [r for r in rows if r["group"] == "conflicting" and r["k"] == "2"][0]
+    # The physically pruned network scores as the network with both blocks lesioned.
+    assert results["all_conflicting_removed"]["test_accuracy"] == pytest.approx(
+        float(everything["test_accuracy_mean"]), abs=1e-9)
+    assert results["all_conflicting_removed"]["blocks"] == 0
+
+
+def test_draw_sets_draw_distinct_blocks_of_each_group():
+    groups = {"conflicting": ["a", "b", "c"], "non_conflicting": ["d"],
+              "any": ["a", "b", "c", "d"]}
+    rows = lesion.draw_sets(groups, max_k=3, draws=4, seed=0)
+    assert {(r["group"], r["k"]) for r in rows} == {
+        ("conflicting", 1), ("conflicting", 2), ("conflicting", 3), ("non_conflicting", 1),
+        ("any", 1), ("any", 2), ("any", 3)}
+    for row in rows:
+        assert len(set(row["removed"])) == row["k"]
+        assert set(row["removed"]) <= set(groups[row["group"]])
+    assert rows == lesion.draw_sets(groups, max_k=3, draws=4, seed=0)
+
+
+def test_each_distinct_lesion_is_evaluated_once_and_averaged():
+    calls = []
+    rows = [{"group": "any", "k": 1, "draw": d, "removed": [name]}
+            for d, name in enumerate(["a", "b", "a"])]
+
+    def accuracy(removed):
+        calls.append(removed)
+        return {"a": 0.5, "b": 0.8}[removed[0]]
+
+    curve = lesion.curves(lesion.evaluate_draws(rows, accuracy))
+    assert calls == [["a"], ["b"]]
+    assert curve == [{"group": "any", "k": 1, "draws": 3,
+                      "test_accuracy_mean": pytest.approx(0.6),
+                      "test_accuracy_std": pytest.approx(np.std([0.5, 0.8, 0.5]))}]
