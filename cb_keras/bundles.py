@@ -122,7 +122,8 @@ def transform(activations: tf.Tensor, weight_amplitude: tf.Tensor,
         float32 tensor of shape (N, D), D the product of the trailing dims.
     """
     a = tf.cast(activations, tf.float32)
-    a = tf.reshape(a, [tf.shape(a)[0], -1])
+    features = a.shape[1:].num_elements()  # static when known, even if N is not
+    a = tf.reshape(a, [-1, features] if features is not None else [tf.shape(a)[0], -1])
     # MulNoNan equals Mul for the nonzero lr and 1/bs, but Grappler's
     # arithmetic optimizer does not reassociate it: a chain of Mul ops with
     # scalars would become a * (lr * (1/bs)), which rounds differently.

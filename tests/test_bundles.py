@@ -218,3 +218,12 @@ def test_transform_rounds_each_operation_like_numpy_float32(graph):
     expected = np.float32(1.7) - ((a * np.float32(3e-3)) * np.float32(1.0 / 96))
     np.testing.assert_array_equal(transform(tf.constant(a), *scalars).numpy().view(np.int32),
                                   expected.view(np.int32))
+
+
+def test_fingerprint_traces_with_unknown_batch_size():
+    fingerprint = tf.function(bundles.fingerprint, input_signature=[
+        tf.TensorSpec([None, 3, 2], tf.float32)] + [tf.TensorSpec([], tf.float32)] * 3)
+    a = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    np.testing.assert_array_equal(fingerprint(a, *bundles.scalars(0.5, 1.0, 1)).numpy(),
+                                  bundles.fingerprint(tf.constant(a),
+                                                      *bundles.scalars(0.5, 1.0, 1)).numpy())
