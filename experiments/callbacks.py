@@ -1,0 +1,149 @@
+"""Per-epoch Keras callbacks of a trial: test split, TensorBoard scalars, commit.
+
+A trial (`experiments.training.train_trial`) passes them to `fit` in this
+order, after `cb_keras.ConflictingBundles` where noted, so each sees the
+numbers of the ones before it in the epoch's logs:
+
+1. `TestEvaluation` adds ``test_loss`` and ``test_accuracy``;
+2. ``ConflictingBundles`` adds the bundle metrics of a^L;
+3. `EpochCommit` saves the checkpoint, metrics.csv and state.json;
+4. `ScalarSummaries` writes the numbers for TensorBoard.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from experiments.rundir import STATE_FILE, RunDir
+
+LAST_EPOCHS = 5  # the reported test accuracy is the mean over the last 5 epochs
+METRICS_FILE = "metrics.csv"
+_FIRST_COLUMNS = ("epoch", "loss", "accuracy", "test_loss", "test_accuracy")
+
+
+class TestEvaluation(keras.callbacks.Callback):
+    """Adds ``test_loss`` and ``test_accuracy`` to the logs of some epochs.
+
+    Tests every `every` epochs and in each of the last `LAST_EPOCHS` epochs
+    (their mean is the reported test accuracy). Place it before callbacks
+    that read the test numbers.
+
+    Args:
+        test: the test split, a batched `tf.data.Dataset` of (x, y).
+        every: test every k epochs.
+        epochs: the total number of epochs of the training.
+    """
+
+    def __init__(self, test: tf.data.Dataset, every: int, epochs: int):
+        super().__init__()
+        self.test, self.every, self.epochs = test, every, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if logs is not None and (done % self.every == 0 or done > self.epochs - LAST_EPOCHS):
+            values = self.model.evaluate(self.test, verbose=0, return_dict=True)
+            logs["test_loss"] = values["loss"]
+            logs["test_accuracy"] = values["accuracy"]
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """Commits every finished epoch to the trial directory (the resume point).
+
+    Order: checkpoint (model + optimizer), metrics.csv, then state.json (the
+    commit), then checkpoints beyond `keep` are deleted. Epochs are counted
+    from 1 in the files: row ``epoch=3`` and ``epoch_0003.weights.h5`` hold
+    the state after three epochs.
+
+    Args:
+        trial: the trial directory.
+        state: the trial state; ``history``, ``completed_epochs`` and
+            ``checkpoint`` are updated in place.
+        keep: checkpoints to keep.
+    """
+
+    def __init__(self, trial: RunDir, state: dict[str, Any], keep: int):
+        super().__init__()
+        self.trial, self.state, self.keep = trial, state, keep
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        row = {"epoch": done, **{k: _number(v) for k, v in (logs or {}).items()},
+               "seconds": round(time.monotonic() - self._started, 3)}
+        checkpoint = self.trial.save_checkpoint(self.model, done)
+        self.state["history"] = [r for r in self.state["history"] if r["epoch"] < done] + [row]
+        self.state.update(completed_epochs=done, checkpoint=checkpoint)
+        write_metrics(self.trial, self.state["history"])
+        self.trial.write_json(STATE_FILE, self.state)
+        self.trial.prune_checkpoints(self.keep, protect=done)
+
+
+class ScalarSummaries(keras.callbacks.Callback):
+    """Writes the numbers of every epoch's logs as TensorBoard scalars ``epoch_<key>``.
+
+    Keras's own TensorBoard callback needs the separate `tensorboard` package
+    for its summary ops; this one writes the same event files with core
+    TensorFlow ops, so every run logs and any TensorBoard can show them. The
+    step is the number of completed epochs. One writer serves all `fit`
+    calls of a trial (one events file per process).
+
+    Args:
+        log_dir: folder of the events file.
+        enabled: False on non-chief workers (writes nothing).
+    """
+
+    def __init__(self, log_dir: str | pathlib.Path, enabled: bool = True):
+        super().__init__()
+        self.log_dir, self.enabled = str(log_dir), enabled
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.enabled:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            for key, value in (logs or {}).items():
+                value = _number(value)
+                if isinstance(value, (int, float)):
+                    tf.summary.write(f"epoch_{key}", tf.constant(value, tf.float32),
+                                     step=epoch + 1, metadata=_SCALAR_METADATA)
+        self._writer.flush()
+
+
+def _scalar_metadata() -> summary_pb2.SummaryMetadata:
+    """What TensorBoard's scalars plugin expects of a float32 scalar summary."""
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
+    return metadata
+
+
+_SCALAR_METADATA = _scalar_metadata()
+
+
+def write_metrics(trial: RunDir, history: list[dict[str, Any]]) -> None:
+    """metrics.csv: one row per epoch, the known columns first."""
+    columns = [c for c in _FIRST_COLUMNS if any(c in row for row in history)]
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    trial.write_csv(METRICS_FILE, history, columns)
+
+
+def _number(value: Any) -> Any:
+    """A logs value as a Python scalar; None for NaN/inf (e.g. epochs not measured)."""
+    value = np.asarray(value)
+    if value.size != 1:
+        return value.tolist()
+    value = value.item()
+    return None if isinstance(value, float) and not np.isfinite(value) else value

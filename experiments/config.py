@@ -1,0 +1,93 @@
+"""Flags shared by every command that trains networks, and `TrainConfig` from them.
+
+Defaults are the papers' hyperparameters (batch 64, learning rate 1e-3,
+Lookahead(RAdam), 120 epochs, 512 measurement samples) on the offline
+``digits`` data set; the flagfiles in flags/ set the rest.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from experiments import rundir, training
+
+
+class IntListParser(flags.ListParser):
+    """absl parser of comma-separated non-negative integers, e.g. ``3,6,12,3``."""
+
+    def parse(self, argument: str | list) -> list[int]:
+        items = super().parse(argument)
+        try:
+            values = [int(item) for item in items]
+        except (TypeError, ValueError):
+            values = [-1]
+        if any(value < 0 for value in values):
+            raise ValueError(f"expected comma-separated integers >= 0, got {argument!r}")
+        return values
+
+    def flag_type(self) -> str:
+        return "comma separated list of integers"
+
+
+def define_int_list(name: str, default: list[int] | None, help_text: str,
+                    module_name: str) -> flags.FlagHolder:
+    """DEFINE a flag holding a list of non-negative ints, owned by `module_name`."""
+    return flags.DEFINE(IntListParser(), name, default, help_text,
+                        serializer=flags.CsvListSerializer(","), module_name=module_name)
+
+DATASET = flags.DEFINE_enum(
+    "dataset", "digits", list(training.DATASETS),
+    "Data set: digits (scikit-learn, offline) or a TensorFlow Datasets name of the papers.")
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "TensorFlow Datasets folder (default: TFDS's own, ~/tensorflow_datasets).")
+AUGMENT = flags.DEFINE_bool(
+    "augment", True, "Augment training batches as the papers do (SPEC §5).")
+EPOCHS = flags.DEFINE_integer("epochs", 120, "Training epochs.", lower_bound=1)
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 64, "Global training batch size (also the bundle metric's bs).",
+    lower_bound=1)
+LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", 1e-3, "Learning rate (also the bundle metric's lr), > 0.")
+OPTIMIZER = flags.DEFINE_enum(
+    "optimizer", "paper", list(training.OPTIMIZERS),
+    "paper: Lookahead(RAdam(eps 1e-6, weight decay 1e-2)) of the papers; radam: RAdam "
+    "alone; adam / sgd: Keras's own.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed of the first run; run k uses seed + k.")
+RUNS = flags.DEFINE_integer(
+    "runs", 1, "Independent trainings (seeds) per network, for mean and std.", lower_bound=1)
+TEST_EVERY = flags.DEFINE_integer(
+    "test_every", 1,
+    "Evaluate the test split every k epochs (and always in the last 5, whose mean is "
+    "the reported test accuracy).", lower_bound=1)
+MEASURE_EVERY = flags.DEFINE_integer(
+    "measure_every", 1, "Measure bundles every k epochs (0: never during training).",
+    lower_bound=0)
+MEASURE_LAYERS = flags.DEFINE_enum(
+    "measure_layers", "last", ["last", "all"],
+    "Layers measured every epoch: last (a^L) or all (per-layer report of each epoch).")
+MEASURE_SAMPLES = flags.DEFINE_integer(
+    "measure_samples", 512, "Training samples (fixed, no augmentation) for the bundle metric.",
+    lower_bound=1)
+KEEP_CHECKPOINTS = flags.DEFINE_integer(
+    "keep_checkpoints", 5,
+    "Checkpoints of the last epochs to keep (evaluate averages test accuracy over them).",
+    lower_bound=1)
+EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedModel (export/).")
+PROGRESS = flags.DEFINE_enum(
+    "progress", "line", ["line", "bar", "none"],
+    "Per-epoch output: one compact line, Keras's progress bar, or nothing.")
+flags.register_validator(LEARNING_RATE, lambda value: value > 0,
+                         "--learning_rate must be > 0, e.g. 1e-3 (the papers' value).")
+rundir.operational(DATA_DIR, KEEP_CHECKPOINTS, EXPORT, PROGRESS)
+
+
+def training_config() -> training.TrainConfig:
+    """The training configuration given by the flags above."""
+    return training.TrainConfig(
+        dataset=DATASET.value, data_dir=DATA_DIR.value, augment=AUGMENT.value,
+        epochs=EPOCHS.value, batch_size=BATCH_SIZE.value,
+        learning_rate=LEARNING_RATE.value, optimizer=OPTIMIZER.value, seed=SEED.value,
+        runs=RUNS.value, test_every=TEST_EVERY.value, measure_every=MEASURE_EVERY.value,
+        measure_layers=MEASURE_LAYERS.value, measure_samples=MEASURE_SAMPLES.value,
+        keep_checkpoints=KEEP_CHECKPOINTS.value, export=EXPORT.value,
+        progress=PROGRESS.value)

@@ -1,0 +1,123 @@
+"""evaluate: recompute the test accuracy and per-layer conflicts of a run.
+
+    python -m experiments evaluate --run_dir=runs/<name>
+
+For every trial of a run made by a training command (train, fnn_map, ...),
+as the reference's evaluate.py does:
+
+- test accuracy and loss of each of the last ``--last_epochs`` epochs whose
+  checkpoint exists, and their mean (the papers' reported test accuracy);
+- bundle metrics of every layer of the newest checkpoint, written to the
+  trial's conflicts.csv and conflicts.png.
+
+Writes ``evaluation.json`` to the run directory: ``run`` (its path),
+``finished`` (whether training had finished), ``trials`` (one dict per trial:
+``dir``, ``spec``, ``seed``, ``epochs`` (evaluated), ``test_accuracy_by_epoch``,
+``test_accuracy``, ``test_loss`` (means), ``layers``, ``conflicting_layers``,
+``first_conflicting`` and the ``num_bundles``, ``bundle_entropy``,
+``max_accuracy`` of a^L) and ``test_accuracy_mean`` / ``test_accuracy_std``
+over the trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from cb_keras import data
+from experiments import console, rundir, strategy, training
+
+LAST_EPOCHS = flags.DEFINE_integer(
+    "last_epochs", training.LAST_EPOCHS,
+    "Average the test accuracy over the checkpoints of this many last epochs.", lower_bound=1)
+SAMPLES = flags.DEFINE_integer(
+    "samples", None, "Training samples for the per-layer bundle metrics (default: the "
+    "run's --measure_samples).", lower_bound=1)
+flags.adopt_module_key_flags(rundir)
+flags.adopt_module_key_flags(strategy)
+
+EVALUATION_FILE = "evaluation.json"
+TABLE_COLUMNS = (
+    ("dir", "trial", ""),
+    ("epochs", "epochs", ""),
+    ("test_accuracy", "test_acc", ".4f"),
+    ("layers", "layers", "d"),
+    ("conflicting", "conflicting", "d"),
+    ("first_conflicting", "first_conflicting", ""),
+    ("bundle_entropy", "H(a^L)", ".4f"),
+)
+
+
+def evaluate_trial(trial: rundir.RunDir, cfg: training.TrainConfig, last_epochs: int,
+                   dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Test accuracy over the last checkpoints and per-layer conflicts of one trial."""
+    state = trial.read_json(rundir.STATE_FILE)
+    checkpoints = list(trial.checkpoints().items())[-last_epochs:]
+    if not checkpoints:
+        raise rundir.RunDirError(
+            f"{trial.path} has no checkpoints to evaluate; train it first (or keep "
+            "checkpoints: --keep_checkpoints).")
+    _, test, info = data.load(cfg.dataset, batch_size=cfg.batch_size, augment=False,
+                              data_dir=cfg.data_dir)
+    x, y = data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
+    with dist.scope():
+        model = training.build_model(state["spec"], info.input_shape, info.num_classes)
+        training.compile_model(model, cfg)
+    tests = {}
+    for epoch, path in checkpoints:  # oldest first: the model ends at the newest
+        training.restore(model, path)
+        tests[epoch] = model.evaluate(test, verbose=0, return_dict=True)
+    report = training.write_conflicts(trial, model, x, y, num_classes=info.num_classes,
+                                      cfg=cfg)
+    return {
+        "dir": str(trial.path), "spec": state["spec"], "seed": state["seed"],
+        "epochs": list(tests),
+        "test_accuracy_by_epoch": {e: v["accuracy"] for e, v in tests.items()},
+        "test_accuracy": float(np.mean([v["accuracy"] for v in tests.values()])),
+        "test_loss": float(np.mean([v["loss"] for v in tests.values()])),
+        "layers": len(report), "conflicting_layers": report.conflicting,
+        "first_conflicting": report.first_conflicting,
+        "num_bundles": report.last.num_bundles,
+        "bundle_entropy": report.last.bundle_entropy,
+        "max_accuracy": report.last.max_accuracy,
+    }
+
+
+def main(argv: list[str]) -> None:
+    """Evaluate every trial of the run named by --run_dir (or --name)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"evaluate takes no positional arguments, got {argv[1:]}.")
+    if not (rundir.RUN_DIR.value or rundir.NAME.value):
+        raise app.UsageError(
+            "evaluate needs the run to evaluate: --run_dir=runs/<name> (or --name=<name> "
+            "under --runs_root).")
+    dist = strategy.make()
+    run = rundir.RunDir(rundir.locate("evaluate", "", {}), writer=strategy.is_chief(dist))
+    saved = run.read_json(rundir.FLAGS_FILE)
+    if saved is None:
+        raise app.UsageError(f"{run.path} holds no run (no {rundir.FLAGS_FILE}); pass the "
+                             "directory a train or fnn_map command wrote.")
+    cfg = training.TrainConfig.from_flags(saved)
+    if SAMPLES.value:
+        cfg = dataclasses.replace(cfg, measure_samples=SAMPLES.value)
+    trials = sorted(path.parent for path in run.path.rglob(rundir.STATE_FILE))
+    if not trials:
+        raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
+    results = [evaluate_trial(rundir.RunDir(path, writer=run.writer), cfg,
+                              LAST_EPOCHS.value, dist) for path in trials]
+    run.write_json(EVALUATION_FILE, {
+        "run": str(run.path), "finished": run.results is not None, "trials": results,
+        **training.mean_std(results, ["test_accuracy"])})
+    rows = [{**r, "epochs": f"{r['epochs'][0]}-{r['epochs'][-1]}",
+             "conflicting": len(r["conflicting_layers"])} for r in results]
+    print(console.table(rows, TABLE_COLUMNS), flush=True)
+    if run.results is None:
+        print(f"Note: {run.path} has not finished training; evaluated its last checkpoints.")
+
+
+if __name__ == "__main__":
+    app.run(main)

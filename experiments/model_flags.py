@@ -1,0 +1,57 @@
+"""Flags that choose one network of the papers, and its spec (a JSON-able dict).
+
+A *spec* names a network completely: ``{"model": "fnn", "depth": 5, "width": 50}``
+or ``{"model": "vgg" | "resnet", "blocks": [3, 6, 12, 3]}``. Trial state and
+results store it, and `training.build_model` rebuilds the network from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import app, flags
+
+from experiments import config, training
+
+MODEL = flags.DEFINE_enum(
+    "model", "fnn", list(training.MODELS),
+    "fnn: Dense+ReLU layers; vgg: plain conv blocks; resnet: residual blocks.")
+DEPTH = flags.DEFINE_integer(
+    "depth", None,
+    "fnn: number of hidden layers. vgg/resnet: a depth of the papers' table "
+    f"({', '.join(map(str, training.PAPER_DEPTHS))}), or give --blocks instead.",
+    lower_bound=1)
+BLOCKS = config.define_int_list(
+    "blocks", None, "vgg/resnet: blocks per stage, four integers, e.g. 3,6,12,3.", __name__)
+WIDTH = flags.DEFINE_integer("width", 50, "fnn: units per hidden layer.", lower_bound=1)
+
+
+@flags.validator(BLOCKS.name,
+                 message="--blocks must be four integers >= 0, e.g. --blocks=3,6,12,3.")
+def _four_blocks(value: list[int] | None) -> bool:
+    return not value or len(value) == 4
+
+
+def model_spec() -> dict[str, Any]:
+    """The spec of the network chosen by the flags above.
+
+    Raises:
+        app.UsageError: --depth/--blocks missing, both given, or a depth the
+            papers do not define.
+    """
+    if MODEL.value == "fnn":
+        if DEPTH.value is None or BLOCKS.value:
+            raise app.UsageError("--model=fnn needs --depth (number of hidden layers) and "
+                                 "--width, not --blocks.")
+        return {"model": "fnn", "depth": DEPTH.value, "width": WIDTH.value}
+    if (DEPTH.value is None) == (not BLOCKS.value):
+        raise app.UsageError(
+            f"--model={MODEL.value} needs either --depth (a depth of the papers' table: "
+            f"{', '.join(map(str, training.PAPER_DEPTHS))}) or --blocks=b1,b2,b3,b4, "
+            "not both.")
+    try:
+        blocks = BLOCKS.value or training.paper_blocks(DEPTH.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    return {"model": MODEL.value, "blocks": blocks}
+

@@ -1,0 +1,296 @@
+"""The run directory of an experiment: where it is, what it wrote, how it resumes.
+
+Layout (DESIGN.md; one *trial* is one training of one network with one seed)::
+
+    runs/<name>/flags.json      every flag value of the run (key flags of the command)
+                results.json    the final numbers; written last, so it marks a
+                                finished run
+                <trial files>   for a single trial, directly in the run directory:
+                  state.json      resume point: completed epochs, checkpoint,
+                                  per-epoch history, seed schedule
+                  metrics.csv     one row per completed epoch
+                  conflicts.csv   per-layer bundle metrics of the final network
+                  conflicts.png
+                  tensorboard/    scalars of every epoch
+                  checkpoints/    epoch_0007.weights.h5 ...: model and optimizer
+                                  state of the last complete epochs
+                  export/         SavedModel of the final network
+
+Every file is written atomically (temporary file in the same folder, then
+``os.replace``): a run killed at any moment leaves either the old or the new
+version of each file, never a torn one. ``state.json`` is the commit point of
+an epoch: it is written after the epoch's checkpoint, so a killed run resumes
+from the last epoch whose state was committed and loses at most the epoch in
+progress. Nothing is pickled: state is JSON, weights are Keras ``.weights.h5``.
+
+This module holds the three flags that locate a run (shared by every
+command) and a flag-free `RunDir` class.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import pathlib
+import re
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import app, flags
+
+RUNS_ROOT = flags.DEFINE_string(
+    "runs_root", "runs", "Folder that holds the run directories (<runs_root>/<name>).")
+NAME = flags.DEFINE_string(
+    "name", None,
+    "Name of the run directory under --runs_root. Default: derived from the command and "
+    "the flags that affect results (readable prefix + hash), so rerunning the same "
+    "command resumes the same run and a changed flag starts a new one.")
+RUN_DIR = flags.DEFINE_string(
+    "run_dir", None, "Path of the run directory; overrides --runs_root and --name.")
+
+FLAGS_FILE = "flags.json"
+RESULTS_FILE = "results.json"
+STATE_FILE = "state.json"
+CHECKPOINTS = "checkpoints"
+_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d{4,})\.weights\.h5")
+
+_operational_flags = {RUNS_ROOT.name, NAME.name, RUN_DIR.name}
+
+
+class RunDirError(app.UsageError):
+    """A run directory cannot be used as asked (e.g. resumed with other flags)."""
+
+
+def operational(*holders: flags.FlagHolder) -> None:
+    """Declare flags that do not change results (where/how a run executes).
+
+    They are still written to flags.json, but may differ when a run is
+    resumed, and they do not enter the default run name.
+    """
+    _operational_flags.update(holder.name for holder in holders)
+
+
+def is_operational(name: str) -> bool:
+    """True if flag `name` was declared with `operational`."""
+    return name in _operational_flags
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON data: NumPy scalars/arrays to Python, NaN/inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # NumPy scalar or array, tf eager tensor via numpy()
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def atomic_write(path: pathlib.Path, text: str) -> None:
+    """Write `text` to `path` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV text with a header; missing or None values become empty cells."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return buffer.getvalue()
+
+
+def default_name(command: str, readable: str, flag_values: Mapping[str, Any]) -> str:
+    """``<command>_<readable>_<hash>``: the hash covers every non-operational flag."""
+    relevant = {k: v for k, v in sorted(flag_values.items()) if not is_operational(k)}
+    digest = hashlib.sha256(json.dumps(jsonable(relevant), sort_keys=True).encode())
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "-", readable).strip("-")
+    return f"{command}_{slug}_{digest.hexdigest()[:8]}" if slug else \
+        f"{command}_{digest.hexdigest()[:8]}"
+
+
+def flag_values(module_name: str) -> dict[str, Any]:
+    """Values of the key flags of a command module (its own and adopted ones)."""
+    return {flag.name: flag.value for flag in sorted(
+        flags.FLAGS.get_key_flags_for_module(module_name), key=lambda f: f.name)}
+
+
+def locate(command: str, readable: str, flag_values: Mapping[str, Any]) -> pathlib.Path:
+    """The run directory named by --run_dir, else --runs_root/--name, else derived."""
+    if RUN_DIR.value:
+        return pathlib.Path(RUN_DIR.value)
+    name = NAME.value or default_name(command, readable, flag_values)
+    return pathlib.Path(RUNS_ROOT.value) / name
+
+
+def open_run(command: str, readable: str, module_name: str, *,
+             writer: bool = True) -> "RunDir":
+    """Locate the run of `command` and start or resume it (see `RunDir.start`).
+
+    Args:
+        command: the command's name, first part of the default run name.
+        readable: short description for the default run name (e.g. the network).
+        module_name: the command module, whose key flags are the run's flags.
+        writer: False on non-chief workers.
+
+    A finished run is returned as is (check ``run.results``).
+    """
+    values = flag_values(module_name)
+    run = RunDir(locate(command, readable, values), writer=writer)
+    resumed = run.start(values)
+    if run.results:
+        print(f"{command}: {run.path} is already finished; its results are in "
+              f"{run.file(RESULTS_FILE)}.", flush=True)
+    else:
+        print(f"{command}: {'resuming' if resumed else 'starting'} {run.path}", flush=True)
+    return run
+
+
+class RunDir:
+    """One run directory (or the sub-directory of one trial of a run).
+
+    Args:
+        path: the folder; created on the first write.
+        writer: False on the non-chief workers of a multi-worker run: they
+            read state (to resume) but never write.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, writer: bool = True):
+        self.path = pathlib.Path(path)
+        self.writer = writer
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> pathlib.Path:
+        """Path of `name` inside the run directory."""
+        return self.path / name
+
+    def sub(self, name: str) -> "RunDir":
+        """A nested run directory (a trial or a grid cell)."""
+        return RunDir(self.path / name, writer=self.writer)
+
+    # -- atomic files -----------------------------------------------------
+    def write_json(self, name: str, data: Any) -> None:
+        """Write `data` as indented JSON, atomically (no NaN: they become null)."""
+        if self.writer:
+            atomic_write(self.file(name),
+                         json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        """Parsed JSON of `name`, or None if the file does not exist."""
+        path = self.file(name)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise RunDirError(
+                f"{path} is not valid JSON ({error}); it was not written by this tool "
+                "or was edited. Restore it or start a new run (--name).") from error
+
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]],
+                  columns: Sequence[str]) -> None:
+        """Write rows as CSV with the given columns, atomically."""
+        if self.writer:
+            atomic_write(self.file(name), csv_text(rows, columns))
+
+    # -- flags and results ------------------------------------------------
+    def start(self, flag_values: Mapping[str, Any]) -> bool:
+        """Record the flags of a new run, or check them when resuming.
+
+        Returns:
+            True if the run directory already held this run (resuming).
+
+        Raises:
+            RunDirError: the directory holds a run started with other values
+                of flags that affect results.
+        """
+        saved = self.read_json(FLAGS_FILE)
+        current = jsonable(dict(flag_values))
+        if saved is None:
+            self.write_json(FLAGS_FILE, current)
+            return False
+        changed = sorted(
+            name for name in set(saved) | set(current)
+            if not is_operational(name) and saved.get(name) != current.get(name))
+        if changed:
+            details = ", ".join(
+                f"--{n}={_flag_text(saved.get(n))} (now {_flag_text(current.get(n))})"
+                for n in changed)
+            raise RunDirError(
+                f"{self.path} holds a run started with other flags: {details}. Resume it "
+                f"with the flags recorded in {self.file(FLAGS_FILE)}, or start a new run "
+                "with another --name or --run_dir.")
+        self.write_json(FLAGS_FILE, {**saved, **current})  # operational flags may change
+        return True
+
+    @property
+    def results(self) -> dict | None:
+        """The content of results.json, or None while the run is not finished."""
+        return self.read_json(RESULTS_FILE)
+
+    def finish(self, results: Mapping[str, Any]) -> None:
+        """Write results.json (marks the run as finished)."""
+        self.write_json(RESULTS_FILE, {"finished": True, **results})
+
+    # -- checkpoints ------------------------------------------------------
+    def checkpoints(self) -> dict[int, pathlib.Path]:
+        """Existing checkpoint files by completed epoch (1-based), oldest first."""
+        folder = self.file(CHECKPOINTS)
+        found = {}
+        if folder.is_dir():
+            for path in folder.iterdir():
+                match = _CHECKPOINT_PATTERN.fullmatch(path.name)
+                if match:
+                    found[int(match.group(1))] = path
+        return dict(sorted(found.items()))
+
+    def save_checkpoint(self, model: Any, epoch: int) -> str:
+        """Save model and optimizer state after `epoch` epochs, atomically.
+
+        Returns:
+            The checkpoint's path relative to the run directory.
+        """
+        relative = f"{CHECKPOINTS}/epoch_{epoch:04d}.weights.h5"
+        if self.writer:
+            target = self.file(relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".tmp-{target.name}")
+            model.save_weights(tmp)
+            os.replace(tmp, target)
+        return relative
+
+    def prune_checkpoints(self, keep: int, protect: int) -> None:
+        """Delete all but the newest `keep` checkpoints (never epoch `protect`)."""
+        if not self.writer:
+            return
+        epochs = list(self.checkpoints().items())
+        for epoch, path in epochs[:max(0, len(epochs) - keep)]:
+            if epoch != protect:
+                path.unlink(missing_ok=True)
+
+
+def _flag_text(value: Any) -> str:
+    """A flag value as a user would type it."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "<unset>" if value is None else str(value)

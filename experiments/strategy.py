@@ -1,0 +1,72 @@
+"""--strategy: where training and bundle measurement run (tf.distribute).
+
+- ``none``: TensorFlow's default strategy (one device: the first GPU, or the CPU).
+- ``mirrored``: ``tf.distribute.MirroredStrategy`` over the GPUs of this machine,
+  or over the devices named by ``--devices``.
+- ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over several
+  machines, configured by the ``TF_CONFIG`` environment variable. Start the
+  same command on every worker with the same ``--run_dir`` on a shared file
+  system; only the chief (task ``chief``, or ``worker`` 0 when there is no
+  chief) writes files, the others read the checkpoints to resume.
+
+``--batch_size`` is always the global batch size (split across replicas), so
+the bundle metric's batch size is the same under every strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+from experiments import rundir
+
+STRATEGY = flags.DEFINE_enum(
+    "strategy", "none", ["none", "mirrored", "multi_worker"],
+    "tf.distribute strategy for training and measurement: none (one device), mirrored "
+    "(the GPUs of this machine, or --devices), multi_worker (several machines, TF_CONFIG).")
+DEVICES = flags.DEFINE_list(
+    "devices", [],
+    "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 or /cpu:0,/cpu:1 (logical CPUs). "
+    "Default: all GPUs of the machine (the CPU if there is none).")
+rundir.operational(STRATEGY, DEVICES)
+
+
+@flags.multi_flags_validator(
+    [STRATEGY.name, DEVICES.name],
+    message="--devices is only used with --strategy=mirrored; drop it or add "
+            "--strategy=mirrored.")
+def _devices_need_mirrored(values: dict) -> bool:
+    return not values[DEVICES.name] or values[STRATEGY.name] == "mirrored"
+
+
+def make() -> tf.distribute.Strategy:
+    """The strategy chosen by --strategy (and --devices)."""
+    if STRATEGY.value == "mirrored":
+        try:
+            return tf.distribute.MirroredStrategy(DEVICES.value or None)
+        except (ValueError, RuntimeError) as error:
+            available = [d.name for d in tf.config.list_logical_devices()]
+            raise app.UsageError(
+                f"--devices={','.join(DEVICES.value)} cannot be mirrored ({error}); "
+                f"available devices: {', '.join(available)}.") from error
+    if STRATEGY.value == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            logging.warning("--strategy=multi_worker without TF_CONFIG runs one local "
+                            "worker; set TF_CONFIG on every machine (README).")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes the run directory."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type or task_type == "chief":
+        return True
+    if task_type == "worker":
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+        return resolver.task_id == 0 and "chief" not in cluster
+    return False

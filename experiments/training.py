@@ -1,0 +1,294 @@
+"""Resumable training of one network (a *trial*), shared by the commands.
+
+Flag-free: every function takes plain values, so `train`, `fnn_map` and the
+later commands (`lesion`, `prune`, `auto_tune`) call it the same way:
+
+    cfg = config.training_config()                      # flags -> TrainConfig
+    result = train_trial(run.sub("cell_a"), spec, cfg, seed=cfg.seed,
+                         strategy=strategy, label="[a]")
+
+One trial trains ``spec`` for ``cfg.epochs`` epochs with `keras.Model.fit`,
+measures the bundles of a^L with `cb_keras.ConflictingBundles` every
+``cfg.measure_every`` epochs, tests every ``cfg.test_every`` epochs and in
+each of the last 5, and after every epoch commits a checkpoint (model and
+optimizer state), ``metrics.csv`` and ``state.json`` (see `rundir`). Called
+again on the same directory it resumes after the last committed epoch, or
+returns the stored result of a finished trial.
+
+Seed schedule: the network is initialised from ``seed``; the training data
+of epoch e (shuffle order and augmentation) is seeded with
+``data_seed(seed, e)``, listed in ``state.json["data_seeds"]``. The trial
+calls `fit` once per epoch on a pipeline built with that epoch's seed, so
+an interrupted and resumed trial sees exactly the data of an uninterrupted
+one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cb_keras import data, models, optimizers
+from cb_keras.callback import ConflictingBundles
+from cb_keras.probe import measure
+from cb_keras.report import ConflictReport
+from experiments import console
+from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
+                                  TestEvaluation)
+from experiments.rundir import STATE_FILE, RunDir, RunDirError
+
+DATASETS = data.SUPPORTED
+MODELS = models.KINDS
+paper_blocks = models.paper_blocks
+PAPER_DEPTHS = sorted(models.PAPER_BLOCKS)
+
+OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
+    "paper": optimizers.paper_optimizer,
+    "radam": optimizers.RAdam,
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+}
+CONFLICTS_FILE = "conflicts.csv"
+CONFLICTS_PLOT = "conflicts.png"
+EXPORT_DIR = "export"
+TENSORBOARD_DIR = "tensorboard"
+# Bundle metrics of a^L that the callback adds to the logs: (key, label, format).
+BUNDLE_FIELDS = (
+    ("num_bundles", "bundles", ".0f"),
+    ("bundle_entropy", "H", ".4f"),
+    ("max_accuracy", "max_acc", ".3f"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train and measure one network (the training flags as data)."""
+
+    dataset: str
+    data_dir: str | None
+    augment: bool
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    seed: int
+    runs: int
+    test_every: int
+    measure_every: int
+    measure_layers: str  # "last" or "all"
+    measure_samples: int
+    keep_checkpoints: int
+    export: bool
+    progress: str  # "line", "bar" or "none"
+
+    @classmethod
+    def from_flags(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The config of a run from its flags.json."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise RunDirError(
+                f"flags.json lacks the training flags {missing}: the run was not made "
+                "by a training command (train, fnn_map, ...).")
+        return cls(**{name: values[name] for name in names})
+
+
+def spec_name(spec: dict[str, Any]) -> str:
+    """A short readable name of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
+    if spec["model"] == "fnn":
+        return f"fnn-d{spec['depth']}-w{spec['width']}"
+    return f"{spec['model']}-" + "-".join(str(b) for b in spec["blocks"])
+
+
+def build_model(spec: dict[str, Any], input_shape: Sequence[int],
+                num_classes: int) -> keras.Model:
+    """The (uncompiled) network described by `spec` (see `model_flags`)."""
+    return models.build(spec["model"], input_shape, num_classes,
+                        **{k: v for k, v in spec.items() if k != "model"})
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
+    """Compile with the configured optimizer and the papers' loss (logits)."""
+    model.compile(
+        optimizer=OPTIMIZERS[cfg.optimizer](cfg.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+
+
+def restore(model: keras.Model, checkpoint: os.PathLike) -> None:
+    """Load model and optimizer state from a checkpoint of `RunDir.save_checkpoint`."""
+    if not os.path.exists(checkpoint):
+        raise RunDirError(
+            f"Checkpoint {checkpoint} is missing, but the trial's {STATE_FILE} resumes from "
+            f"it. Restore the file, or delete that {STATE_FILE} to retrain the trial.")
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(checkpoint)
+
+
+def data_seed(seed: int, epoch: int) -> int:
+    """Seed of the data pipeline of a process that starts at `epoch`."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def write_conflicts(trial: RunDir, model: keras.Model, x: np.ndarray, y: np.ndarray,
+                    *, num_classes: int, cfg: TrainConfig) -> ConflictReport:
+    """Measure every layer of `model`; write conflicts.csv and conflicts.png."""
+    report = measure(model, x, y, num_classes=num_classes,
+                     learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                     layers="auto", samples=cfg.measure_samples)
+    if trial.writer:
+        report.save_csv(trial.file(CONFLICTS_FILE))
+        report.plot(trial.file(CONFLICTS_PLOT))
+    return report
+
+
+def export(trial: RunDir, model: keras.Model) -> None:
+    """Export `model` as a SavedModel to export/, replacing an older export."""
+    if not trial.writer:
+        return
+    tmp, target = trial.file(f".tmp-{EXPORT_DIR}"), trial.file(EXPORT_DIR)
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.export(str(tmp), verbose=False)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def summarize(history: list[dict[str, Any]], report: ConflictReport) -> dict[str, Any]:
+    """The numbers of a trial: its per-epoch history and the final network's report.
+
+    Keys: ``epochs``; ``loss``, ``accuracy`` (training, last epoch);
+    ``test_accuracy`` (mean over the tested epochs among the last 5),
+    ``test_accuracy_last``, ``test_loss``; ``num_bundles``,
+    ``bundle_entropy``, ``max_accuracy``, ``conflicting`` (a^L of the final
+    network); ``layers`` (measured), ``conflicting_layers`` (their names);
+    ``first_conflict_epoch`` (first epoch whose a^L was conflicting when
+    measured during training, or None); ``train_seconds``.
+    """
+    last = history[-1]
+    tested = [r for r in history if r.get("test_accuracy") is not None]
+    recent = [r["test_accuracy"] for r in tested if r["epoch"] > last["epoch"] - LAST_EPOCHS]
+    return {
+        "epochs": last["epoch"],
+        "loss": last.get("loss"),
+        "accuracy": last.get("accuracy"),
+        "test_accuracy": float(np.mean(recent)) if recent else None,
+        "test_accuracy_last": tested[-1]["test_accuracy"] if tested else None,
+        "test_loss": tested[-1]["test_loss"] if tested else None,
+        "num_bundles": report.last.num_bundles,
+        "bundle_entropy": report.last.bundle_entropy,
+        "max_accuracy": report.last.max_accuracy,
+        "conflicting": report.last.conflicting,
+        "layers": len(report),
+        "conflicting_layers": report.conflicting,
+        "first_conflict_epoch": next((r["epoch"] for r in history
+                                      if (r.get("bundle_entropy") or 0) > 0), None),
+        "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
+    }
+
+
+def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: int,
+                strategy: tf.distribute.Strategy, label: str = "",
+                callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+    """Train one network with one seed, resumably; returns its result.
+
+    Args:
+        trial: the trial's directory (state, metrics, checkpoints, ...).
+        spec: the network (see `build_model`).
+        cfg: training and measurement settings.
+        seed: initialises the network and seeds the data pipeline.
+        strategy: the tf.distribute strategy for training and measurement.
+        label: prefix of the progress lines, e.g. ``"[seed 1]"``.
+        callbacks: extra Keras callbacks (e.g. one that stops training).
+
+    Returns:
+        ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
+        `summarize`; the same dict is stored in ``state.json["result"]``.
+    """
+    state = trial.read_json(STATE_FILE)
+    if state and state.get("finished"):
+        print(f"{label} finished earlier: {trial.path}".strip(), flush=True)
+        return state["result"]
+    state = state or {"spec": spec, "seed": seed, "completed_epochs": 0, "history": [],
+                      "data_seeds": [data_seed(seed, e) for e in range(cfg.epochs)]}
+    start = state["completed_epochs"]
+    _, test, info = load_data(cfg, augment=False)
+    x, y = data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        model = build_model(spec, info.input_shape, info.num_classes)
+        compile_model(model, cfg)
+        if start:
+            restore(model, trial.file(state["checkpoint"]))
+            print(f"{label} resuming {trial.path} after epoch {start}".strip(), flush=True)
+    epoch_callbacks = [
+        TestEvaluation(test, cfg.test_every, cfg.epochs),
+        *measuring_callbacks(trial, x, y, info.num_classes, cfg),
+        *callbacks,
+        EpochCommit(trial, state, cfg.keep_checkpoints),
+        ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
+        *console.progress_callbacks(cfg.progress, cfg.epochs, label, BUNDLE_FIELDS)]
+    for epoch in range(start, cfg.epochs):  # one fit per epoch: data seeded per epoch
+        train, _, _ = load_data(cfg, augment=cfg.augment, shuffle_seed=state["data_seeds"][epoch])
+        model.fit(train, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
+                  callbacks=epoch_callbacks)
+        if model.stop_training:
+            break
+    report = write_conflicts(trial, model, x, y, num_classes=info.num_classes, cfg=cfg)
+    if cfg.export:
+        export(trial, model)
+    state["result"] = {
+        "seed": seed, "spec": spec, "dir": str(trial.path),
+        "parameters": int(model.count_params()),
+        **summarize(state["history"], report),
+    }
+    state["finished"] = True
+    trial.write_json(STATE_FILE, state)
+    return state["result"]
+
+
+def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
+    """``(train, test, info)`` of the configured data set (`cb_keras.data.load`)."""
+    return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
+                     data_dir=cfg.data_dir, shuffle_seed=shuffle_seed)
+
+
+def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes: int,
+                        cfg: TrainConfig) -> list[keras.callbacks.Callback]:
+    """The ConflictingBundles callback of the config (none if measure_every is 0)."""
+    if not cfg.measure_every:
+        return []
+    every_layer = cfg.measure_layers == "all"
+    return [ConflictingBundles(
+        x, y, num_classes=num_classes, learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size, every=cfg.measure_every,
+        layers="auto" if every_layer else "last", samples=cfg.measure_samples,
+        log_dir=str(trial.file(TENSORBOARD_DIR)) if every_layer else None)]
+
+
+def trial_dirs(run: RunDir, prefix: str, cfg: TrainConfig) -> list[tuple[int, RunDir]]:
+    """(seed, directory) of the `cfg.runs` trials of one network.
+
+    One run: the network's directory itself (``run/prefix``, or the run
+    directory when `prefix` is empty); several: ``seed<k>/`` inside it.
+    """
+    base = run.sub(prefix) if prefix else run
+    seeds = [cfg.seed + k for k in range(cfg.runs)]
+    if cfg.runs == 1:
+        return [(seeds[0], base)]
+    return [(s, base.sub(f"seed{s}")) for s in seeds]
+
+
+def mean_std(results: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """``{key_mean, key_std}`` over trial results, for every numeric key given."""
+    out = {}
+    for key in keys:
+        values = [float(r[key]) for r in results if r.get(key) is not None]
+        out[f"{key}_mean"] = float(np.mean(values)) if values else None
+        out[f"{key}_std"] = float(np.std(values)) if values else None
+    return out

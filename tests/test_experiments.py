@@ -1,0 +1,249 @@
+"""The experiment mains in-process: run directories, resume rules, strategies, flag errors.
+
+Each test parses flags with absl exactly as ``python -m experiments COMMAND``
+does and calls the command's ``main``; tiny settings on ``digits``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import app, flags
+
+from cb_keras import data
+from experiments import evaluate, fnn_map, rundir, strategy, train
+
+FLAGS = flags.FLAGS
+TINY = ["--dataset=digits", "--epochs=3", "--measure_samples=128", "--progress=line"]
+
+
+@pytest.fixture
+def parse():
+    """Parse argv for a command module; flags are reset after the test."""
+    def _parse(module, *argv: str) -> list[str]:
+        FLAGS.unparse_flags()
+        return FLAGS([module.__name__, *argv])
+    yield _parse
+    FLAGS.unparse_flags()
+
+
+def run(parse, module, *argv: str) -> None:
+    """What ``python -m experiments <module> argv`` does, in this process."""
+    module.main(parse(module, *argv))
+
+
+def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tensorboard_tags(folder: pathlib.Path) -> set[str]:
+    """Tags of the scalar summaries in the events files of `folder`."""
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+TRIAL_FILES = {"state.json", "metrics.csv", "conflicts.csv", "conflicts.png",
+               "tensorboard", "checkpoints"}
+
+
+def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
+        parse, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [*TINY, "--model=fnn", "--depth=2", "--width=16", "--measure_layers=all",
+            "--keep_checkpoints=2", f"--run_dir={run_dir}"]
+    run(parse, train, *argv)
+    out = capsys.readouterr().out
+    assert "epoch 3/3" in out and "a^L bundles" in out  # one line per epoch
+    assert "test_acc(last5)" in out  # the summary table
+
+    assert {p.name for p in run_dir.iterdir()} == TRIAL_FILES | {
+        "flags.json", "results.json", "export"}
+    saved = json.loads((run_dir / "flags.json").read_text())
+    assert saved["depth"] == 2 and saved["dataset"] == "digits" and saved["epochs"] == 3
+    assert {"strategy", "optimizer", "learning_rate", "batch_size", "seed"} <= set(saved)
+
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for column in ("loss", "accuracy", "test_loss", "test_accuracy", "bundle_entropy",
+                   "num_bundles", "max_accuracy", "seconds"):
+        assert all(math.isfinite(float(r[column])) for r in rows), column
+
+    layers = read_csv(run_dir / "conflicts.csv")
+    assert [r["layer"] for r in layers] == ["dense1_tap", "dense2_tap"]
+    assert (run_dir / "conflicts.png").read_bytes()[:4] == b"\x89PNG"
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["finished"] and results["command"] == "train"
+    assert results["spec"] == {"model": "fnn", "depth": 2, "width": 16}
+    (trial,) = results["trials"]
+    assert trial["epochs"] == 3 and trial["layers"] == 2
+    assert trial["test_accuracy"] == pytest.approx(
+        np.mean([float(r["test_accuracy"]) for r in rows]))  # 3 epochs: all in the last 5
+    assert trial["num_bundles"] == int(layers[-1]["num_bundles"])
+    assert results["test_accuracy_mean"] == trial["test_accuracy"]
+    assert results["test_accuracy_std"] == 0.0
+
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] and state["completed_epochs"] == 3
+    assert len(state["data_seeds"]) == 3 and len(set(state["data_seeds"])) == 3
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "epoch_0002.weights.h5", "epoch_0003.weights.h5"]
+    tags = tensorboard_tags(run_dir / "tensorboard")
+    assert {"epoch_loss", "epoch_test_accuracy", "epoch_bundle_entropy"} <= tags
+    assert (run_dir / "tensorboard" / "conflicts_epoch0002.json").exists()  # all layers
+
+    x, _ = data.measurement_sample("digits", 4)
+    exported = tf.saved_model.load(str(run_dir / "export"))
+    assert exported.serve(tf.constant(x)).shape == (4, 10)
+
+    before = (run_dir / "results.json").stat().st_mtime_ns
+    run(parse, train, *argv)
+    out = capsys.readouterr().out
+    assert "already finished" in out and "epoch 1/3" not in out
+    assert (run_dir / "results.json").stat().st_mtime_ns == before
+
+    with pytest.raises(rundir.RunDirError, match=r"--epochs=3 \(now 4\)"):
+        run(parse, train, *argv, "--epochs=4")
+
+    run(parse, evaluate, f"--run_dir={run_dir}")
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    (evaluated,) = evaluation["trials"]
+    assert evaluated["epochs"] == [2, 3]  # the checkpoints kept
+    assert evaluated["test_accuracy_by_epoch"]["3"] == pytest.approx(
+        float(rows[-1]["test_accuracy"]), abs=1e-6)
+    assert evaluated["layers"] == 2 and evaluation["finished"]
+
+
+def test_fnn_map_trains_the_grid_and_outlines_the_conflicting_networks(
+        parse, tmp_path, capsys):
+    run_dir = tmp_path / "map"
+    run(parse, fnn_map, "--dataset=digits", "--epochs=4", "--optimizer=adam", "--noaugment",
+        "--depths=1,12", "--widths=2,32", "--noexport", "--progress=none",
+        f"--run_dir={run_dir}")
+    assert {p.name for p in run_dir.iterdir()} == {
+        "flags.json", "results.json", "fnn_map.csv", "fnn_map.png", "cells"}
+    cells = {p.name for p in (run_dir / "cells").iterdir()}
+    assert cells == {"d1_w2", "d1_w32", "d12_w2", "d12_w32"}
+    for cell in cells:
+        assert {p.name for p in (run_dir / "cells" / cell).iterdir()} == TRIAL_FILES
+    rows = {(int(r["depth"]), int(r["width"])): r for r in
+            read_csv(run_dir / "fnn_map.csv")}
+    assert set(rows) == {(1, 2), (1, 32), (12, 2), (12, 32)}
+    # 12 ReLU layers of 2 units collapse the samples; 1 layer of 32 keeps them apart.
+    assert rows[12, 2]["conflicting"] == "True" and float(rows[12, 2]["bundle_entropy_mean"]) > 0
+    assert rows[1, 32]["conflicting"] == "False"
+    assert float(rows[1, 32]["test_accuracy_mean"]) > float(rows[12, 2]["test_accuracy_mean"])
+    assert (run_dir / "fnn_map.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["depths"] == [1, 12] and results["widths"] == [2, 32]
+    assert results["conflicting_cells"] == sum(r["conflicting"] == "True" for r in rows.values())
+    assert "conflicting" in capsys.readouterr().out
+
+
+def test_mirrored_strategy_trains_several_seeds_on_two_devices(
+        parse, tmp_path, cpu_devices):
+    run_dir = tmp_path / "mirrored"
+    argv = [*TINY, "--epochs=2", "--model=fnn", "--depth=2", "--width=8", "--runs=2",
+            "--seed=5", "--strategy=mirrored", f"--devices={','.join(cpu_devices)}",
+            "--noexport", f"--run_dir={run_dir}"]
+    parse(train, *argv)
+    assert strategy.make().num_replicas_in_sync == 2
+    run(parse, train, *argv)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [t["seed"] for t in results["trials"]] == [5, 6]
+    for seed in (5, 6):
+        assert {p.name for p in (run_dir / f"seed{seed}").iterdir()} == TRIAL_FILES
+        assert len(read_csv(run_dir / f"seed{seed}" / "metrics.csv")) == 2
+    values = [t["test_accuracy"] for t in results["trials"]]
+    assert results["test_accuracy_mean"] == pytest.approx(np.mean(values))
+    assert results["test_accuracy_std"] == pytest.approx(np.std(values))
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    (train, ["--model=vgg", "--blocks=1,2"], "four integers"),
+    (train, ["--depth=2", "--blocks=a,b,c,d"], "comma-separated integers"),
+    (train, ["--depth=2", "--dataset=imagenet"], "digits"),
+    (train, ["--depth=2", "--learning_rate=0"], "must be > 0"),
+    (train, ["--depth=2", "--devices=/cpu:0"], "only used with --strategy=mirrored"),
+    (train, ["--depth=2", "--optimizer=adamw"], "paper"),
+    (fnn_map, ["--depths=0,2"], "each >= 1"),
+])
+def test_bad_flags_are_rejected_with_what_to_do(parse, module, argv, message):
+    with pytest.raises(flags.Error, match=message):
+        parse(module, *argv)
+
+
+def test_errors_of_main_say_what_to_do(parse, tmp_path):
+    for argv, message in ((["--model=vgg"], "needs either --depth"),
+                          (["--model=fnn"], "needs --depth"),
+                          (["--model=resnet", "--depth=10", "--blocks=1,1,1,1"], "not both"),
+                          (["--model=vgg", "--depth=7"], r"known depths: \[4, 10")):
+        with pytest.raises(app.UsageError, match=message):
+            run(parse, train, *argv, f"--run_dir={tmp_path}/r")
+    with pytest.raises(app.UsageError, match="needs the run to evaluate"):
+        run(parse, evaluate)
+    with pytest.raises(app.UsageError, match="holds no run"):
+        run(parse, evaluate, f"--run_dir={tmp_path}")
+    with pytest.raises(app.UsageError, match="no positional arguments"):
+        run(parse, train, "--depth=2", "extra")
+
+
+# -- the run directory module ------------------------------------------------
+
+def test_atomic_writes_leave_no_temporary_files_and_json_has_no_nan(tmp_path):
+    run_dir = rundir.RunDir(tmp_path)
+    run_dir.write_json("a.json", {"x": float("nan"), "y": np.float32(1.5), "z": [np.int64(2)]})
+    run_dir.write_csv("b.csv", [{"p": 1, "q": None}], ["p", "q"])
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": 1.5, "z": [2]}
+    assert (tmp_path / "b.csv").read_text() == "p,q\n1,\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv"]
+
+
+def test_a_reader_never_writes(tmp_path):
+    reader = rundir.RunDir(tmp_path / "r", writer=False)
+    reader.write_json("a.json", {})
+    reader.start({"x": 1})
+    assert not (tmp_path / "r").exists()
+
+
+def test_start_records_flags_and_refuses_changed_ones_but_not_operational(tmp_path):
+    run_dir = rundir.RunDir(tmp_path)
+    assert run_dir.start({"epochs": 3, "strategy": "none", "width": 8}) is False
+    assert run_dir.start({"epochs": 3, "strategy": "mirrored", "width": 8}) is True
+    assert json.loads((tmp_path / "flags.json").read_text())["strategy"] == "mirrored"
+    with pytest.raises(rundir.RunDirError, match=r"--epochs=3 \(now 5\), --width=8 \(now 9\)"):
+        run_dir.start({"epochs": 5, "strategy": "none", "width": 9})
+
+
+def test_default_name_depends_on_flags_that_matter_only():
+    name = rundir.default_name("train", "fnn-d2-w8_digits", {"epochs": 3, "run_dir": "a"})
+    assert name.startswith("train_fnn-d2-w8_digits_")
+    assert name == rundir.default_name("train", "fnn-d2-w8_digits", {"epochs": 3,
+                                                                      "run_dir": "b"})
+    assert name != rundir.default_name("train", "fnn-d2-w8_digits", {"epochs": 4,
+                                                                      "run_dir": "a"})
+
+
+def test_checkpoints_are_listed_by_epoch_and_pruned(tmp_path):
+    run_dir = rundir.RunDir(tmp_path)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for epoch in (1, 2, 3, 10):
+        (folder / f"epoch_{epoch:04d}.weights.h5").write_bytes(b"")
+    (folder / ".tmp-epoch_0011.weights.h5").write_bytes(b"")  # a torn write: ignored
+    assert list(run_dir.checkpoints()) == [1, 2, 3, 10]
+    run_dir.prune_checkpoints(keep=2, protect=10)
+    assert list(run_dir.checkpoints()) == [3, 10]
+    assert os.path.exists(folder / ".tmp-epoch_0011.weights.h5")

@@ -1,0 +1,86 @@
+"""`python -m experiments` as a user runs it: listing, help, errors, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def experiments(*argv: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    """Run ``python -m experiments argv`` from the repository root."""
+    done = subprocess.run([sys.executable, "-m", "experiments", *argv], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert done.returncode == check_rc, done.stdout + done.stderr
+    return done
+
+
+def test_without_a_command_it_lists_the_commands():
+    out = experiments().stdout
+    for command in ("train", "evaluate", "fnn_map"):
+        assert re.search(rf"^  {command} ", out, re.MULTILINE), out
+    wrong = experiments("trian", check_rc=2)
+    assert "Unknown command 'trian'" in wrong.stderr and "fnn_map" in wrong.stderr
+
+
+def test_helpfull_documents_every_flag_of_the_command():
+    out = experiments("train", "--helpfull", check_rc=1).stdout  # absl exits 1 after help
+    for name in ("model", "depth", "blocks", "width", "dataset", "data_dir", "augment",
+                 "epochs", "batch_size", "learning_rate", "optimizer", "seed", "runs",
+                 "test_every", "measure_every", "measure_layers", "measure_samples",
+                 "keep_checkpoints", "export", "progress", "strategy", "devices",
+                 "runs_root", "name", "run_dir"):
+        assert re.search(rf"--(\[no\])?{name}:", out), name
+
+
+def test_a_bad_flag_exits_with_a_message_naming_the_choices():
+    done = experiments("fnn_map", "--dataset=imagenet", check_rc=1)
+    assert "--dataset" in done.stderr and "digits" in done.stderr
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sigkill_after_the_first_epoch_loses_nothing_and_rerunning_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--dataset=digits", "--depth=2", "--width=8", "--epochs=8",
+            "--optimizer=adam", "--measure_samples=64", "--noexport", f"--run_dir={run_dir}"]
+    process = subprocess.Popen([sys.executable, "-m", "experiments", *argv], cwd=ROOT,
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file, deadline = run_dir / "state.json", time.monotonic() + 240
+    while not (state_file.exists() and json.loads(state_file.read_text())["completed_epochs"]):
+        assert process.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state_file.read_text())["completed_epochs"]
+    assert 1 <= killed_at < 8 and not (run_dir / "results.json").exists()
+    before = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in before] == list(range(1, killed_at + 1))
+
+    resumed = experiments(*argv)
+    assert f"resuming {run_dir}" in resumed.stdout
+    assert f"resuming {run_dir} after epoch {killed_at}" in resumed.stdout
+    assert f"epoch {killed_at}/8" not in resumed.stdout  # finished epochs are not redone
+    after = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in after] == list(range(1, 9))
+    assert after[:killed_at] == before
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["finished"] and results["trials"][0]["epochs"] == 8
+
+    again = experiments(*argv)
+    assert "already finished" in again.stdout and "epoch 1/8" not in again.stdout
