@@ -18,9 +18,10 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import data
-from experiments import evaluate, fnn_map, rundir, strategy, train
+from experiments import config, evaluate, fnn_map, model_flags, rundir, strategy, train
 
 FLAGS = flags.FLAGS
+FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
 TINY = ["--dataset=digits", "--epochs=3", "--measure_samples=128", "--progress=line"]
 
 
@@ -198,6 +199,20 @@ def test_errors_of_main_say_what_to_do(parse, tmp_path):
         run(parse, evaluate, f"--run_dir={tmp_path}")
     with pytest.raises(app.UsageError, match="no positional arguments"):
         run(parse, train, "--depth=2", "extra")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(FLAGFILES.glob("train_*.cfg")) + sorted(FLAGFILES.glob("fnn_map_*.cfg")),
+    ids=lambda path: path.name)
+def test_flagfiles_hold_valid_configurations_with_the_papers_hyperparameters(parse, path):
+    module = fnn_map if path.name.startswith("fnn_map") else train
+    parse(module, f"--flagfile={path}")
+    cfg = config.training_config()
+    assert (cfg.batch_size, cfg.learning_rate, cfg.measure_samples) == (64, 1e-3, 512)
+    if module is train:
+        assert model_flags.model_spec()["model"] in ("fnn", "vgg", "resnet")
+    if cfg.dataset != "digits":
+        assert cfg.optimizer == "paper" and cfg.augment
 
 
 # -- the run directory module ------------------------------------------------
