@@ -1,0 +1,210 @@
+"""auto_tune: the papers' architecture search by conflicting layer removal (SPEC §3).
+
+    python -m experiments auto_tune --flagfile=flags/auto_tune_digits.cfg
+
+Starts from the network of --model (vgg or resnet) and --depth/--blocks (the
+papers: ``--model=vgg --depth=120``, blocks 3,12,41,3) and runs
+`cb_keras.autotune.auto_tune`: every training run is a trial of the `train`
+command's code (`experiments.training.train_trial`, --epochs epochs, seed
+``--seed + run``); after each of its first --check_window epochs a^L is
+measured on the first --measure_samples training images (the papers: 64); on
+a conflict the first conflicting block and the rest of its stage are removed
+(--prune_rule) and training restarts from scratch. --max_restarts caps the
+restarts; --final_epochs retrains the found network from scratch.
+
+Run directory (besides flags.json):
+
+- ``search.json``: the search state (`cb_keras.autotune.new_state`): every
+  run with its blocks, epochs, restart record and summary. Written
+  atomically after every change; rerunning the command resumes from it and
+  the current run's trial resumes after its last committed epoch.
+- ``run00/``, ``run01/``, ...: one trial directory per training run
+  (state.json, metrics.csv, checkpoints/, tensorboard/, conflicts.csv/png).
+- ``restarts.csv``: one row per restart (`RESTART_COLUMNS`).
+- ``tensorboard/``: per restart (step = restart number = conflicting run + 1) the scalars
+  ``epoch_restart_conflict_epoch``, ``epoch_restart_layers_after`` and
+  ``epoch_restart_blocks_stage{1..4}``.
+- ``export/`` (SavedModel, with --export) and ``final.keras``: the final network.
+- ``results.json``: ``finished``, ``command`` ("auto_tune"), ``dataset``,
+  ``kind``, ``start_blocks``, ``final_blocks``, ``start_layers``,
+  ``final_layers``, ``num_restarts``, ``restarts`` (the records),
+  ``total_epochs`` (all runs), ``test_accuracy`` (final run, mean of its
+  last 5 epochs), ``start_parameters``, ``final_parameters``,
+  ``start_latency_ms``, ``final_latency_ms`` (median of --latency_repeats
+  inference calls on one test batch of --batch_size images),
+  ``train_seconds`` (all runs), ``runs`` (the search state's runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from absl import app, flags
+
+from cb_keras import autotune, models
+from cb_keras import data as cb_data
+from experiments import config, console, model_flags, prune, rundir, strategy, trained, training
+from experiments.callbacks import ScalarSummaries
+
+CHECK_WINDOW = flags.DEFINE_integer(
+    "check_window", 10,
+    "Check a^L for conflicts after each of the first N epochs of every run (papers: 10).",
+    lower_bound=1)
+PRUNE_RULE = flags.DEFINE_enum(
+    "prune_rule", "first_conflict", list(autotune.RULES),
+    "first_conflict: remove the first conflicting block and the rest of its stage (the "
+    "papers); non_conflicting: keep, in the first stage with a conflicting block, as many "
+    "blocks as it has non-conflicting ones (the reference code's last version).")
+MAX_RESTARTS = flags.DEFINE_integer(
+    "max_restarts", None, "At most this many restarts (default: no limit).", lower_bound=0)
+FINAL_EPOCHS = flags.DEFINE_integer(
+    "final_epochs", None,
+    "Default: the run that passes the check is the result (the papers). N: then train the "
+    "found network once more from scratch for N epochs, unchecked, and report that run.",
+    lower_bound=1)
+flags.adopt_module_key_flags(rundir)
+flags.adopt_module_key_flags(strategy)
+flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(model_flags)
+flags.declare_key_flag(prune.LATENCY_REPEATS.name)
+
+SEARCH_FILE = "search.json"
+RESTARTS_FILE = "restarts.csv"
+KERAS_FILE = "final.keras"
+RESTART_COLUMNS = ("restart", "run", "epoch", "layer", "bundle_entropy",
+                   "first_conflicting_block", "conflicting_blocks", "blocks_before",
+                   "blocks_after")
+SUMMARY_COLUMNS = (
+    ("network", "network", ""),
+    ("blocks", "blocks", ""),
+    ("layers", "layers", "d"),
+    ("parameters", "parameters", ",d"),
+    ("latency_ms", "latency_ms", ".2f"),
+)
+
+
+def search_config(spec: dict[str, Any], cfg: training.TrainConfig) -> autotune.AutoTuneConfig:
+    """The search settings given by the flags (errors as UsageError)."""
+    if spec["model"] not in autotune.KINDS:
+        raise app.UsageError(
+            f"auto_tune shrinks block networks, so --model must be one of "
+            f"{list(autotune.KINDS)}, got --model={spec['model']}; the papers start from "
+            "--model=vgg --depth=120.")
+    if cfg.runs != 1:
+        raise app.UsageError(
+            f"auto_tune trains one network per run; got --runs={cfg.runs}. Drop --runs "
+            "(repeat the search with other --seed values instead).")
+    return autotune.AutoTuneConfig(
+        start_blocks=tuple(spec["blocks"]), kind=spec["model"], epochs=cfg.epochs,
+        check_window=CHECK_WINDOW.value, samples=cfg.measure_samples,
+        rule=PRUNE_RULE.value, max_restarts=MAX_RESTARTS.value,
+        final_epochs=FINAL_EPOCHS.value, learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size, seed=cfg.seed)
+
+
+def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> autotune.Trainer:
+    """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
+    def train(request: autotune.TrainRequest) -> autotune.TrainOutcome:
+        trial = run.sub(f"run{request.run:02d}")
+        spec = {"model": request.kind, "blocks": list(request.blocks)}
+        result = training.train_trial(
+            trial, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
+            seed=request.seed, strategy=dist,
+            label=f"[run {request.run} {training.spec_name(spec)}]",
+            callbacks=request.callbacks)
+        return autotune.TrainOutcome(result["epochs"], result["test_accuracy"], result,
+                                     lambda: trained.load_trial(trial.path).model)
+    return train
+
+
+def restart_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row of restarts.csv per restart in the search state."""
+    records = [r["restart"] for r in state["runs"] if r["restart"]]
+    return [{**record, "restart": number,
+             **{key: " ".join(map(str, record[key])) for key in
+                ("conflicting_blocks", "blocks_before", "blocks_after")}}
+            for number, record in enumerate(records, start=1)]
+
+
+def restart_scalars(record: autotune.Restart) -> dict[str, float]:
+    """The TensorBoard scalars of one restart."""
+    return {"restart_conflict_epoch": record.epoch,
+            "restart_layers_after": models.num_layers(record.blocks_after),
+            **{f"restart_blocks_stage{s}": b
+               for s, b in enumerate(record.blocks_after, start=1)}}
+
+
+def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
+           cfg: training.TrainConfig, dist) -> dict[str, Any]:
+    """Run or resume the search in `run`; export the final network; the results dict."""
+    x, y = cb_data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
+    _, test, info = training.load_data(cfg, augment=False)
+    summaries = ScalarSummaries(run.file(training.TENSORBOARD_DIR), enabled=run.writer)
+
+    def save_state(state: dict[str, Any]) -> None:
+        run.write_json(SEARCH_FILE, state)
+        run.write_csv(RESTARTS_FILE, restart_rows(state), RESTART_COLUMNS)
+
+    def on_restart(record: autotune.Restart) -> None:
+        # Only checked runs restart and each restart adds one run: run k's is number k + 1.
+        summaries.on_epoch_end(record.run, restart_scalars(record))
+
+    result = autotune.auto_tune(
+        search_cfg, trial_trainer(run, cfg, dist), x, y, num_classes=info.num_classes,
+        state=run.read_json(SEARCH_FILE), save_state=save_state, on_restart=on_restart,
+        log=lambda line: print(f"auto_tune: {line}", flush=True))
+    if cfg.export:
+        training.export(run, result.model)
+    trained.save_keras(result.model, run.file(KERAS_FILE))
+    batch = next(iter(test))[0]
+    start = training.build_model({"model": search_cfg.kind, "blocks": list(search_cfg.start_blocks)},
+                                 info.input_shape, info.num_classes)
+    return {
+        "command": "auto_tune", "dataset": cfg.dataset, **result.to_dict(),
+        "start_latency_ms": trained.latency_ms(start, batch, prune.LATENCY_REPEATS.value),
+        "final_latency_ms": trained.latency_ms(result.model, batch,
+                                               prune.LATENCY_REPEATS.value),
+        "train_seconds": round(sum((r["summary"] or {}).get("train_seconds", 0.0)
+                                   for r in result.runs), 1),
+    }
+
+
+def summary_text(results: dict[str, Any]) -> str:
+    """Start vs final network as a table, with restarts, epochs and accuracy."""
+    rows = [{"network": name, "blocks": ",".join(map(str, results[f"{name}_blocks"])),
+             "layers": results[f"{name}_layers"],
+             "parameters": results[f"{name}_parameters"],
+             "latency_ms": results[f"{name}_latency_ms"]} for name in ("start", "final")]
+    restarts = "\n".join(
+        f"  restart {row['restart']}: run {row['run']} conflicted after epoch "
+        f"{row['epoch']}, first conflicting block {row['first_conflicting_block']}: "
+        f"{row['blocks_before']} -> {row['blocks_after']}"
+        for row in restart_rows({"runs": results["runs"]}))
+    accuracy = console.format_value(results["test_accuracy"], ".4f")
+    return (f"auto_tune on {results['dataset']}: {results['num_restarts']} restarts, "
+            f"{results['total_epochs']} epochs in all ({results['train_seconds']} s of "
+            f"training), test accuracy {accuracy} (final run, mean of its last 5 epochs)\n"
+            + (restarts + "\n" if restarts else "") + console.table(rows, SUMMARY_COLUMNS))
+
+
+def main(argv: list[str]) -> None:
+    """Search (or resume) the architecture given by the flags and print the summary."""
+    if len(argv) > 1:
+        raise app.UsageError(f"auto_tune takes no positional arguments, got {argv[1:]}.")
+    dist = strategy.make()
+    try:
+        spec = model_flags.model_spec()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    cfg = config.training_config()
+    search_cfg = search_config(spec, cfg)
+    run = rundir.open_run("auto_tune", f"{training.spec_name(spec)}_{cfg.dataset}", __name__,
+                          writer=strategy.is_chief(dist))
+    if not run.results:
+        run.finish(search(run, search_cfg, cfg, dist))
+    print(summary_text(run.results), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
