@@ -1,6 +1,6 @@
 """cb_keras: conflicting bundles for Keras 3."""
 
-from cb_keras import data, models, optimizers
+from cb_keras import autotune, data, models, optimizers, pruning
 from cb_keras.bundles import BundleMetrics, bundle_metrics, weight_amplitude
 from cb_keras.callback import ConflictingBundles
 from cb_keras.probe import measure, probe

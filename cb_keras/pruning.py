@@ -23,7 +23,8 @@ Add layers inside nested models are not searched.
   lesioned (their branch multiplied by 0) without copying anything: one
   model whose per-block gates can be switched between evaluations with no
   retracing, for the lesion study. A pruned model's outputs equal the
-  lesioned original's: ``x + 0 == x`` in floating point.
+  lesioned original's (``x + 0 == x``; up to float32 rounding where graph
+  optimizations fuse operations differently).
 
 Both use ``keras.models.clone_model(model, clone_function=...,
 call_function=...)``: the graph is re-run layer by layer and only the call of
@@ -173,9 +174,9 @@ def remove_blocks(model: keras.Model, block_names: Iterable[str]) -> keras.Model
 
     Every kept layer is a fresh copy (same config and name) holding a copy
     of the trained weights of `model`, so the two models are independent.
-    Layers used only by the removed branches are absent. The result is
-    compiled like `model` if `model` was compiled with a serializable
-    configuration, else uncompiled.
+    Layers used only by the removed branches are absent. If `model` was
+    compiled, the result is compiled from its compile config (a fresh
+    optimizer), as ``keras.models.clone_model`` does.
 
     Args:
         model: a functional model with residual blocks.
@@ -183,7 +184,8 @@ def remove_blocks(model: keras.Model, block_names: Iterable[str]) -> keras.Model
 
     Returns:
         A ``keras.Model`` with `model`'s inputs and outputs (same shapes)
-        whose outputs equal those of ``lesioned(model, block_names)``.
+        whose outputs equal those of ``lesioned(model, block_names)`` to
+        float32 precision (graph optimizations may round differently).
 
     Raises:
         ValueError: an unknown or non-residual block name (the error lists
