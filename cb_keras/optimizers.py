@@ -109,11 +109,11 @@ class RAdam(keras.optimizers.Optimizer):
         self.assign(m, beta_1 * m + (1.0 - beta_1) * gradient)
         self.assign(v, beta_2 * v + (1.0 - beta_2) * ops.square(gradient))
         m_hat = m * (1.0 / (1.0 - beta_1_power))
-        v_hat = ops.sqrt(v * inverse_bias_2)
-        update = ops.where(
+        epsilon = ops.cast(self.epsilon, dtype)
+        update = ops.cond(  # a scalar condition: compute only the branch taken
             rho_t >= RECTIFICATION_THRESHOLD,
-            rectifier * m_hat / (v_hat + ops.cast(self.epsilon, dtype)),
-            m_hat)
+            lambda: rectifier * m_hat / (ops.sqrt(v * inverse_bias_2) + epsilon),
+            lambda: m_hat)
         if self.weight_decay and self._use_weight_decay(variable):
             update = update + ops.cast(self.weight_decay, dtype) * variable
         self.assign_sub(variable, lr * update)

@@ -31,7 +31,7 @@ def test_unknown_depth_lists_known_depths():
         models.paper_blocks(18)
 
 
-@pytest.mark.parametrize("depth", sorted(models.PAPER_BLOCKS))
+@pytest.mark.parametrize("depth", [4, 10, 30, 120])
 def test_vgg_has_the_papers_number_of_layers(depth):
     model = models.vgg(models.paper_blocks(depth), (32, 32, 3), 10)
     assert len(_weight_layers(model)) == depth
