@@ -8,6 +8,7 @@ measures the residual branch of every block on the run's measurement sample
 and splits the blocks into conflicting (bundle entropy > 0) and
 non-conflicting ones. Then, for k = 1 ... (number of conflicting blocks) and
 each group -- ``conflicting``, ``non_conflicting`` and ``any`` (all blocks)
+(--lesion_max_k raises the largest k)
 -- it lesions k blocks drawn at random from the group (--lesion_draws draws,
 without replacement within a draw; a group with fewer than k blocks is
 skipped) and measures the test accuracy of the lesioned network
@@ -46,6 +47,10 @@ DRAWS = flags.DEFINE_integer(
     "lesion_draws", 15, "Random draws of k blocks per group and k (the papers: 15).",
     lower_bound=1)
 LESION_SEED = flags.DEFINE_integer("lesion_seed", 0, "Seed of the random draws.")
+MAX_K = flags.DEFINE_integer(
+    "lesion_max_k", None,
+    "Largest number k of lesioned blocks. Default: the number of conflicting blocks, as "
+    "in the paper; a larger k extends the non-conflicting and any curves.", lower_bound=1)
 flags.adopt_module_key_flags(rundir)
 flags.adopt_module_key_flags(trained)
 
@@ -109,6 +114,7 @@ def plot(curve_rows: list[dict[str, Any]], intact: float, title: str,
          path: pathlib.Path) -> None:
     """lesion.png: test accuracy (mean +- std) over the number of lesioned blocks."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -123,6 +129,7 @@ def plot(curve_rows: list[dict[str, Any]], intact: float, title: str,
         axes.plot(k, mean, marker="o", color=colors[group], label=group.replace("_", "-"))
         axes.fill_between(k, mean - std, mean + std, color=colors[group], alpha=0.2)
     axes.axhline(intact, color="black", linestyle="--", linewidth=1, label="intact")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("blocks removed (k)")
     axes.set_ylabel("test accuracy (mean ± std over draws)")
     axes.set_title(title, fontsize=9)
@@ -132,15 +139,18 @@ def plot(curve_rows: list[dict[str, Any]], intact: float, title: str,
     tmp.replace(path)
 
 
-def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int,
-                 seed: int) -> dict[str, Any]:
-    """Run the study on `source`, write its files to `run`; returns results.json."""
+def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: int,
+                 max_k: int | None = None) -> dict[str, Any]:
+    """Run the study on `source`, write its files to `run`; returns results.json.
+
+    k runs from 1 to `max_k`, by default the number of conflicting blocks.
+    """
     found = source.conflicts()
     lesion = pruning.Lesion(source.model)
     groups = {"conflicting": found.conflicting, "non_conflicting": found.non_conflicting,
               "any": found.names}
     rows = evaluate_draws(
-        draw_sets(groups, len(found.conflicting), draws, seed),
+        draw_sets(groups, max_k or len(found.conflicting), draws, seed),
         lambda removed: trained.accuracy(lesion.lesion(removed), source.test))
     curve_rows = curves(rows)
     intact = trained.accuracy(lesion.lesion([]), source.test)
@@ -150,7 +160,7 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int,
         run.write_csv(DRAWS_FILE, [{**row, "removed": ";".join(row["removed"])}
                                    for row in rows], DRAW_COLUMNS)
         run.write_csv(CURVES_FILE, curve_rows, CURVE_COLUMNS)
-        plot(curve_rows, intact, f"Lesion study of {source.trial.path.name} "
+        plot(curve_rows, intact, f"Lesion study of {'/'.join(source.trial.path.parts[-2:])} "
              f"({len(found.conflicting)}/{len(found.names)} blocks conflicting)",
              run.file(PLOT_FILE))
     return {
@@ -173,6 +183,10 @@ def summary_table(results: dict[str, Any]) -> str:
         by_k.setdefault(row["k"], {"k": row["k"]})[f"{row['group']}_mean"] = \
             row["test_accuracy_mean"]
     removed = results["all_conflicting_removed"]
+    if not by_k:
+        return (f"intact test accuracy {results['test_accuracy']:.4f}; none of the "
+                f"{len(results['blocks'])} blocks is conflicting, so there is nothing to "
+                "lesion (--lesion_max_k=K draws K non-conflicting blocks anyway).")
     return (f"intact test accuracy {results['test_accuracy']:.4f}; "
             f"{len(results['conflicting_blocks'])}/{len(results['blocks'])} blocks "
             f"conflicting; all of them removed: test accuracy "
@@ -192,7 +206,7 @@ def main(argv: list[str]) -> None:
     run = rundir.open_run("lesion", pathlib.Path(source).name, __name__)
     if not run.results:
         run.finish(lesion_study(trained.load_trial(source), run, DRAWS.value,
-                                LESION_SEED.value))
+                                LESION_SEED.value, MAX_K.value))
     print(summary_table(run.results), flush=True)
 
 
