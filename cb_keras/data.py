@@ -195,16 +195,23 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
         raise ValueError(
             f"The {name} training split holds {info.train_size} examples, fewer than "
             f"batch_size={batch_size}; every batch would be dropped. Lower batch_size.")
-    train_steps = recipe.train if augment else recipe.test
-    train = source.train.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)
-    train = (tf.data.Dataset.zip(train, seeds)
-             .map(functools.partial(_preprocess_seeded, train_steps, recipe.input_shape),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-             .batch(batch_size, drop_remainder=True)
-             .prefetch(tf.data.AUTOTUNE))
+    steps = recipe.train if augment else recipe.test
+    train = _training_batches(source.train, steps, recipe.input_shape, batch_size, shuffle_seed)
     test = _unseeded(source.test, recipe).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return train, test, info
+
+
+def _training_batches(split: tf.data.Dataset, steps: tuple[Step, ...],
+                      input_shape: tuple[int, int, int], batch_size: int,
+                      seed: int | None) -> tf.data.Dataset:
+    """Shuffle every epoch, preprocess with fresh per-example seeds, drop the remainder."""
+    shuffled = split.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return (tf.data.Dataset.zip(shuffled, seeds)
+            .map(functools.partial(_preprocess_seeded, steps, input_shape),
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
