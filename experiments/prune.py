@@ -4,14 +4,16 @@
     python -m experiments prune --source_run=runs/<train run of a resnet>
 
 With --source_run, loads the final network of that run (see
-`experiments.trained`); without it, first trains the network given by the
+`experiments.trained`) and uses that run's own training flags (the training
+and model flags given here are then ignored); without it, first trains the network given by the
 training and model flags (``--model=resnet``, seed --seed) into ``train/``
 of this run, with the `train` command's code. Then:
 
 1. measures the residual branch of every block on the run's measurement
    sample and finds the conflicting blocks (bundle entropy > 0; SPEC §4);
 2. removes them with `cb_keras.pruning.remove_blocks` and checks that the
-   pruned network's outputs equal the lesioned original's;
+   pruned network's outputs on a test batch equal the lesioned original's
+   (else it stops with an error);
 3. fine-tunes the pruned network for --finetune_epochs (0: none) with the
    run's optimizer and data;
 4. exports it as SavedModel (``export/``) and ``pruned.keras`` (the
@@ -85,7 +87,9 @@ def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
     pruned = pruning.remove_blocks(source.model, found.conflicting)
     batch = next(iter(source.test))[0]
     lesioned = pruning.lesioned(source.model, found.conflicting)
-    lesion_diff = _max_abs_diff(lesioned(batch, training=False), pruned(batch, training=False))
+    lesion_diff = _checked_difference(pruned(batch, training=False),
+                                      lesioned(batch, training=False),
+                                      "the original network with these blocks lesioned")
     pruned_accuracy = trained.accuracy(pruned, source.test)
     before = _measure(source.model, len(found.blocks), source, run.file(ORIGINAL_FILE), None)
     if finetune_epochs:
@@ -127,23 +131,21 @@ def _finetune(model: keras.Model, cfg: training.TrainConfig, epochs: int) -> Non
 
 
 def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: tf.Tensor) -> float:
-    """Reload export/ with tf.saved_model.load; max |served - model| on `batch`.
-
-    Raises:
-        RuntimeError: the outputs differ beyond float32 precision.
-    """
+    """Reload export/ with tf.saved_model.load; max |served - model| on `batch`."""
     served = tf.saved_model.load(str(run.file(training.EXPORT_DIR)))
-    outputs, expected = served.serve(batch), model(batch, training=False)
-    difference = _max_abs_diff(outputs, expected)
-    if not np.allclose(outputs, expected, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE):
+    return _checked_difference(served.serve(batch), model(batch, training=False),
+                               f"the SavedModel in {run.file(training.EXPORT_DIR)}")
+
+
+def _checked_difference(pruned, reference, what: str) -> float:
+    """max |pruned - reference|; RuntimeError if they differ beyond float32 precision."""
+    pruned, reference = np.asarray(pruned), np.asarray(reference)
+    difference = float(np.max(np.abs(pruned - reference)))
+    if not np.allclose(pruned, reference, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE):
         raise RuntimeError(
-            f"the SavedModel in {run.file(training.EXPORT_DIR)} computes other outputs than "
-            f"the pruned network (max abs difference {difference:.3g}); please report this.")
+            f"the pruned network computes other outputs than {what} (max abs difference "
+            f"{difference:.3g}); this is a bug in cb_keras.pruning, please report it.")
     return difference
-
-
-def _max_abs_diff(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
 def summary_table(results: dict[str, Any]) -> str:
