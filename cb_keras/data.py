@@ -36,7 +36,9 @@ follows mnist's (zoom by about 1/8, crop, brightness), scaled to 8 px.
 
 Randomness: ``shuffle_seed`` seeds both the shuffle order and the
 augmentation (stateless random ops fed by ``tf.data.Dataset.random``); both
-change every epoch. ``None`` (default) draws fresh seeds.
+change every epoch. Like every tf.data seed it combines with TensorFlow's
+global seed (``keras.utils.set_random_seed``). ``None`` (default) draws
+fresh seeds. `measurement_sample` depends on its own ``seed`` only.
 
 No downloads: TFDS data sets must be prepared beforehand (see
 `DatasetNotPreparedError`); cb_keras fails fast instead of trying the
@@ -171,8 +173,8 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
             if False the training split is preprocessed like the test split.
         data_dir: TFDS data directory; default: TFDS's own (``$TFDS_DATA_DIR``
             or ``~/tensorflow_datasets``). Ignored for "digits".
-        shuffle_seed: seed of the training shuffle and augmentation; None
-            draws fresh randomness.
+        shuffle_seed: seed of the training shuffle and augmentation, combined
+            with TensorFlow's global seed; None draws fresh randomness.
 
     Returns:
         ``(train, test, info)``. ``train``: batches ``(batch_size, H, W, C)``
@@ -218,10 +220,12 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed sample of training examples without augmentation (SPEC §2).
 
-    The examples are the first `samples` of the training split after a
-    seeded shuffle with a buffer of 10,000 (TFDS stores examples shuffled,
-    so this is a random sample), preprocessed like the test split. The same
-    arguments give the same arrays on every call.
+    The examples are `samples` distinct ones drawn with NumPy's generator
+    seeded by `seed` from the first 10,000 of the training split (all of it
+    if smaller; TFDS stores examples shuffled, so these are a random subset),
+    kept in split order and preprocessed like the test split. The same
+    arguments give the same arrays on every call, whatever TensorFlow's
+    global seed.
 
     Args:
         name: as for `load`.
@@ -241,8 +245,14 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
         raise ValueError(
             f"The {name} training split holds {available} examples; "
             f"samples={samples} is too many.")
-    sample = source.train.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
-    x, y = next(iter(_unseeded(sample.take(samples), recipe).batch(samples)))
+    pool = min(available, max(SHUFFLE_BUFFER, samples))
+    chosen = np.zeros(pool, bool)
+    chosen[np.random.default_rng(seed).choice(pool, samples, replace=False)] = True
+    chosen = tf.constant(chosen)
+    sample = (source.train.take(pool).enumerate()
+              .filter(lambda index, example: chosen[index])
+              .map(lambda index, example: example))
+    x, y = next(iter(_unseeded(sample, recipe).batch(samples)))
     return x.numpy(), y.numpy()
 
 

@@ -125,7 +125,11 @@ def test_digits_needs_no_download_and_splits_stratified():
 
 def test_measurement_sample_is_deterministic_and_unaugmented():
     x, y = data.measurement_sample("digits", 100)
-    x_again, y_again = data.measurement_sample("digits", 100)
+    tf.random.set_seed(12)  # the global seed does not change the sample
+    try:
+        x_again, y_again = data.measurement_sample("digits", 100)
+    finally:
+        tf.random.set_seed(None)
     np.testing.assert_array_equal(x, x_again)
     np.testing.assert_array_equal(y, y_again)
     assert x.shape == (100, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
