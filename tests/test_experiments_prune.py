@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import lesion, prune
+from experiments import lesion, prune, rundir, trained
 
 # A 6-layer ResNet (one identity block, one projection block) trained for one
 # epoch. The tiny learning rate makes every branch conflicting (a * lr / bs is
@@ -101,3 +101,14 @@ def test_each_distinct_lesion_is_evaluated_once_and_averaged():
     assert curve == [{"group": "any", "k": 1, "draws": 3,
                       "test_accuracy_mean": pytest.approx(0.6),
                       "test_accuracy_std": pytest.approx(np.std([0.5, 0.8, 0.5]))}]
+
+
+def test_source_run_with_several_trials_asks_for_one(tmp_path):
+    for seed in (0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "state.json").write_text("{}")
+    with pytest.raises(rundir.RunDirError, match=r"its trials are .*seed0.*seed1.*pass one"):
+        trained.trial_path(tmp_path)
+    assert trained.trial_path(tmp_path / "seed1") == tmp_path / "seed1"
+    with pytest.raises(rundir.RunDirError, match="train one first"):
+        trained.trial_path(tmp_path / "seed1" / "nothing")
