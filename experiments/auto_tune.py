@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import autotune, models
@@ -109,7 +108,6 @@ def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> autotu
     def train(request: autotune.TrainRequest) -> autotune.TrainOutcome:
         trial = run.sub(f"run{request.run:02d}")
         spec = {"model": request.kind, "blocks": list(request.blocks)}
-        unset_global_seed()  # the trial draws its measurement sample first
         result = training.train_trial(
             trial, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
             seed=request.seed, strategy=dist,
@@ -118,16 +116,6 @@ def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> autotu
         return autotune.TrainOutcome(result["epochs"], result["test_accuracy"], result,
                                      lambda: trained.load_trial(trial.path).model)
     return train
-
-
-def unset_global_seed() -> None:
-    """Unset TensorFlow's global seed, which the previous run's trial set.
-
-    `cb_keras.data.measurement_sample` shuffles with an op seed, so its
-    sample also depends on the global seed; unset, every run (and a resumed
-    process) measures on the same images as the search's check.
-    """
-    tf.random.set_seed(None)
 
 
 def restart_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,7 +138,6 @@ def restart_scalars(record: autotune.Restart) -> dict[str, float]:
 def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
            cfg: training.TrainConfig, dist) -> dict[str, Any]:
     """Run or resume the search in `run`; export the final network; the results dict."""
-    unset_global_seed()
     x, y = cb_data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
     _, test, info = training.load_data(cfg, augment=False)
     summaries = ScalarSummaries(run.file(training.TENSORBOARD_DIR), enabled=run.writer)
@@ -170,14 +157,14 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
     if cfg.export:
         training.export(run, result.model)
     trained.save_keras(result.model, run.file(KERAS_FILE))
-    batch = next(iter(test))[0]
-    start = training.build_model({"model": search_cfg.kind, "blocks": list(search_cfg.start_blocks)},
+    start = training.build_model({"model": result.kind, "blocks": list(result.start_blocks)},
                                  info.input_shape, info.num_classes)
+    batch = next(iter(test))[0]
+    repeats = prune.LATENCY_REPEATS.value
     return {
         "command": "auto_tune", "dataset": cfg.dataset, **result.to_dict(),
-        "start_latency_ms": trained.latency_ms(start, batch, prune.LATENCY_REPEATS.value),
-        "final_latency_ms": trained.latency_ms(result.model, batch,
-                                               prune.LATENCY_REPEATS.value),
+        "start_latency_ms": trained.latency_ms(start, batch, repeats),
+        "final_latency_ms": trained.latency_ms(result.model, batch, repeats),
         "train_seconds": round(sum((r["summary"] or {}).get("train_seconds", 0.0)
                                    for r in result.runs), 1),
     }
