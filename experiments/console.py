@@ -7,11 +7,19 @@ import time
 from typing import Any, Mapping, Sequence
 
 import keras
-from absl import flags, logging
+from absl import app, flags, logging
 
-# Keep TensorFlow's INFO chatter (e.g. of SavedModel export) off the console;
-# --verbosity=0 brings it back.
-flags.FLAGS.set_default("verbosity", logging.WARNING)
+
+def _quiet_unless_asked() -> None:
+    """Keep TensorFlow's INFO logs (e.g. of SavedModel export) off the console.
+
+    absl's `app.run` raises the log level to INFO; an explicit --verbosity wins.
+    """
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+app.call_after_init(_quiet_unless_asked)
 
 # (logs key, short label, format) of the numbers shown per epoch, in order.
 EPOCH_FIELDS = (

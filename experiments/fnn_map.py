@@ -123,7 +123,8 @@ def main(argv: list[str]) -> None:
     cfg = config.training_config()
     depths, widths = sorted(set(DEPTHS.value)), sorted(set(WIDTHS.value))
     run = rundir.open_run("fnn_map", cfg.dataset, __name__, writer=strategy.is_chief(dist))
-    if not run.results:
+    results = run.results
+    if results is None:
         cells = [train_cell(run, d, w, cfg, dist) for d in depths for w in widths]
         run.write_csv(CSV_FILE, cells, CELL_COLUMNS)
         if run.writer:
@@ -132,14 +133,14 @@ def main(argv: list[str]) -> None:
         groups = {flag: [c["test_accuracy_mean"] for c in cells
                          if c["conflicting"] == flag and c["test_accuracy_mean"] is not None]
                   for flag in (True, False)}
-        run.finish({
+        results = run.finish({
             "command": "fnn_map", "dataset": cfg.dataset, "depths": depths,
             "widths": widths, "cells": cells,
             "conflicting_cells": sum(c["conflicting"] for c in cells),
             "test_accuracy_conflicting": _mean(groups[True]),
             "test_accuracy_healthy": _mean(groups[False]),
         })
-    print(console.table(run.results["cells"], TABLE_COLUMNS), flush=True)
+    print(console.table(results["cells"], TABLE_COLUMNS), flush=True)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -248,9 +248,11 @@ class RunDir:
         """The content of results.json, or None while the run is not finished."""
         return self.read_json(RESULTS_FILE)
 
-    def finish(self, results: Mapping[str, Any]) -> None:
-        """Write results.json (marks the run as finished)."""
-        self.write_json(RESULTS_FILE, {"finished": True, **results})
+    def finish(self, results: Mapping[str, Any]) -> dict[str, Any]:
+        """Write results.json (marks the run as finished); returns what it holds."""
+        final = jsonable({"finished": True, **results})
+        self.write_json(RESULTS_FILE, final)
+        return final
 
     # -- checkpoints ------------------------------------------------------
     def checkpoints(self) -> dict[int, pathlib.Path]:

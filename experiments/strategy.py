@@ -42,6 +42,26 @@ def _devices_need_mirrored(values: dict) -> bool:
     return not values[DEVICES.name] or values[STRATEGY.name] == "mirrored"
 
 
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with a `reduce` that Keras 3's `fit` can use.
+
+    With more than one worker, Keras 3.15's `fit` fails in two places
+    (keras-team/keras#20585): it reduces a whole ``(x, y)`` batch at once
+    (this strategy reduces single tensors only), and it reduces the scalar
+    metric values of each replica along ``axis=0``. This `reduce` takes a nest
+    of values, and reduces scalars across replicas only.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        parent = super()
+
+        def reduce_one(v):
+            local = self.experimental_local_results(v)[0]
+            return parent.reduce(reduce_op, v, None if local.shape.rank == 0 else axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
 def make() -> tf.distribute.Strategy:
     """The strategy chosen by --strategy (and --devices)."""
     if STRATEGY.value == "mirrored":
@@ -56,7 +76,7 @@ def make() -> tf.distribute.Strategy:
         if "TF_CONFIG" not in os.environ:
             logging.warning("--strategy=multi_worker without TF_CONFIG runs one local "
                             "worker; set TF_CONFIG on every machine (README).")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 

@@ -67,16 +67,17 @@ def main(argv: list[str]) -> None:
     cfg = config.training_config()
     run = rundir.open_run("train", f"{training.spec_name(spec)}_{cfg.dataset}", __name__,
                           writer=strategy.is_chief(dist))
-    if not run.results:
+    results = run.results
+    if results is None:
         trials = [training.train_trial(trial, spec, cfg, seed=seed, strategy=dist,
                                        label=f"[seed {seed}]" if cfg.runs > 1 else "")
                   for seed, trial in training.trial_dirs(run, "", cfg)]
-        run.finish({
+        results = run.finish({
             "command": "train", "spec": spec, "dataset": cfg.dataset,
             "trials": trials, **training.mean_std(trials, AGGREGATED),
             "conflicting_trials": sum(bool(t["conflicting"]) for t in trials),
         })
-    print(summary_table(run.results), flush=True)
+    print(summary_table(results), flush=True)
 
 
 if __name__ == "__main__":

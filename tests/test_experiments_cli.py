@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,3 +85,36 @@ def test_sigkill_after_the_first_epoch_loses_nothing_and_rerunning_resumes(tmp_p
 
     again = experiments(*argv)
     assert "already finished" in again.stdout and "epoch 1/8" not in again.stdout
+
+    # Model, optimizer state and the per-epoch data seeds are restored: the
+    # resumed run computes what an uninterrupted one computes.
+    experiments(*argv[:-1], f"--run_dir={tmp_path / 'uninterrupted'}")
+    reference = read_metrics(tmp_path / "uninterrupted")
+    for column in ("loss", "accuracy", "test_accuracy", "bundle_entropy"):
+        assert [float(r[column]) for r in after] == pytest.approx(
+            [float(r[column]) for r in reference], rel=1e-5), column
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_strategy_trains_with_two_workers_and_the_chief_writes(tmp_path):
+    run_dir = tmp_path / "run"
+    cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
+    argv = [sys.executable, "-m", "experiments", "train", "--dataset=digits", "--depth=2",
+            "--width=8", "--epochs=2", "--measure_samples=64", "--noexport",
+            "--strategy=multi_worker", f"--run_dir={run_dir}"]
+    workers = [subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                             "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert all("test_acc(last5)" in out for out in outputs)
+    assert [int(r["epoch"]) for r in read_metrics(run_dir)] == [1, 2]
+    assert json.loads((run_dir / "results.json").read_text())["finished"]
+    assert not list(run_dir.rglob(".tmp*"))  # one writer: no torn or competing files
