@@ -11,7 +11,8 @@ Layout (DESIGN.md; one *trial* is one training of one network with one seed)::
                   metrics.csv     one row per completed epoch
                   conflicts.csv   per-layer bundle metrics of the final network
                   conflicts.png
-                  tensorboard/    scalars of every epoch
+                  tensorboard/    scalars of every epoch; with --measure_layers=all
+                                  also each epoch's per-layer report and plot
                   checkpoints/    epoch_0007.weights.h5 ...: model and optimizer
                                   state of the last complete epochs
                   export/         SavedModel of the final network

@@ -41,7 +41,7 @@ from cb_keras.report import ConflictReport
 from experiments import console
 from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
                                   TestEvaluation)
-from experiments.rundir import STATE_FILE, RunDir, RunDirError
+from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
 
 DATASETS = data.SUPPORTED
 MODELS = models.KINDS
@@ -132,7 +132,7 @@ def restore(model: keras.Model, checkpoint: os.PathLike) -> None:
 
 
 def data_seed(seed: int, epoch: int) -> int:
-    """Seed of the data pipeline of a process that starts at `epoch`."""
+    """Seed of the training data (shuffle order, augmentation) of 0-based `epoch`."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
@@ -214,8 +214,12 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
     if state and state.get("finished"):
         print(f"{label} finished earlier: {trial.path}".strip(), flush=True)
         return state["result"]
-    state = state or {"spec": spec, "seed": seed, "completed_epochs": 0, "history": [],
-                      "data_seeds": [data_seed(seed, e) for e in range(cfg.epochs)]}
+    state = state or {"spec": jsonable(spec), "seed": seed, "completed_epochs": 0,
+                      "history": [], "data_seeds": [data_seed(seed, e) for e in range(cfg.epochs)]}
+    if (state["spec"], state["seed"]) != (jsonable(spec), seed):
+        raise RunDirError(
+            f"{trial.path} holds a trial of {state['spec']} with seed {state['seed']}, not of "
+            f"{spec} with seed {seed}; use another directory for this network.")
     start = state["completed_epochs"]
     _, test, info = load_data(cfg, augment=False)
     x, y = data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
@@ -234,7 +238,8 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
         *console.progress_callbacks(cfg.progress, cfg.epochs, label, BUNDLE_FIELDS)]
     for epoch in range(start, cfg.epochs):  # one fit per epoch: data seeded per epoch
-        train, _, _ = load_data(cfg, augment=cfg.augment, shuffle_seed=state["data_seeds"][epoch])
+        train, _, _ = load_data(cfg, augment=cfg.augment,
+                                shuffle_seed=state["data_seeds"][epoch])
         model.fit(train, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
                   callbacks=epoch_callbacks)
         if model.stop_training:
@@ -268,7 +273,7 @@ def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes
         x, y, num_classes=num_classes, learning_rate=cfg.learning_rate,
         batch_size=cfg.batch_size, every=cfg.measure_every,
         layers="auto" if every_layer else "last", samples=cfg.measure_samples,
-        log_dir=str(trial.file(TENSORBOARD_DIR)) if every_layer else None)]
+        log_dir=str(trial.file(TENSORBOARD_DIR)) if every_layer and trial.writer else None)]
 
 
 def trial_dirs(run: RunDir, prefix: str, cfg: TrainConfig) -> list[tuple[int, RunDir]]:

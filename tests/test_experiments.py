@@ -18,7 +18,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import data
-from experiments import config, evaluate, fnn_map, model_flags, rundir, strategy, train
+from experiments import (config, evaluate, fnn_map, model_flags, rundir, strategy, train,
+                         training)
 
 FLAGS = flags.FLAGS
 FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
@@ -213,6 +214,17 @@ def test_flagfiles_hold_valid_configurations_with_the_papers_hyperparameters(par
         assert model_flags.model_spec()["model"] in ("fnn", "vgg", "resnet")
     if cfg.dataset != "digits":
         assert cfg.optimizer == "paper" and cfg.augment
+
+
+def test_a_trial_directory_refuses_another_network(parse, tmp_path):
+    parse(train, "--depth=2")
+    trial = rundir.RunDir(tmp_path)
+    trial.write_json(rundir.STATE_FILE, {"spec": {"model": "fnn", "depth": 3, "width": 8},
+                                         "seed": 0, "completed_epochs": 1, "history": []})
+    with pytest.raises(rundir.RunDirError, match="use another directory"):
+        training.train_trial(trial, {"model": "fnn", "depth": 2, "width": 8},
+                             config.training_config(), seed=0,
+                             strategy=tf.distribute.get_strategy())
 
 
 # -- the run directory module ------------------------------------------------
