@@ -22,6 +22,7 @@ over the trials.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -104,7 +105,9 @@ def main(argv: list[str]) -> None:
     cfg = training.TrainConfig.from_flags(saved)
     if SAMPLES.value:
         cfg = dataclasses.replace(cfg, measure_samples=SAMPLES.value)
-    trials = sorted(path.parent for path in run.path.rglob(rundir.STATE_FILE))
+    trials = sorted((path.parent for path in run.path.rglob(rundir.STATE_FILE)),
+                    key=lambda path: [int(part) if part.isdigit() else part
+                                      for part in re.split(r"(\d+)", str(path))])
     if not trials:
         raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
     results = [evaluate_trial(rundir.RunDir(path, writer=run.writer), cfg,
