@@ -62,11 +62,26 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.nest.map_structure(reduce_one, value)
 
 
+def _cross_device_ops() -> tf.distribute.CrossDeviceOps | None:
+    """ReductionToOneDevice for logical CPUs, TensorFlow's default (NCCL) for GPUs.
+
+    On CPUs the default all-reduce uses collective ops whose instance keys
+    restart with every new strategy; a second strategy in one process (the
+    next seed of --runs, or a test after another) then fails with "Shape
+    mismatch in the collective instance".
+    """
+    devices = DEVICES.value or [d.name for d in tf.config.list_logical_devices("GPU")]
+    if not devices or all("cpu" in d.lower() for d in devices):
+        return tf.distribute.ReductionToOneDevice()
+    return None
+
+
 def make() -> tf.distribute.Strategy:
     """The strategy chosen by --strategy (and --devices)."""
     if STRATEGY.value == "mirrored":
         try:
-            return tf.distribute.MirroredStrategy(DEVICES.value or None)
+            return tf.distribute.MirroredStrategy(DEVICES.value or None,
+                                                  cross_device_ops=_cross_device_ops())
         except (ValueError, RuntimeError) as error:
             available = [d.name for d in tf.config.list_logical_devices()]
             raise app.UsageError(
