@@ -17,7 +17,7 @@ left-right flip; ``bright``: random brightness, max delta 0.25):
     cifar10       32x32x3    convert, std, pad(38), crop(32), flip, bright   convert, std
     svhn_cropped  32x32x3    convert, pad(36), crop(32), std, bright         convert, std
     imagenette    128x128x3  convert, pad(138), crop(128), flip, std, bright convert, pad(128), std
-    digits        8x8x1      pad(10), crop(8), bright                        (none)
+    digits        8x8x1      zero_pad(10), crop(8)                           (none)
 
 With ``augment=False`` the training split gets the test preprocessing.
 
@@ -32,7 +32,11 @@ another variant.
 ``digits`` is scikit-learn's bundled 8x8 handwritten digits (1,797 images,
 values 0..16 scaled to [0, 1]), split stratified and deterministically into
 1,437 training and 360 test images; it needs no download. Its augmentation
-follows mnist's (zoom by about 1/8, crop, brightness), scaled to 8 px.
+is a random shift by up to one pixel (zero padding to 10 x 10, random crop
+back to 8 x 8). Mnist's recipe scaled to 8 px would zoom every training
+image by 1.25 (``resize_with_pad`` resamples a square image) and add
+brightness shifts of up to a quarter of the range, which on 8 x 8 digits
+costs about 30 points of test accuracy.
 
 Randomness: ``shuffle_seed`` seeds both the shuffle order and the
 augmentation (stateless random ops fed by ``tf.data.Dataset.random``); both
@@ -110,6 +114,15 @@ def pad(size: int) -> Step:
     return step
 
 
+def zero_pad(size: int) -> Step:
+    """Centre the image on a size x size canvas of zeros (no resampling)."""
+    def step(image, seed):
+        del seed
+        offset = (size - image.shape[0]) // 2
+        return tf.image.pad_to_bounding_box(image, offset, offset, size, size)
+    return step
+
+
 def crop(size: int) -> Step:
     """Random crop to size x size, all channels."""
     def step(image, seed):
@@ -147,7 +160,7 @@ _RECIPES = {
     "imagenette": _Recipe((128, 128, 3),
                           (convert, pad(138), crop(128), flip, standardize, bright),
                           (convert, pad(128), standardize), test_split="validation"),
-    "digits": _Recipe((8, 8, 1), (pad(10), crop(8), bright), ()),
+    "digits": _Recipe((8, 8, 1), (zero_pad(10), crop(8)), ()),
 }
 SUPPORTED = tuple(_RECIPES)
 

@@ -119,8 +119,16 @@ def test_digits_needs_no_download_and_splits_stratified():
     assert test_x.min() == 0.0 and test_x.max() == 1.0
     assert np.all(np.abs(np.bincount(test_y, minlength=10) - 36) <= 1)
     train_x, _ = _stack(train)
-    assert train_x.min() >= -0.25 and train_x.max() <= 1.25
-    assert np.any(train_x < 0) or np.any(train_x > 1)  # brightness was applied
+    assert train_x.min() == 0.0 and train_x.max() == 1.0  # shifts only: no resampling
+
+
+def test_digits_augmentation_shifts_by_at_most_one_pixel():
+    image = np.zeros((8, 8, 1), np.float32)
+    image[3, 4] = 1.0
+    shifted = {tuple(np.argwhere(data.crop(8)(data.zero_pad(10)(image, None), seed)[..., 0]
+                                 .numpy())[0])
+               for seed in tf.random.split(tf.constant([1, 2]), 60)}
+    assert shifted == {(3 + dy, 4 + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
 
 
 def test_measurement_sample_is_deterministic_and_unaugmented():
