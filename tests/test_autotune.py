@@ -93,12 +93,12 @@ def sample():
     return data.measurement_sample("digits", 64)
 
 
-def check_callback(sample, blocks, restarts, lines, window=1):
+def check_callback(sample, blocks, restarts, lines, window=1, kind="vgg"):
     x, y = sample
-    model = models.vgg(blocks, x.shape[1:], 10)
+    model = models.build(kind, x.shape[1:], 10, blocks=blocks)
     check = autotune.ConflictCheck(
         x, y, num_classes=10, learning_rate=TINY_LR, batch_size=64, run=3, blocks=blocks,
-        kind="vgg", rule="first_conflict", window=window, on_restart=restarts.append,
+        kind=kind, rule="first_conflict", window=window, on_restart=restarts.append,
         log=lines.append)
     check.set_model(model)
     return check, model
@@ -120,6 +120,15 @@ def test_the_check_restarts_a_conflicting_network_inside_its_window_only(sample)
     assert record.conflicting_blocks == ("stage1_block1", "stage2_block1", "stage4_block1")
     assert (record.blocks_before, record.blocks_after) == ((1, 1, 0, 1), (0, 1, 0, 1))
     assert autotune.Restart.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+
+
+def test_the_check_of_a_resnet_removes_blocks_by_their_residual_branch(sample):
+    restarts, lines = [], []
+    check, model = check_callback(sample, [0, 1, 1, 0], restarts, lines, kind="resnet")
+    check.on_epoch_end(0, {})
+    assert model.stop_training and check.restart.layer == "stage3_block1_out_tap"
+    assert check.restart.conflicting_blocks == ("stage2_block1", "stage3_block1")
+    assert check.restart.blocks_after == (0, 0, 1, 0)
 
 
 def test_a_conflict_that_would_remove_every_block_does_not_restart(sample):
