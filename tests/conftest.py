@@ -30,6 +30,18 @@ def cpu_devices() -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
+@pytest.fixture
+def mirrored_strategy(cpu_devices) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy over the two logical CPUs.
+
+    ReductionToOneDevice, not the default collective all-reduce: collective
+    instance keys restart with every strategy, so a second strategy in the
+    same process fails with "Shape mismatch in the collective instance".
+    """
+    return tf.distribute.MirroredStrategy(
+        cpu_devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
 @pytest.fixture(scope="session")
 def bundle_cases() -> dict:
     """The golden cases of shared/fixtures/bundle_cases.npz as a dict of arrays."""

@@ -148,8 +148,8 @@ def _same_but_epoch(report, other):
     return dataclasses.replace(report, epoch=None) == dataclasses.replace(other, epoch=None)
 
 
-def test_fit_under_mirrored_strategy(digits, cpu_devices):
-    strategy = tf.distribute.MirroredStrategy(cpu_devices)
+def test_fit_under_mirrored_strategy(digits, mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         model = mlp()
     dataset = tf.data.Dataset.from_tensor_slices(digits).batch(64, drop_remainder=True)

@@ -174,11 +174,11 @@ def test_save_and_load_round_trip_keeps_optimizer_state(tmp_path):
     _assert_same_arrays(restored.get_weights(), model.get_weights(), rtol=0, atol=0)
 
 
-def test_fit_under_mirrored_strategy_matches_single_device(cpu_devices):
+def test_fit_under_mirrored_strategy_matches_single_device(mirrored_strategy):
     x, y = _tiny_data()
     single = _tiny_model()
     initial = single.get_weights()
-    strategy = tf.distribute.MirroredStrategy(cpu_devices)
+    strategy = mirrored_strategy
     with strategy.scope():
         mirrored = _tiny_model(initial)
     for model in (single, mirrored):

@@ -287,8 +287,8 @@ def test_cached_probes_do_not_keep_models_alive(digits):
     assert reference() is None
 
 
-def test_measure_works_under_a_distribution_strategy(digits, cpu_devices):
-    strategy = tf.distribute.MirroredStrategy(cpu_devices)
+def test_measure_works_under_a_distribution_strategy(digits, mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         model = cnn()
     x, y = images(digits[0]), digits[1]
