@@ -7,4 +7,5 @@ from cb_keras.probe import measure, probe
 from cb_keras.report import ConflictReport
 
 __all__ = ["BundleMetrics", "bundle_metrics", "weight_amplitude",
-           "probe", "measure", "ConflictReport", "ConflictingBundles"]
+           "probe", "measure", "ConflictReport", "ConflictingBundles",
+           "autotune", "data", "models", "optimizers", "pruning"]

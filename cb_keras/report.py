@@ -16,16 +16,16 @@ epoch, stack in one file): ``epoch`` (empty if unknown), ``index`` (l - 1),
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
+
+from cb_keras import files
 
 PathLike = str | os.PathLike
 CSV_COLUMNS = ("epoch", "index", "layer", "num_bundles", "bundle_entropy", "max_accuracy",
@@ -161,7 +161,7 @@ class ConflictReport:
     def save_json(self, path: PathLike) -> None:
         """Write `to_dict` as JSON (strict: no NaN literals), atomically."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
-        _write_atomically(path, lambda file: file.write(text))
+        files.write_text(path, text)
 
     @classmethod
     def load_json(cls, path: PathLike) -> ConflictReport:
@@ -191,8 +191,7 @@ class ConflictReport:
         at most N). Diverged layers leave gaps and are named in the title.
         """
         figure = _figure(self, title)
-        _write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100),
-                          binary=True)
+        files.save_png(figure, path)
 
 
 def write_csv(reports: list[ConflictReport], path: PathLike) -> None:
@@ -202,7 +201,7 @@ def write_csv(reports: list[ConflictReport], path: PathLike) -> None:
         writer.writeheader()
         for report in reports:
             writer.writerows(report.csv_rows())
-    _write_atomically(path, write)
+    files.write_atomically(path, write)
 
 
 def read_csv(path: PathLike) -> list[ConflictReport]:
@@ -269,27 +268,6 @@ def _default_title(report: ConflictReport) -> str:
     return (f"{epoch}{len(report.conflicting)}/{len(report)} layers conflicting{diverged} "
             f"(lr={report.learning_rate:g}, bs={report.batch_size}, "
             f"w_max={report.weight_amplitude:.4g})")
-
-
-def _write_atomically(path: PathLike, write: Callable[[Any], Any], binary: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside `path`, then rename it over `path`.
-
-    The file is text (UTF-8, ``newline=""`` as the csv module wants) unless
-    `binary`; it gets mode 0644. On error the temporary file is removed.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        options = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": ""}
-        with open(handle, **options) as file:
-            write(file)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def _finite_or_none(value: float) -> float | None:

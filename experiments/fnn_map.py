@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from cb_keras import files  # noqa: E402
 from experiments import config, console, rundir, strategy, training  # noqa: E402
 
 DEPTHS = config.define_int_list(
@@ -109,10 +110,8 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
     axes.set_ylabel("depth (hidden layers)")
     axes.set_title(f"{title}\nred: a^L conflicting (bundle entropy > 0)", fontsize=10)
     figure.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(tmp, format="png", dpi=100)
+    files.save_png(figure, path)
     plt.close(figure)
-    tmp.replace(path)
 
 
 def main(argv: list[str]) -> None:

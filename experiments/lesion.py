@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from cb_keras import pruning
+from cb_keras import files, pruning
 from experiments import console, rundir, trained
 
 DRAWS = flags.DEFINE_integer(
@@ -134,9 +134,7 @@ def plot(curve_rows: list[dict[str, Any]], intact: float, title: str,
     axes.set_ylabel("test accuracy (mean ± std over draws)")
     axes.set_title(title, fontsize=9)
     axes.legend()
-    tmp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(tmp, format="png", dpi=100)
-    tmp.replace(path)
+    files.save_png(figure, path)
 
 
 def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: int,

@@ -38,10 +38,11 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 from absl import app, flags
+
+from cb_keras import files
 
 RUNS_ROOT = flags.DEFINE_string(
     "runs_root", "runs", "Folder that holds the run directories (<runs_root>/<name>).")
@@ -91,21 +92,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def atomic_write(path: pathlib.Path, text: str) -> None:
-    """Write `text` to `path` atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -193,7 +179,7 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> None:
         """Write `data` as indented JSON, atomically (no NaN: they become null)."""
         if self.writer:
-            atomic_write(self.file(name),
+            files.write_text(self.file(name),
                          json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
 
     def read_json(self, name: str) -> Any:
@@ -212,7 +198,7 @@ class RunDir:
                   columns: Sequence[str]) -> None:
         """Write rows as CSV with the given columns, atomically."""
         if self.writer:
-            atomic_write(self.file(name), csv_text(rows, columns))
+            files.write_text(self.file(name), csv_text(rows, columns))
 
     # -- flags and results ------------------------------------------------
     def start(self, flag_values: Mapping[str, Any]) -> bool:
