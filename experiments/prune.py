@@ -62,7 +62,7 @@ BRANCHES_FILE = "branches.csv"
 ORIGINAL_FILE = "original.keras"
 PRUNED_FILE = "pruned.keras"
 TRAIN_DIR = "train"
-MATCH_TOLERANCE = 1e-5  # rtol and atol of the output comparisons (float32 precision)
+MATCH_TOLERANCE = 1e-5  # of the largest |output| (at least 1): float32 rounding of a deep net
 TABLE_COLUMNS = (
     ("network", "network", ""),
     ("blocks", "blocks", "d"),
@@ -138,10 +138,14 @@ def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: tf.Tensor) -
 
 
 def _checked_difference(pruned, reference, what: str) -> float:
-    """max |pruned - reference|; RuntimeError if they differ beyond float32 precision."""
+    """max |pruned - reference|; RuntimeError if they differ beyond float32 rounding.
+
+    The bound scales with the outputs: logits of size 30 differ by ~5e-5
+    between two correct float32 evaluations that fuse ops differently.
+    """
     pruned, reference = np.asarray(pruned), np.asarray(reference)
     difference = float(np.max(np.abs(pruned - reference)))
-    if not np.allclose(pruned, reference, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE):
+    if difference > MATCH_TOLERANCE * max(1.0, float(np.max(np.abs(reference)))):
         raise RuntimeError(
             f"the pruned network computes other outputs than {what} (max abs difference "
             f"{difference:.3g}); this is a bug in cb_keras.pruning, please report it.")
