@@ -25,6 +25,8 @@ Run directory (besides flags.json):
   ``epoch_restart_conflict_epoch``, ``epoch_restart_layers_after`` and
   ``epoch_restart_blocks_stage{1..4}``.
 - ``export/`` (SavedModel, with --export) and ``final.keras``: the final network.
+- ``search.png``: the blocks per stage of every run (stacked bars), with the
+  epoch and block of each conflict and the final test accuracy.
 - ``results.json``: ``finished``, ``command`` ("auto_tune"), ``dataset``,
   ``kind``, ``start_blocks``, ``final_blocks``, ``start_layers``,
   ``final_layers``, ``num_restarts``, ``restarts`` (the records),
@@ -42,7 +44,7 @@ from typing import Any
 
 from absl import app, flags
 
-from cb_keras import autotune, models
+from cb_keras import autotune, files, models
 from cb_keras import data as cb_data
 from experiments import config, console, model_flags, prune, rundir, strategy, trained, training
 from experiments.callbacks import ScalarSummaries
@@ -72,6 +74,7 @@ flags.declare_key_flag(prune.LATENCY_REPEATS.name)
 SEARCH_FILE = "search.json"
 RESTARTS_FILE = "restarts.csv"
 KERAS_FILE = "final.keras"
+PLOT_FILE = "search.png"
 RESTART_COLUMNS = ("restart", "run", "epoch", "layer", "bundle_entropy",
                    "first_conflicting_block", "conflicting_blocks", "blocks_before",
                    "blocks_after")
@@ -161,13 +164,46 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
                                  info.input_shape, info.num_classes)
     batch = next(iter(test))[0]
     repeats = prune.LATENCY_REPEATS.value
-    return {
+    results = {
         "command": "auto_tune", "dataset": cfg.dataset, **result.to_dict(),
         "start_latency_ms": trained.latency_ms(start, batch, repeats),
         "final_latency_ms": trained.latency_ms(result.model, batch, repeats),
         "train_seconds": round(sum((r["summary"] or {}).get("train_seconds", 0.0)
                                    for r in result.runs), 1),
     }
+    if run.writer:
+        files.save_png(search_figure(results), run.file(PLOT_FILE))
+    return results
+
+
+def search_figure(results: dict[str, Any]):
+    """A matplotlib Figure: blocks per stage of each run, why it ended, the final accuracy."""
+    from matplotlib.figure import Figure
+
+    runs = results["runs"]
+    figure = Figure(figsize=(max(5.0, 1.3 * len(runs) + 2.0), 4.5), layout="constrained")
+    axes = figure.subplots()
+    positions = list(range(len(runs)))
+    bottoms = [0] * len(runs)
+    for stage in range(len(runs[0]["blocks"])):
+        counts = [r["blocks"][stage] for r in runs]
+        axes.bar(positions, counts, bottom=bottoms, label=f"stage {stage + 1}")
+        bottoms = [b + c for b, c in zip(bottoms, counts)]
+    for position, r, height in zip(positions, runs, bottoms):
+        restart = r["restart"]
+        label = (f"conflict after\nepoch {restart['epoch']} at\n{restart['first_conflicting_block']}"
+                 if restart else
+                 f"final\ntest acc {console.format_value(results['test_accuracy'], '.3f')}")
+        axes.annotate(label, (position, height), ha="center", va="bottom", fontsize=8,
+                      xytext=(0, 3), textcoords="offset points")
+    axes.set_xticks(positions, [f"run {r['run']}" for r in runs])
+    axes.set_ylabel("blocks")
+    axes.set_ylim(0, max(bottoms) * 1.35 + 1)
+    axes.set_title(f"auto_tune on {results['dataset']}: {results['start_layers']} -> "
+                   f"{results['final_layers']} layers, {results['num_restarts']} restarts",
+                   fontsize=10)
+    axes.legend(fontsize=8, loc="upper right")
+    return figure
 
 
 def summary_text(results: dict[str, Any]) -> str:

@@ -104,6 +104,7 @@ def test_auto_tune_restarts_resumes_after_sigkill_and_exports(parse, tmp_path, c
         tensorboard_tags(run_dir / "tensorboard")
 
     assert (run_dir / "export" / "saved_model.pb").exists()
+    assert (run_dir / "search.png").read_bytes().startswith(b"\x89PNG")
     final = keras.models.load_model(run_dir / "final.keras")
     assert final.count_params() == results["final_parameters"]
     assert not any(layer.name.startswith("stage1") for layer in final.layers)
