@@ -10,9 +10,14 @@ experiments COMMAND --helpfull` documents every flag of COMMAND.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from absl import app, flags
+
+# TensorFlow's C++ INFO and WARNING lines (oneDNN, CUDA probing, XLA) print
+# before absl's logging is set up; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Command name -> (module under experiments/, one-line description).
 # A new command is a module with key flags at its top and `main(argv)`;
