@@ -240,7 +240,7 @@ def _num_samples(x: Any) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Graph:
+class Graph:
     """The call graph of a functional model.
 
     Attributes:
@@ -313,7 +313,7 @@ def _fresh_name(base: str, used_names: set[str]) -> str:
 def select_taps(model: keras.Model, layers: LayersArg = "auto") -> list[_Tap]:
     """The measured outputs of `model` for `layers` (see `probe`), a^(1) first."""
     layers = check_layers(layers)
-    graph = _model_graph(model)
+    graph = model_graph(model)
     if isinstance(layers, tuple):
         return _named_taps(model, graph, layers)
     taps = _auto_taps(model, graph)
@@ -336,7 +336,7 @@ def check_layers(layers: LayersArg) -> str | tuple[str, ...]:
     return tuple(layers)
 
 
-def _model_graph(model: keras.Model) -> _Graph:
+def model_graph(model: keras.Model) -> Graph:
     """The call graph of `model`, with errors for models the probe cannot tap."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"probe needs a keras.Model, got {type(model).__name__}.")
@@ -362,7 +362,7 @@ def _model_graph(model: keras.Model) -> _Graph:
             consumers[id(tensor)].append(node)
     calls = collections.Counter(node.operation for node in nodes)
     positions = {id(node): i for i, node in enumerate(nodes)}
-    return _Graph(tuple(nodes), producer, dict(consumers), calls, positions)
+    return Graph(tuple(nodes), producer, dict(consumers), calls, positions)
 
 
 def _producer_node(tensor):
@@ -388,7 +388,7 @@ def _topological_nodes(outputs: list) -> list:
     return order
 
 
-def _auto_taps(model: keras.Model, graph: _Graph) -> list[_Tap]:
+def _auto_taps(model: keras.Model, graph: Graph) -> list[_Tap]:
     """SPEC §2 "auto": the Tap layers if any, else activations and Add branches."""
     _reject_nested(model, graph)
     marked = [node for node in graph.nodes if isinstance(node.operation, Tap)]
@@ -399,7 +399,7 @@ def _auto_taps(model: keras.Model, graph: _Graph) -> list[_Tap]:
         nodes = [node for node in graph.nodes if node not in head and _is_activation(node)]
         for node in graph.nodes:
             if isinstance(node.operation, keras.layers.Add) and node not in head:
-                nodes.extend(_residual_nodes(node, graph))
+                nodes.extend(residual_nodes(node, graph))
     if not nodes:
         names = [node.operation.name for node in graph.nodes if not node.is_input]
         raise ValueError(
@@ -410,7 +410,7 @@ def _auto_taps(model: keras.Model, graph: _Graph) -> list[_Tap]:
     return _taps_in_order(nodes, graph)
 
 
-def _named_taps(model: keras.Model, graph: _Graph, names: tuple[str, ...]) -> list[_Tap]:
+def _named_taps(model: keras.Model, graph: Graph, names: tuple[str, ...]) -> list[_Tap]:
     """The calls of the named layers, in graph order."""
     by_name = {node.operation.name: node for node in graph.nodes if not node.is_input}
     unknown = [name for name in names if name not in by_name]
@@ -429,7 +429,7 @@ def _named_taps(model: keras.Model, graph: _Graph, names: tuple[str, ...]) -> li
     return _taps_in_order([by_name[name] for name in names], graph)
 
 
-def _taps_in_order(nodes: list, graph: _Graph) -> list[_Tap]:
+def _taps_in_order(nodes: list, graph: Graph) -> list[_Tap]:
     """Deduplicate, sort into graph order and name the measured calls."""
     unique = {id(node): node for node in nodes}.values()
     taps = []
@@ -444,7 +444,7 @@ def _taps_in_order(nodes: list, graph: _Graph) -> list[_Tap]:
     return taps
 
 
-def _reject_nested(model: keras.Model, graph: _Graph) -> None:
+def _reject_nested(model: keras.Model, graph: Graph) -> None:
     """'auto' cannot look inside nested models: say what to do instead."""
     nested = [node.operation.name for node in graph.nodes
               if isinstance(node.operation, keras.Model)]
@@ -456,7 +456,7 @@ def _reject_nested(model: keras.Model, graph: _Graph) -> None:
             "outer layers.")
 
 
-def _nested_layer_names(graph: _Graph) -> dict[str, str]:
+def _nested_layer_names(graph: Graph) -> dict[str, str]:
     """``{layer name: nested model name}`` for layers inside nested models."""
     names = {}
     for node in graph.nodes:
@@ -491,7 +491,7 @@ def _activation_name(layer) -> str:
     return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
 
-def _head_nodes(model: keras.Model, graph: _Graph) -> set:
+def _head_nodes(model: keras.Model, graph: Graph) -> set:
     """The output calls and the head computing them: activations after the last Dense/Conv."""
     head = set()
     for output in model.outputs:
@@ -506,7 +506,7 @@ def _head_nodes(model: keras.Model, graph: _Graph) -> set:
     return head
 
 
-def _residual_nodes(add, graph: _Graph) -> list:
+def residual_nodes(add, graph: Graph) -> list:
     """The branch input(s) of an Add call and its block output (module docstring)."""
     inputs = add.input_tensors
     distances = [_ancestor_distances(t, graph) for t in inputs]
@@ -522,7 +522,7 @@ def _residual_nodes(add, graph: _Graph) -> list:
     return nodes
 
 
-def _ancestor_distances(tensor, graph: _Graph) -> dict[int, int]:
+def _ancestor_distances(tensor, graph: Graph) -> dict[int, int]:
     """``id(ancestor tensor) -> fewest operations from it to `tensor``` (BFS)."""
     distances = {id(tensor): 0}
     frontier = collections.deque([tensor])

@@ -39,7 +39,7 @@ from typing import Any
 
 import keras
 
-from cb_keras.probe import _model_graph, _residual_nodes, measure
+from cb_keras.probe import measure, model_graph, residual_nodes
 from cb_keras.report import ConflictReport, LayerResult
 
 ADD_SUFFIX = "_add"
@@ -106,7 +106,7 @@ def residual_blocks(model: keras.Model) -> list[ResidualBlock]:
         ValueError: `model` has no residual block (e.g. a VGG or FNN), or
             an Add layer is called more than once.
     """
-    graph = _model_graph(model)
+    graph = model_graph(model)
     adds = [node for node in graph.nodes if isinstance(node.operation, keras.layers.Add)]
     repeated = sorted({node.operation.name for node in adds if graph.calls[node.operation] > 1})
     if repeated:
@@ -126,7 +126,7 @@ def residual_blocks(model: keras.Model) -> list[ResidualBlock]:
 
 def _residual_block(add_node, graph) -> ResidualBlock | None:
     """The block of one Add call, or None if its inputs share no ancestor."""
-    branch_nodes = _residual_nodes(add_node, graph)
+    branch_nodes = residual_nodes(add_node, graph)
     producers = [graph.producer[id(tensor)] for tensor in add_node.input_tensors]
     shortcuts = [i for i, node in enumerate(producers) if node not in branch_nodes]
     if len(shortcuts) != 1:
