@@ -55,8 +55,21 @@ def main(argv: list[str]) -> int:
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     flags.adopt_module_key_flags(module)  # --helpshort shows the command's flags
-    app.run(module.main, argv=[f"{argv[0]} {command}"] + argv[2:])
+    app.run(_without_traceback_for_missing_data(module.main),
+            argv=[f"{argv[0]} {command}"] + argv[2:])
     return 0
+
+
+def _without_traceback_for_missing_data(command_main):
+    """`command_main`, turning a missing TFDS data set into a usage error (message, exit 1)."""
+    from cb_keras.data import DatasetNotPreparedError
+
+    def run(argv: list[str]) -> None:
+        try:
+            command_main(argv)
+        except DatasetNotPreparedError as error:
+            raise app.UsageError(str(error)) from error
+    return run
 
 
 if __name__ == "__main__":

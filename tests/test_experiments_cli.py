@@ -51,6 +51,15 @@ def test_a_bad_flag_exits_with_a_message_naming_the_choices():
     assert "--dataset" in done.stderr and "digits" in done.stderr
 
 
+def test_a_missing_tfds_data_set_is_a_message_not_a_traceback(tmp_path):
+    done = experiments("train", "--model=fnn", "--depth=1", "--width=4", "--dataset=mnist",
+                       "--epochs=1", f"--data_dir={tmp_path / 'tfds'}",
+                       f"--run_dir={tmp_path / 'run'}", check_rc=1)
+    output = done.stdout + done.stderr
+    assert "TFDS data set 'mnist' is not prepared" in output and "tfds build mnist" in output
+    assert "Traceback" not in output
+
+
 def read_metrics(run_dir: pathlib.Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
