@@ -46,7 +46,7 @@ from absl import app, flags
 
 from cb_keras import autotune, files, models
 from cb_keras import data as cb_data
-from experiments import config, console, model_flags, prune, rundir, strategy, trained, training
+from experiments import config, console, model_flags, rundir, strategy, trained, training
 from experiments.callbacks import ScalarSummaries
 
 CHECK_WINDOW = flags.DEFINE_integer(
@@ -69,7 +69,7 @@ flags.adopt_module_key_flags(rundir)
 flags.adopt_module_key_flags(strategy)
 flags.adopt_module_key_flags(config)
 flags.adopt_module_key_flags(model_flags)
-flags.declare_key_flag(prune.LATENCY_REPEATS.name)
+flags.declare_key_flag(trained.LATENCY_REPEATS.name)
 
 SEARCH_FILE = "search.json"
 RESTARTS_FILE = "restarts.csv"
@@ -163,7 +163,7 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
     start = training.build_model({"model": result.kind, "blocks": list(result.start_blocks)},
                                  info.input_shape, info.num_classes)
     batch = next(iter(test))[0]
-    repeats = prune.LATENCY_REPEATS.value
+    repeats = trained.LATENCY_REPEATS.value
     results = {
         "command": "auto_tune", "dataset": cfg.dataset, **result.to_dict(),
         "start_latency_ms": trained.latency_ms(start, batch, repeats),

@@ -48,15 +48,11 @@ from experiments import config, console, model_flags, rundir, strategy, trained,
 
 FINETUNE_EPOCHS = flags.DEFINE_integer(
     "finetune_epochs", 0, "Epochs of training after the removal (0: none).", lower_bound=0)
-LATENCY_REPEATS = flags.DEFINE_integer(
-    "latency_repeats", 50, "Timed inference calls per network; the median is reported.",
-    lower_bound=1)
 flags.adopt_module_key_flags(rundir)
 flags.adopt_module_key_flags(strategy)
 flags.adopt_module_key_flags(config)
 flags.adopt_module_key_flags(model_flags)
 flags.adopt_module_key_flags(trained)
-rundir.operational(LATENCY_REPEATS)
 
 BRANCHES_FILE = "branches.csv"
 ORIGINAL_FILE = "original.keras"
@@ -179,7 +175,7 @@ def main(argv: list[str]) -> None:
             training.train_trial(run.sub(TRAIN_DIR), spec, cfg, seed=cfg.seed, strategy=dist)
             source = run.sub(TRAIN_DIR).path
         run.finish(prune(trained.load_trial(source), run, FINETUNE_EPOCHS.value,
-                         LATENCY_REPEATS.value))
+                         trained.LATENCY_REPEATS.value))
     print(summary_table(run.results), flush=True)
 
 
