@@ -1,4 +1,4 @@
-"""Test session setup: quiet TensorFlow, two logical CPU devices, shared fixtures.
+"""Test session setup: quiet TensorFlow, two logical CPU devices, golden data.
 
 Two logical CPU devices must be configured before TensorFlow initialises its
 runtime, so it happens here at import time; tests of
@@ -20,8 +20,10 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = pathlib.Path(os.environ.get("CB_KERAS_FIXTURES", SHARED / "fixtures"))
+# The golden files live in the repository (tests/data/README.md says how they
+# were made); CB_KERAS_FIXTURES points the tests at another copy.
+FIXTURES = pathlib.Path(os.environ.get("CB_KERAS_FIXTURES",
+                                       pathlib.Path(__file__).resolve().parent / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +46,13 @@ def mirrored_strategy(cpu_devices) -> tf.distribute.MirroredStrategy:
 
 @pytest.fixture(scope="session")
 def bundle_cases() -> dict:
-    """The golden cases of shared/fixtures/bundle_cases.npz as a dict of arrays."""
+    """The golden cases of tests/data/bundle_cases.npz as a dict of arrays."""
     with np.load(FIXTURES / "bundle_cases.npz") as data:
         return {key: data[key] for key in data.files}
 
 
 @pytest.fixture(scope="session")
 def optimizer_cases() -> dict:
-    """The golden trajectories of shared/fixtures/optimizer_cases.npz."""
+    """The golden trajectories of tests/data/optimizer_cases.npz."""
     with np.load(FIXTURES / "optimizer_cases.npz") as data:
         return {key: data[key] for key in data.files}
