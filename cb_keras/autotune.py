@@ -1,4 +1,4 @@
-"""Auto-tune: the papers' architecture search by conflicting layer removal (SPEC §3).
+"""Auto-tune: the papers' architecture search by conflicting layer removal (docs/method.md §3).
 
 The search trains a plain (VGG-style) or residual network of the papers
 (`cb_keras.models`) epoch by epoch. After each of the first
@@ -18,7 +18,7 @@ Pruning rules (pure functions on block lists, see `shrink`):
   39 blocks.
 
 A stage may shrink to zero blocks (the network then skips it). A block is
-conflicting when its measured output is (SPEC §2): the block output
+conflicting when its measured output is (docs/method.md §2): the block output
 ``stage{s}_block{b}_tap`` of a VGG net, the scaled residual branch
 ``stage{s}_block{b}_branch_tap`` of a ResNet. When a^(L) conflicts but the
 rule cannot shrink the network (no block conflicts, or every block would
@@ -472,7 +472,7 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray, y: np.nda
               save_state: Callable[[dict[str, Any]], None] = lambda state: None,
               on_restart: Callable[[Restart], None] = lambda restart: None,
               log: Callable[[str], None] = print) -> AutoTuneResult:
-    """Run (or resume) the architecture search of SPEC §3.
+    """Run (or resume) the architecture search of docs/method.md §3.
 
     Args:
         config: the search settings.

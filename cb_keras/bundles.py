@@ -1,4 +1,4 @@
-"""The conflicting-bundle metric of one layer (SPEC §1), on tensors.
+"""The conflicting-bundle metric of one layer (docs/method.md §1), on tensors.
 
 The idea
 --------
@@ -91,7 +91,7 @@ class BundleMetrics:
 
     Attributes:
         num_bundles: number of distinct rows of the transformed outputs.
-        bundle_entropy: SPEC §1 bundle entropy in nats, >= 0.
+        bundle_entropy: docs/method.md §1 bundle entropy in nats, >= 0.
         max_accuracy: upper bound on the training accuracy on the sample
             that any network on top of this layer can reach, in [0, 1].
     """
@@ -304,7 +304,7 @@ def _layer_metrics(activations, labels, weight_amplitude, learning_rate,
 def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
                    weight_amplitude: float, learning_rate: float,
                    batch_size: int) -> BundleMetrics:
-    """Bundle metrics of one layer's outputs (SPEC §1).
+    """Bundle metrics of one layer's outputs (docs/method.md §1).
 
     Args:
         activations: outputs a^(l) for N samples, shape (N, ...), NumPy array

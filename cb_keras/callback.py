@@ -21,7 +21,7 @@ LOG_KEYS = ("bundle_entropy", "num_bundles", "max_accuracy")
 class ConflictingBundles(keras.callbacks.Callback):
     """Measure the bundles of a^(L) (or all layers) on a fixed training sample after each epoch.
 
-    After every `every`-th epoch it measures the bundle metrics (SPEC §1) of
+    After every `every`-th epoch it measures the bundle metrics (docs/method.md §1) of
     the model's outputs a^(1)..a^(L) on the first `samples` examples of
     ``(x, y)`` and adds those of a^(L) to the epoch's `logs`, so History,
     CSVLogger, TensorBoard, EarlyStopping and the progress bar see them

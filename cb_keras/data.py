@@ -1,10 +1,10 @@
-"""The papers' data sets with their preprocessing (SPEC §5), and `digits`.
+"""The papers' data sets with their preprocessing (docs/method.md §5), and `digits`.
 
 `load` returns ``(train, test, info)``: two ``tf.data.Dataset`` of
 ``(images, labels)`` batches, images float32 ``(batch, H, W, C)``, labels
 int32 ``(batch,)``, and a `DataInfo`. `measurement_sample` returns the fixed,
 augmentation-free sample of training images the bundle metric is measured on
-(SPEC §2), as NumPy arrays.
+(docs/method.md §2), as NumPy arrays.
 
 Preprocessing, in this order (``convert``: uint8 to float32 in [0, 1];
 ``std``: per-image standardisation; ``pad(n)``: ``tf.image.resize_with_pad``
@@ -182,7 +182,7 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
         name: one of ``SUPPORTED`` ("mnist", "cifar10", "svhn_cropped",
             "imagenette", "digits"), or "imagenette/<TFDS config>".
         batch_size: examples per batch, >= 1.
-        augment: apply the training augmentation of SPEC §5 (default True);
+        augment: apply the training augmentation of docs/method.md §5 (default True);
             if False the training split is preprocessed like the test split.
         data_dir: TFDS data directory; default: TFDS's own (``$TFDS_DATA_DIR``
             or ``~/tensorflow_datasets``). Ignored for "digits".
@@ -231,7 +231,7 @@ def _training_batches(split: tf.data.Dataset, steps: tuple[Step, ...],
 
 def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed sample of training examples without augmentation (SPEC §2).
+    """A fixed sample of training examples without augmentation (docs/method.md §2).
 
     The examples are `samples` distinct ones drawn with NumPy's generator
     seeded by `seed` from the first 10,000 of the training split (all of it

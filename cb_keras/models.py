@@ -38,7 +38,7 @@ Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``):
     {block}_add (inputs [shortcut, branch]), {block}_out, {block}_out_tap
                                                     ResNet
 
-The taps (`cb_keras.taps`) mark what SPEC §2 measures, in measurement order:
+The taps (`cb_keras.taps`) mark what docs/method.md §2 measures, in measurement order:
 every hidden Dense output of an FNN, every VGG block output, and per
 residual block first the scaled branch, then the block output.
 """

@@ -1,10 +1,10 @@
-"""The papers' optimizer for Keras 3: `RAdam` wrapped in `Lookahead` (SPEC §3).
+"""The papers' optimizer for Keras 3: `RAdam` wrapped in `Lookahead` (docs/method.md §3).
 
 Keras 3 ships neither optimizer, and TF-Addons (which the reference used)
 does not work with Keras 3. Both classes here reproduce TF-Addons 0.23
 ``Lookahead(RectifiedAdam(...))`` step by step in float32, including the
 order of the floating-point operations, so that the golden trajectories of
-``shared/fixtures/optimizer_cases.npz`` match to the last bit or so.
+``tests/data/optimizer_cases.npz`` match to the last bit or so.
 
 Both are ordinary Keras optimizers: they work in ``model.fit`` (also under
 ``tf.distribute.MirroredStrategy`` and mixed precision, where Keras wraps
@@ -280,6 +280,6 @@ def _tf_variable(variable):
 def paper_optimizer(learning_rate: float = PAPER_LEARNING_RATE) -> Lookahead:
     """The papers' optimizer: ``Lookahead(RAdam(learning_rate), 6, 0.5)``.
 
-    RAdam with epsilon 1e-6 and weight decay 1e-2 (SPEC §3).
+    RAdam with epsilon 1e-6 and weight decay 1e-2 (docs/method.md §3).
     """
     return Lookahead(RAdam(learning_rate=learning_rate))

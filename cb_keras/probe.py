@@ -1,4 +1,4 @@
-"""Which layer outputs a^(1)..a^(L) to measure (SPEC §2), the probe model, and `measure`.
+"""Which layer outputs a^(1)..a^(L) to measure (docs/method.md §2), the probe model, and `measure`.
 
 `probe(model, layers)` returns a multi-output `keras.Model` with the same
 inputs as `model` and one output per measured layer, in graph order
@@ -77,7 +77,7 @@ def probe(model: keras.Model, layers: LayersArg = "auto") -> keras.Model:
 
     Args:
         model: a functional or Sequential `keras.Model` (built).
-        layers: ``"auto"`` (or its alias ``"all"``): the outputs SPEC §2
+        layers: ``"auto"`` (or its alias ``"all"``): the outputs docs/method.md §2
             names (module docstring); ``"last"``: only a^(L); or a list of
             layer names.
 
@@ -108,7 +108,7 @@ def tap_names(model: keras.Model, layers: LayersArg = "auto") -> list[str]:
 def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
             learning_rate: float, batch_size: int, layers: LayersArg = "auto",
             samples: int = 512, eval_batch_size: int | None = None) -> ConflictReport:
-    """Bundle metrics (SPEC §1) of the outputs a^(1)..a^(L) of `model` on a fixed sample.
+    """Bundle metrics (docs/method.md §1) of the outputs a^(1)..a^(L) of `model` on a fixed sample.
 
     Args:
         model: a functional or Sequential `keras.Model`.
@@ -389,7 +389,7 @@ def _topological_nodes(outputs: list) -> list:
 
 
 def _auto_taps(model: keras.Model, graph: Graph) -> list[_Tap]:
-    """SPEC §2 "auto": the Tap layers if any, else activations and Add branches."""
+    """docs/method.md §2 "auto": the Tap layers if any, else activations and Add branches."""
     _reject_nested(model, graph)
     marked = [node for node in graph.nodes if isinstance(node.operation, Tap)]
     if marked:
@@ -590,7 +590,7 @@ class _Measurer:
         if self.batch_dependent and eval_batch_size < num_samples:
             raise ValueError(
                 f"layers {self.batch_dependent} are ScaledBranchTap layers, whose scaling "
-                "uses the variance over the whole evaluated batch (SPEC §2); "
+                "uses the variance over the whole evaluated batch (docs/method.md §2); "
                 f"eval_batch_size={eval_batch_size} < {num_samples} samples would change "
                 "it. Leave eval_batch_size=None or measure fewer samples.")
 

@@ -1,4 +1,4 @@
-"""Conflicting residual blocks of trained networks: find, lesion and remove them (SPEC §4).
+"""Conflicting residual blocks of trained networks: find, lesion and remove them (docs/method.md §4).
 
 A *residual block* is a ``keras.layers.Add`` call whose inputs share an
 ancestor: one input is the *shortcut* (the identity or a short projection,
@@ -140,7 +140,7 @@ def _residual_block(add_node, graph) -> ResidualBlock | None:
 def conflicting_blocks(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
                        learning_rate: float, batch_size: int,
                        samples: int = 512) -> BlockConflicts:
-    """Measure the residual branch of every block of a trained `model` (SPEC §4).
+    """Measure the residual branch of every block of a trained `model` (docs/method.md §4).
 
     Args:
         model: a trained functional ResNet (see `residual_blocks`).

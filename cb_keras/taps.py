@@ -1,4 +1,4 @@
-"""Marker layers that tell the probe which outputs a^(l) to measure (SPEC §2).
+"""Marker layers that tell the probe which outputs a^(l) to measure (docs/method.md §2).
 
 A builder that knows its architecture (``cb_keras.models``) places these
 identity layers in the forward graph; `cb_keras.probe` finds them and reads
@@ -45,7 +45,7 @@ class ScaledBranchTap(Tap):
     """Identity on a residual branch; measured as branch * (s(conv1) * s(conv2)).
 
     Call it as ``ScaledBranchTap(name=...)([branch, conv1, conv2])``; it
-    returns ``branch``. ``measured`` gives the reference scaling of SPEC §2.
+    returns ``branch``. ``measured`` gives the reference scaling of docs/method.md §2.
     """
 
     def call(self, inputs):

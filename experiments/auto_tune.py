@@ -1,4 +1,4 @@
-"""auto_tune: the papers' architecture search by conflicting layer removal (SPEC §3).
+"""auto_tune: the papers' architecture search by conflicting layer removal (docs/method.md §3).
 
     python -m experiments auto_tune --flagfile=flags/auto_tune_digits.cfg
 

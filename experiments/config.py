@@ -41,7 +41,7 @@ DATASET = flags.DEFINE_enum(
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TensorFlow Datasets folder (default: TFDS's own, ~/tensorflow_datasets).")
 AUGMENT = flags.DEFINE_bool(
-    "augment", True, "Augment training batches as the papers do (SPEC §5).")
+    "augment", True, "Augment training batches as the papers do (docs/method.md §5).")
 EPOCHS = flags.DEFINE_integer("epochs", 120, "Training epochs.", lower_bound=1)
 BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 64, "Global training batch size (also the bundle metric's bs).",

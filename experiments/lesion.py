@@ -1,4 +1,4 @@
-"""lesion: the extension paper's lesion study on a trained ResNet (SPEC §4).
+"""lesion: the extension paper's lesion study on a trained ResNet (docs/method.md §4).
 
     python -m experiments lesion --source_run=runs/<train run of a resnet>
     python -m experiments lesion --flagfile=flags/lesion_digits.cfg --source_run=...

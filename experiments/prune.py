@@ -10,7 +10,7 @@ training and model flags (``--model=resnet``, seed --seed) into ``train/``
 of this run, with the `train` command's code. Then:
 
 1. measures the residual branch of every block on the run's measurement
-   sample and finds the conflicting blocks (bundle entropy > 0; SPEC §4);
+   sample and finds the conflicting blocks (bundle entropy > 0; docs/method.md §4);
 2. removes them with `cb_keras.pruning.remove_blocks` and checks that the
    pruned network's outputs on a test batch equal the lesioned original's
    (else it stops with an error);

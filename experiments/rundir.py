@@ -1,6 +1,6 @@
 """The run directory of an experiment: where it is, what it wrote, how it resumes.
 
-Layout (DESIGN.md; one *trial* is one training of one network with one seed)::
+Layout (one *trial* is one training of one network with one seed)::
 
     runs/<name>/flags.json      every flag value of the run (key flags of the command)
                 results.json    the final numbers; written last, so it marks a

@@ -1,4 +1,4 @@
-"""The exact bundle metric (SPEC §1) against the golden cases and a slow oracle."""
+"""The exact bundle metric (docs/method.md §1) against the golden cases and a slow oracle."""
 
 import re
 

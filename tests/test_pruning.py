@@ -1,4 +1,4 @@
-"""cb_keras.pruning: residual blocks found, lesioned and removed (SPEC §4)."""
+"""cb_keras.pruning: residual blocks found, lesioned and removed (docs/method.md §4)."""
 
 import keras
 import numpy as np

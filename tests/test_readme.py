@@ -4,6 +4,7 @@ import contextlib
 import io
 import pathlib
 import re
+import subprocess
 
 import pytest
 
@@ -41,3 +42,17 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^    (python3 -m venv .*pytest.*)$", README, flags=re.M)
     assert len(commands) == 1, "README must show exactly one test command"
     assert commands[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_project_reads_and_cites_nothing_outside_its_tree():
+    """No tracked text file points at the workspace beside the clone."""
+    forbidden = re.compile("|".join(map(re.escape, [
+        "../" + "shared", "SPEC" + " §", "DESIGN" + ".md", "shared/" + "fixtures"])))
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    hits = [f"{name}:{number}" for name in files
+            if name.endswith((".py", ".cfg", ".md", ".toml", ".txt")) or name.startswith(".ci/")
+            if (ROOT / name).is_file()
+            for number, line in enumerate((ROOT / name).read_text().splitlines(), 1)
+            if forbidden.search(line)]
+    assert not hits, f"these lines cite or read files outside the repository: {hits}"
