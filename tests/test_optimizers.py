@@ -35,7 +35,7 @@ def test_golden_trajectories_match_every_step(optimizer_cases, i, graph):
 
 
 def _reference_trajectory(w0, grads, lr, wd, sync_period, alpha, threshold=5.0):
-    """SPEC §3 written out in float64 NumPy: RAdam in Lookahead."""
+    """docs/method.md §3 written out in float64 NumPy: RAdam in Lookahead."""
     b1, b2, eps = 0.9, 0.999, 1e-6
     w, slow = w0.astype(np.float64), w0.astype(np.float64)
     m, v = np.zeros_like(w), np.zeros_like(w)
