@@ -6,12 +6,12 @@
 Loads the final network of --source_run (see `experiments.trained`),
 measures the residual branch of every block on the run's measurement sample
 and splits the blocks into conflicting (bundle entropy > 0) and
-non-conflicting ones. Then, for k = 1 ... (number of conflicting blocks) and
-each group -- ``conflicting``, ``non_conflicting`` and ``any`` (all blocks)
-(--lesion_max_k raises the largest k)
--- it lesions k blocks drawn at random from the group (--lesion_draws draws,
-without replacement within a draw; a group with fewer than k blocks is
-skipped) and measures the test accuracy of the lesioned network
+non-conflicting ones. Then, for each group -- ``conflicting``,
+``non_conflicting`` and ``any`` (all blocks) -- and each k of the group
+(`largest_k`; --lesion_k) it lesions k blocks drawn at random from the group
+(--lesion_draws draws, without replacement within a draw; a group with fewer
+than k blocks is skipped) and measures the test accuracy of the lesioned
+network
 (`cb_keras.pruning.Lesion`: the blocks' branches are multiplied by 0, which
 equals removing them). Draws that pick the same set are evaluated once.
 
@@ -25,7 +25,7 @@ Writes to the run directory:
   network's accuracy;
 - ``branches.csv``: bundle metrics of every block's branch;
 - ``results.json``: ``command``, ``source``, ``dataset``, ``blocks``,
-  ``conflicting_blocks``, ``test_accuracy`` (intact), ``draws``, ``curves``
+  ``conflicting_blocks``, ``test_accuracy`` (intact), ``draws``, ``k_rule``, ``curves``
   (the rows of lesion.csv), and ``all_conflicting_removed``: the network
   with every conflicting block physically removed (`remove_blocks`):
   ``test_accuracy``, ``parameters``, ``parameters_before``, ``blocks``.
@@ -47,10 +47,21 @@ DRAWS = flags.DEFINE_integer(
     "lesion_draws", 15, "Random draws of k blocks per group and k (the papers: 15).",
     lower_bound=1)
 LESION_SEED = flags.DEFINE_integer("lesion_seed", 0, "Seed of the random draws.")
+K_RULE = flags.DEFINE_enum(
+    "lesion_k", "conflicting", ["conflicting", "reference"],
+    "Which numbers k of lesioned blocks each group is studied with. conflicting: k = 1 .. "
+    "the number of conflicting blocks in every group, as the paper describes it; "
+    "reference: as the reference code ran it, k = 1 .. n-1 for the n conflicting and the n "
+    "non-conflicting blocks, and k = 1 .. max(both)-1 for any blocks.")
 MAX_K = flags.DEFINE_integer(
     "lesion_max_k", None,
-    "Largest number k of lesioned blocks. Default: the number of conflicting blocks, as "
-    "in the paper; a larger k extends the non-conflicting and any curves.", lower_bound=1)
+    "With --lesion_k=conflicting: the largest k instead of the number of conflicting "
+    "blocks; a larger k extends the non-conflicting and any curves.", lower_bound=1)
+flags.register_multi_flags_validator(
+    [K_RULE, MAX_K], lambda values: values["lesion_k"] == "conflicting"
+    or values["lesion_max_k"] is None,
+    "--lesion_max_k sets the largest k of --lesion_k=conflicting; --lesion_k=reference "
+    "takes k from the group sizes. Drop one of the two flags.")
 flags.adopt_module_key_flags(rundir)
 flags.adopt_module_key_flags(trained)
 
@@ -65,18 +76,40 @@ TABLE_COLUMNS = (("k", "k", "d"),) + tuple(
     (f"{group}_mean", f"{group} (mean)", ".4f") for group in GROUPS)
 
 
-def draw_sets(groups: dict[str, Sequence[str]], max_k: int, draws: int,
+def largest_k(groups: dict[str, Sequence[str]], rule: str,
+              max_k: int | None = None) -> dict[str, int]:
+    """The largest number of lesioned blocks per group; the study draws k = 1 .. that.
+
+    Args:
+        groups: block names of ``conflicting``, ``non_conflicting`` and ``any``.
+        rule: ``"conflicting"``: every group up to the number of conflicting
+            blocks (or `max_k`); ``"reference"``: the reference code's ranges,
+            n - 1 for a group of n blocks, max(conflicting, non-conflicting)
+            - 1 for ``any``.
+        max_k: replaces the number of conflicting blocks of rule "conflicting".
+    """
+    conflicting, others = len(groups["conflicting"]), len(groups["non_conflicting"])
+    if rule == "reference":
+        return {"conflicting": conflicting - 1, "non_conflicting": others - 1,
+                "any": max(conflicting, others) - 1}
+    if rule != "conflicting":
+        raise ValueError(f"rule must be 'conflicting' or 'reference', got {rule!r}.")
+    return dict.fromkeys(groups, max_k or conflicting)
+
+
+def draw_sets(groups: dict[str, Sequence[str]], largest: dict[str, int], draws: int,
               seed: int) -> list[dict[str, Any]]:
     """The random lesions of the study: ``{group, k, draw, removed}`` per draw.
 
-    For k = 1 .. `max_k` and every group with at least k blocks, `draws`
-    sets of k distinct blocks, each sorted in the group's order.
+    For k = 1, 2, ... and every group with ``k <= largest[group]`` and at
+    least k blocks, `draws` sets of k distinct blocks, each sorted in the
+    group's order.
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for k in range(1, max_k + 1):
+    for k in range(1, max(largest.values(), default=0) + 1):
         for group, names in groups.items():
-            if len(names) < k:
+            if k > largest[group] or len(names) < k:
                 continue
             for draw in range(draws):
                 chosen = sorted(rng.choice(len(names), size=k, replace=False))
@@ -138,17 +171,17 @@ def plot(curve_rows: list[dict[str, Any]], intact: float, title: str,
 
 
 def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: int,
-                 max_k: int | None = None) -> dict[str, Any]:
+                 k_rule: str = "conflicting", max_k: int | None = None) -> dict[str, Any]:
     """Run the study on `source`, write its files to `run`; returns results.json.
 
-    k runs from 1 to `max_k`, by default the number of conflicting blocks.
+    k runs from 1 to `largest_k` (`k_rule`, `max_k`) of each group.
     """
     found = source.conflicts()
     lesion = pruning.Lesion(source.model)
     groups = {"conflicting": found.conflicting, "non_conflicting": found.non_conflicting,
               "any": found.names}
     rows = evaluate_draws(
-        draw_sets(groups, max_k or len(found.conflicting), draws, seed),
+        draw_sets(groups, largest_k(groups, k_rule, max_k), draws, seed),
         lambda removed: trained.accuracy(lesion.lesion(removed), source.test))
     curve_rows = curves(rows)
     intact = trained.accuracy(lesion.lesion([]), source.test)
@@ -165,7 +198,7 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
         "command": "lesion", "source": str(source.trial.path),
         "dataset": source.cfg.dataset, "blocks": found.names,
         "conflicting_blocks": found.conflicting, "test_accuracy": intact,
-        "draws": draws, "curves": curve_rows,
+        "draws": draws, "k_rule": k_rule, "curves": curve_rows,
         "all_conflicting_removed": {
             "test_accuracy": trained.accuracy(pruned, source.test),
             "parameters": int(pruned.count_params()),
@@ -204,7 +237,7 @@ def main(argv: list[str]) -> None:
     run = rundir.open_run("lesion", pathlib.Path(source).name, __name__)
     if not run.results:
         run.finish(lesion_study(trained.load_trial(source), run, DRAWS.value,
-                                LESION_SEED.value, MAX_K.value))
+                                LESION_SEED.value, K_RULE.value, MAX_K.value))
     print(summary_table(run.results), flush=True)
 
 

@@ -74,17 +74,59 @@ def test_lesion_study_writes_curves_and_plot(pruned_run, tmp_path):
     assert results["all_conflicting_removed"]["blocks"] == 0
 
 
+def test_lesion_study_with_the_reference_codes_k_ranges(pruned_run, tmp_path):
+    run = tmp_path / "lesion"
+    _command(lesion, f"--run_dir={run}", f"--source_run={pruned_run / 'train'}",
+             "--lesion_draws=2", "--lesion_k=reference")
+    results = json.loads((run / "results.json").read_text())
+    # 2 conflicting blocks, 0 others: k = 1 .. 2-1 for conflicting and for any.
+    assert results["k_rule"] == "reference"
+    assert [(r["group"], r["k"], r["draws"]) for r in results["curves"]] == [
+        ("conflicting", 1, 2), ("any", 1, 2)]
+
+
 def test_draw_sets_draw_distinct_blocks_of_each_group():
     groups = {"conflicting": ["a", "b", "c"], "non_conflicting": ["d"],
               "any": ["a", "b", "c", "d"]}
-    rows = lesion.draw_sets(groups, max_k=3, draws=4, seed=0)
+    largest = {"conflicting": 3, "non_conflicting": 3, "any": 3}
+    rows = lesion.draw_sets(groups, largest, draws=4, seed=0)
     assert {(r["group"], r["k"]) for r in rows} == {
         ("conflicting", 1), ("conflicting", 2), ("conflicting", 3), ("non_conflicting", 1),
         ("any", 1), ("any", 2), ("any", 3)}
     for row in rows:
         assert len(set(row["removed"])) == row["k"]
         assert set(row["removed"]) <= set(groups[row["group"]])
-    assert rows == lesion.draw_sets(groups, max_k=3, draws=4, seed=0)
+    assert rows == lesion.draw_sets(groups, largest, draws=4, seed=0)
+    fewer = lesion.draw_sets(groups, {"conflicting": 2, "non_conflicting": 0, "any": 1},
+                             draws=4, seed=0)
+    assert sorted({(r["group"], r["k"]) for r in fewer}) == [
+        ("any", 1), ("conflicting", 1), ("conflicting", 2)]
+
+
+def test_k_ranges_of_the_paper_and_of_the_reference_code():
+    # The reference's 120-layer ResNet: 59 blocks, say 35 conflicting.
+    names = [f"b{i}" for i in range(59)]
+    groups = {"conflicting": names[:35], "non_conflicting": names[35:], "any": names}
+    assert lesion.largest_k(groups, "conflicting") == dict.fromkeys(groups, 35)
+    assert lesion.largest_k(groups, "conflicting", max_k=40) == dict.fromkeys(groups, 40)
+    assert lesion.largest_k(groups, "reference") == {
+        "conflicting": 34, "non_conflicting": 23, "any": 34}
+    rows = lesion.draw_sets(groups, lesion.largest_k(groups, "reference"), draws=15, seed=0)
+    counts = {group: sorted({r["k"] for r in rows if r["group"] == group}) for group in groups}
+    assert counts == {"conflicting": list(range(1, 35)), "non_conflicting": list(range(1, 24)),
+                      "any": list(range(1, 35))}
+    assert len(rows) == 15 * (34 + 23 + 34)
+    with pytest.raises(ValueError, match="'conflicting' or 'reference'"):
+        lesion.largest_k(groups, "paper")
+
+
+def test_lesion_max_k_is_refused_with_the_reference_k_rule():
+    flags.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(flags.IllegalFlagValueError, match="Drop one of the two flags"):
+            flags.FLAGS(["lesion", "--lesion_k=reference", "--lesion_max_k=4"])
+    finally:
+        flags.FLAGS.unparse_flags()
 
 
 def test_each_distinct_lesion_is_evaluated_once_and_averaged():
