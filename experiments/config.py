@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from cb_keras import data
 from experiments import rundir, training
 
 
@@ -37,7 +38,8 @@ def define_int_list(name: str, default: list[int] | None, help_text: str,
 
 DATASET = flags.DEFINE_enum(
     "dataset", "digits", list(training.DATASETS),
-    "Data set: digits (scikit-learn, offline) or a TensorFlow Datasets name of the papers.")
+    "Data set: digits (scikit-learn) or mnist5k (cb_keras[mnist5k]), both offline, or a "
+    "TensorFlow Datasets name of the papers (imagenette/<config>: another Imagenette release).")
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TensorFlow Datasets folder (default: TFDS's own, ~/tensorflow_datasets).")
 AUGMENT = flags.DEFINE_bool(
@@ -68,6 +70,10 @@ MEASURE_LAYERS = flags.DEFINE_enum(
 MEASURE_SAMPLES = flags.DEFINE_integer(
     "measure_samples", 512, "Training samples (fixed, no augmentation) for the bundle metric.",
     lower_bound=1)
+SHUFFLE_BUFFER = flags.DEFINE_integer(
+    "shuffle_buffer", data.SHUFFLE_BUFFER,
+    "Training examples in the shuffle buffer (the reference: 10 for mnist, 10000 for the "
+    "others).", lower_bound=1)
 KEEP_CHECKPOINTS = flags.DEFINE_integer(
     "keep_checkpoints", 5,
     "Checkpoints of the last epochs to keep (evaluate averages test accuracy over them).",
@@ -90,4 +96,4 @@ def training_config() -> training.TrainConfig:
         runs=RUNS.value, test_every=TEST_EVERY.value, measure_every=MEASURE_EVERY.value,
         measure_layers=MEASURE_LAYERS.value, measure_samples=MEASURE_SAMPLES.value,
         keep_checkpoints=KEEP_CHECKPOINTS.value, export=EXPORT.value,
-        progress=PROGRESS.value)
+        progress=PROGRESS.value, shuffle_buffer=SHUFFLE_BUFFER.value)

@@ -43,7 +43,7 @@ from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
                                   TestEvaluation)
 from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
 
-DATASETS = data.SUPPORTED
+DATASETS = data.NAMES
 MODELS = models.KINDS
 paper_blocks = models.paper_blocks
 PAPER_DEPTHS = sorted(models.PAPER_BLOCKS)
@@ -86,12 +86,15 @@ class TrainConfig:
     keep_checkpoints: int
     export: bool
     progress: str  # "line", "bar" or "none"
+    shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> "TrainConfig":
-        """The config of a run from its flags.json."""
-        names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in values]
+        """The config of a run from its flags.json (fields with a default may be absent)."""
+        fields = dataclasses.fields(cls)
+        names = [field.name for field in fields if field.name in values]
+        missing = [field.name for field in fields
+                   if field.name not in values and field.default is dataclasses.MISSING]
         if missing:
             raise RunDirError(
                 f"flags.json lacks the training flags {missing}: the run was not made "
@@ -260,7 +263,8 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
 def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
     """``(train, test, info)`` of the configured data set (`cb_keras.data.load`)."""
     return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
-                     data_dir=cfg.data_dir, shuffle_seed=shuffle_seed)
+                     data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
+                     shuffle_buffer=cfg.shuffle_buffer)
 
 
 def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes: int,
