@@ -40,6 +40,15 @@ def write_atomically(path: PathLike, write: Callable[[Any], Any], binary: bool =
         raise
 
 
+def sync(path: PathLike) -> None:
+    """Flush a file, or a folder's list of names, to disk (``fsync``)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def write_text(path: PathLike, text: str) -> None:
     """Write `text` to `path` atomically."""
     write_atomically(path, lambda file: file.write(text))

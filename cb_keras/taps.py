@@ -60,6 +60,38 @@ class ScaledBranchTap(Tap):
         return branch * (_inverse_std(conv1) * _inverse_std(conv2))
 
 
+def strip_taps(model: keras.Model) -> keras.Model:
+    """`model` without its `Tap` layers, loadable by plain Keras (no cb_keras import).
+
+    Taps are identities in the forward pass, so the result computes the same
+    outputs; it shares every other layer (and so every weight) with `model`.
+    Use it before saving a model as ``.keras`` for serving: a saved model
+    with taps needs ``import cb_keras`` to load.
+
+    Args:
+        model: a functional or Sequential Keras model (e.g. of `cb_keras.models`).
+
+    Returns:
+        A functional ``keras.Model`` with the same inputs, outputs and name.
+
+    Raises:
+        ValueError: `model` is not functional (a subclassed model has no
+            graph of layers to rebuild).
+    """
+    if not isinstance(model, keras.Model) or getattr(model, "inputs", None) is None:
+        raise ValueError(f"strip_taps needs a functional or Sequential keras.Model, got "
+                         f"{type(model).__name__}; build it with keras.Model(inputs, outputs).")
+    functional = keras.Model(model.inputs, model.outputs, name=model.name)
+
+    def call_function(layer, *args, **kwargs):
+        if isinstance(layer, Tap):
+            return layer.call(args[0])  # the identity on the symbolic inputs
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(functional, clone_function=lambda layer: layer,
+                                    call_function=call_function)
+
+
 def _inverse_std(x):
     """1 / sqrt(var(x) + 1e-6), variance over all axes of the batch tensor."""
     x = keras.ops.cast(x, "float32")

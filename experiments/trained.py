@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from cb_keras import data, pruning
+from cb_keras import data, files, pruning
+from cb_keras.taps import strip_taps
 from experiments import rundir, training
 
 SOURCE_RUN = flags.DEFINE_string(
@@ -151,8 +152,16 @@ def describe(model: keras.Model, blocks: int) -> dict[str, Any]:
 
 
 def save_keras(model: keras.Model, path: pathlib.Path) -> int:
-    """Save `model`'s architecture and weights (no optimizer) as .keras; returns bytes."""
-    keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+    """Save `model`'s architecture and weights as .keras, atomically; returns bytes.
+
+    Without optimizer and without the probe's marker layers
+    (`cb_keras.taps.strip_taps`), so plain ``keras.models.load_model`` loads
+    it without importing cb_keras.
+    """
+    temporary = path.with_name(f".tmp-{path.name}")  # Keras wants the .keras suffix
+    strip_taps(model).save(temporary)
+    files.sync(temporary)
+    os.replace(temporary, path)
     return path.stat().st_size
 
 
