@@ -1,0 +1,34 @@
+"""Keeps TensorFlow's retracing warning about cb_keras's own functions off the log.
+
+cb_keras traces its measurement functions once per network and per input
+shape by design (a fingerprint needs the static number of features), and
+TensorFlow counts the traces of one function across all networks, so
+measuring a few networks, or `bundle_metrics` on a few shapes, makes it warn
+"N out of the last M calls to ... triggered tf.function retracing". The
+filter drops that warning when it names one of the functions below; the
+warning about any other function still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# Functions of cb_keras.probe and cb_keras.bundles traced per network or shape.
+EXPECTED_RETRACING = ("_Measurer._fingerprints", "_layer_metrics", "_hash_rows",
+                      "_stats_per_layer")
+
+
+class ExpectedRetracing(logging.Filter):
+    """Drops the "triggered tf.function retracing" warning of `EXPECTED_RETRACING`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message
+                    and any(f" {name} " in message for name in EXPECTED_RETRACING))
+
+
+def quiet_expected_retracing() -> None:
+    """Install `ExpectedRetracing` on TensorFlow's logger (once per process)."""
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, ExpectedRetracing) for f in logger.filters):
+        logger.addFilter(ExpectedRetracing())
