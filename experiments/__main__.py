@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+import tempfile
 
 from absl import app, flags
 
 # TensorFlow's C++ INFO and WARNING lines (oneDNN, CUDA probing, XLA) print
 # before absl's logging is set up; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Start-up lines TensorFlow's C++ code prints whatever that level says; the
+# failed CUDA initialisation only matters on a machine with an NVIDIA GPU.
+_STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cpu_feature_guard\.cc"
+    r"|^To enable the following instructions|Unable to register cu\w+ factory"
+    + ("" if os.path.exists("/dev/nvidiactl") else r"|failed call to cuInit"))
 
 # Command name -> (module under experiments/, one-line description).
 # A new command is a module with key flags at its top and `main(argv)`;
@@ -53,23 +61,60 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         print(f"Unknown command {command!r}.\n\n{command_list()}", file=sys.stderr)
         return 2
+    _import_tensorflow_quietly()
     module = importlib.import_module(COMMANDS[command][0])
     flags.adopt_module_key_flags(module)  # --helpshort shows the command's flags
-    app.run(_without_traceback_for_missing_data(module.main),
+    app.run(_messages_without_traceback(command, module.main),
             argv=[f"{argv[0]} {command}"] + argv[2:])
     return 0
 
 
-def _without_traceback_for_missing_data(command_main):
-    """`command_main`, turning a missing TFDS data set into a usage error (message, exit 1)."""
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices, printing its start-up lines but the noise.
+
+    The C++ code writes to file descriptor 2 directly, so it is redirected
+    to a temporary file meanwhile; lines not matching `_STARTUP_NOISE` are
+    printed to stderr afterwards.
+    """
+    with tempfile.TemporaryFile() as captured:
+        stderr = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+        captured.seek(0)
+        lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+    sys.stderr.writelines(line for line in lines if not _STARTUP_NOISE.search(line))
+
+
+def _messages_without_traceback(command: str, command_main):
+    """`command_main`, printing the errors a user can fix as their message alone.
+
+    absl's `app.run` prints the flag help before a `app.UsageError` (kept
+    for flag mistakes); a `CommandError` (e.g. a run directory that cannot
+    be used) or a missing TFDS data set prints just its message and exits
+    with status 1; Ctrl-C says how to resume and exits with status 130.
+    """
     from cb_keras.data import DatasetNotPreparedError
+    from experiments.console import CommandError
 
     def run(argv: list[str]) -> None:
         try:
             command_main(argv)
-        except DatasetNotPreparedError as error:
-            raise app.UsageError(str(error)) from error
+        except (CommandError, DatasetNotPreparedError) as error:
+            sys.exit(_message(command, f"error: {error}", 1))
+        except KeyboardInterrupt:
+            sys.exit(_message(command, "interrupted; rerun the same command to resume.", 130))
     return run
+
+
+def _message(command: str, text: str, status: int) -> int:
+    """Print ``<command>: <text>`` to stderr; returns `status`."""
+    print(f"{command}: {text}", file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def main(argv: list[str]) -> None:
                           writer=strategy.is_chief(dist))
     if not run.results:
         run.finish(search(run, search_cfg, cfg, dist))
-    print(summary_text(run.results), flush=True)
+    print(summary_text(run.results), run.size_line(), sep="\n", flush=True)
 
 
 if __name__ == "__main__":

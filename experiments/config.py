@@ -75,8 +75,9 @@ SHUFFLE_BUFFER = flags.DEFINE_integer(
     "Training examples in the shuffle buffer (the reference: 10 for mnist, 10000 for the "
     "others).", lower_bound=1)
 KEEP_CHECKPOINTS = flags.DEFINE_integer(
-    "keep_checkpoints", 5,
-    "Checkpoints of the last epochs to keep (evaluate averages test accuracy over them).",
+    "keep_checkpoints", 2,
+    "Checkpoints of the last epochs to keep: 2 = the newest plus one to fall back to if the "
+    "newest is damaged. evaluate averages test accuracy over the kept ones (the papers: 5).",
     lower_bound=1)
 EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedModel (export/).")
 PROGRESS = flags.DEFINE_enum(

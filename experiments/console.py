@@ -21,6 +21,22 @@ def _quiet_unless_asked() -> None:
 
 app.call_after_init(_quiet_unless_asked)
 
+
+class CommandError(Exception):
+    """A command cannot go on for a reason the user can fix.
+
+    ``python -m experiments`` prints the message alone (no flag help, no
+    traceback) and exits with status 1; the message says what to do.
+    """
+
+
+def size_text(num_bytes: int) -> str:
+    """A byte count for people, e.g. ``'3.4 MB'`` (powers of 1000)."""
+    value, units = float(num_bytes), ["B", "kB", "MB", "GB"]
+    while value >= 1000 and len(units) > 1:
+        value, units = value / 1000, units[1:]
+    return f"{value:.0f} B" if units[0] == "B" else f"{value:.1f} {units[0]}"
+
 # (logs key, short label, format) of the numbers shown per epoch, in order.
 EPOCH_FIELDS = (
     ("loss", "loss", ".4f"),

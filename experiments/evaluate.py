@@ -7,10 +7,15 @@ as the reference's evaluate.py does:
 
 - test accuracy and loss of each of the last ``--last_epochs`` epochs whose
   checkpoint exists, and their mean (the papers' reported test accuracy);
-- bundle metrics of every layer of the newest checkpoint, written to the
-  trial's conflicts.csv and conflicts.png.
+- bundle metrics of every layer of the newest checkpoint, written to
+  ``evaluation/<trial>/conflicts.csv`` and ``conflicts.png`` (the trial's own
+  files from training stay as they are).
 
-Writes ``evaluation.json`` to the run directory: ``run`` (its path),
+It reads the run and writes only under ``--output_dir`` (default: the run
+directory), so a run on read-only storage is evaluated with
+``--output_dir=<a writable folder>``.
+
+Writes ``evaluation.json`` to the output folder: ``run`` (its path),
 ``finished`` (whether training had finished), ``trials`` (one dict per trial:
 ``dir``, ``spec``, ``seed``, ``epochs`` (evaluated), ``test_accuracy_by_epoch``,
 ``test_accuracy``, ``test_loss`` (means), ``layers``, ``conflicting_layers``,
@@ -22,6 +27,7 @@ over the trials.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any
 
@@ -38,10 +44,14 @@ LAST_EPOCHS = flags.DEFINE_integer(
 SAMPLES = flags.DEFINE_integer(
     "samples", None, "Training samples for the per-layer bundle metrics (default: the "
     "run's --measure_samples).", lower_bound=1)
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Folder for evaluation.json and evaluation/ (default: the run "
+    "directory); use another one for a run on read-only storage.")
 flags.adopt_module_key_flags(rundir)
 flags.adopt_module_key_flags(strategy)
 
 EVALUATION_FILE = "evaluation.json"
+EVALUATION_DIR = "evaluation"
 TABLE_COLUMNS = (
     ("dir", "trial", ""),
     ("epochs", "epochs", ""),
@@ -53,9 +63,9 @@ TABLE_COLUMNS = (
 )
 
 
-def evaluate_trial(trial: rundir.RunDir, cfg: training.TrainConfig, last_epochs: int,
-                   dist: tf.distribute.Strategy) -> dict[str, Any]:
-    """Test accuracy over the last checkpoints and per-layer conflicts of one trial."""
+def evaluate_trial(trial: rundir.RunDir, output: rundir.RunDir, cfg: training.TrainConfig,
+                   last_epochs: int, dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Test accuracy over the last checkpoints of `trial`; per-layer conflicts to `output`."""
     state = trial.read_json(rundir.STATE_FILE)
     checkpoints = list(trial.checkpoints().items())[-last_epochs:]
     if not checkpoints:
@@ -72,7 +82,7 @@ def evaluate_trial(trial: rundir.RunDir, cfg: training.TrainConfig, last_epochs:
     for epoch, path in checkpoints:  # oldest first: the model ends at the newest
         training.restore(model, path)
         tests[epoch] = model.evaluate(test, verbose=0, return_dict=True)
-    report = training.write_conflicts(trial, model, x, y, num_classes=info.num_classes,
+    report = training.write_conflicts(output, model, x, y, num_classes=info.num_classes,
                                       cfg=cfg)
     return {
         "dir": str(trial.path), "spec": state["spec"], "seed": state["seed"],
@@ -97,11 +107,15 @@ def main(argv: list[str]) -> None:
             "evaluate needs the run to evaluate: --run_dir=runs/<name> (or --name=<name> "
             "under --runs_root).")
     dist = strategy.make()
-    run = rundir.RunDir(rundir.locate("evaluate", "", {}), writer=strategy.is_chief(dist))
+    run = rundir.RunDir(rundir.locate("evaluate", "", {}), writer=False)
+    output = rundir.RunDir(OUTPUT_DIR.value or run.path, writer=strategy.is_chief(dist))
     saved = run.read_json(rundir.FLAGS_FILE)
     if saved is None:
         raise app.UsageError(f"{run.path} holds no run (no {rundir.FLAGS_FILE}); pass the "
                              "directory a train or fnn_map command wrote.")
+    if output.writer and output.path.is_dir() and not os.access(output.path, os.W_OK):
+        raise rundir.RunDirError(f"{output.path} is read-only; pass --output_dir=<a writable "
+                                 "folder> for the evaluation's files.")
     cfg = training.TrainConfig.from_flags(saved)
     if SAMPLES.value:
         cfg = dataclasses.replace(cfg, measure_samples=SAMPLES.value)
@@ -110,9 +124,10 @@ def main(argv: list[str]) -> None:
                                       for part in re.split(r"(\d+)", str(path))])
     if not trials:
         raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
-    results = [evaluate_trial(rundir.RunDir(path, writer=run.writer), cfg,
-                              LAST_EPOCHS.value, dist) for path in trials]
-    run.write_json(EVALUATION_FILE, {
+    results = [evaluate_trial(rundir.RunDir(path, writer=False),
+                              output.sub(f"{EVALUATION_DIR}/{path.relative_to(run.path)}"),
+                              cfg, LAST_EPOCHS.value, dist) for path in trials]
+    output.write_json(EVALUATION_FILE, {
         "run": str(run.path), "finished": run.results is not None, "trials": results,
         **training.mean_std(results, ["test_accuracy"])})
     rows = [{**r, "epochs": f"{r['epochs'][0]}-{r['epochs'][-1]}",

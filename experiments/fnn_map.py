@@ -139,7 +139,8 @@ def main(argv: list[str]) -> None:
             "test_accuracy_conflicting": _mean(groups[True]),
             "test_accuracy_healthy": _mean(groups[False]),
         })
-    print(console.table(results["cells"], TABLE_COLUMNS), flush=True)
+    print(console.table(results["cells"], TABLE_COLUMNS), run.size_line(), sep="\n",
+          flush=True)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -238,7 +238,7 @@ def main(argv: list[str]) -> None:
     if not run.results:
         run.finish(lesion_study(trained.load_trial(source), run, DRAWS.value,
                                 LESION_SEED.value, K_RULE.value, MAX_K.value))
-    print(summary_table(run.results), flush=True)
+    print(summary_table(run.results), run.size_line(), sep="\n", flush=True)
 
 
 if __name__ == "__main__":

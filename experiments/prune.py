@@ -176,7 +176,7 @@ def main(argv: list[str]) -> None:
             source = run.sub(TRAIN_DIR).path
         run.finish(prune(trained.load_trial(source), run, FINETUNE_EPOCHS.value,
                          trained.LATENCY_REPEATS.value))
-    print(summary_table(run.results), flush=True)
+    print(summary_table(run.results), run.size_line(), sep="\n", flush=True)
 
 
 def _resnet_spec() -> dict[str, Any]:

@@ -31,6 +31,7 @@ command) and a flag-free `RunDir` class.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -38,11 +39,14 @@ import math
 import os
 import pathlib
 import re
+import socket
+import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from absl import app, flags
+from absl import flags
 
 from cb_keras import files
+from experiments.console import CommandError, size_text
 
 RUNS_ROOT = flags.DEFINE_string(
     "runs_root", "runs", "Folder that holds the run directories (<runs_root>/<name>).")
@@ -57,13 +61,18 @@ RUN_DIR = flags.DEFINE_string(
 FLAGS_FILE = "flags.json"
 RESULTS_FILE = "results.json"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT_PATTERN = re.compile(r"epoch_(\d{4,})\.weights\.h5")
 
 _operational_flags = {RUNS_ROOT.name, NAME.name, RUN_DIR.name}
 
 
-class RunDirError(app.UsageError):
+# Run directories this process holds the lock of: resolved path -> open lock file.
+_LOCKS: dict[pathlib.Path, Any] = {}
+
+
+class RunDirError(CommandError):
     """A run directory cannot be used as asked (e.g. resumed with other flags)."""
 
 
@@ -138,12 +147,17 @@ def open_run(command: str, readable: str, module_name: str, *,
         module_name: the command module, whose key flags are the run's flags.
         writer: False on non-chief workers.
 
-    A finished run is returned as is (check ``run.results``).
+    A finished run is returned as is (check ``run.results``) and nothing is
+    written to it, so it may sit on read-only storage. An unfinished run is
+    locked for this process first (`RunDir.lock`).
     """
     values = flag_values(module_name)
     run = RunDir(locate(command, readable, values), writer=writer)
-    resumed = run.start(values)
-    if run.results:
+    finished = run.results is not None
+    if writer and not finished:
+        run.lock()
+    resumed = run.start(values, record=not finished)
+    if finished:
         print(f"{command}: {run.path} is already finished; its results are in "
               f"{run.file(RESULTS_FILE)}.", flush=True)
     else:
@@ -182,17 +196,30 @@ class RunDir:
             files.write_text(self.file(name),
                          json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
 
-    def read_json(self, name: str) -> Any:
-        """Parsed JSON of `name`, or None if the file does not exist."""
+    def read_json(self, name: str) -> dict | None:
+        """The JSON object in `name`, or None if the file does not exist.
+
+        Raises:
+            RunDirError: the run directory is a file, or `name` is not a JSON
+                object (torn, binary, edited by hand).
+        """
         path = self.file(name)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(
+                f"{self.path} is a file, not a run directory; pass another --run_dir or "
+                "--name.")
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            content = error
+        if not isinstance(content, dict):
+            problem = content if isinstance(content, Exception) else "not a JSON object"
             raise RunDirError(
-                f"{path} is not valid JSON ({error}); it was not written by this tool "
-                "or was edited. Restore it or start a new run (--name).") from error
+                f"{path} is not a valid run file ({problem}); it was not written by this "
+                "tool or was edited. Restore it or start a new run (--name).")
+        return content
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]],
                   columns: Sequence[str]) -> None:
@@ -201,8 +228,11 @@ class RunDir:
             files.write_text(self.file(name), csv_text(rows, columns))
 
     # -- flags and results ------------------------------------------------
-    def start(self, flag_values: Mapping[str, Any]) -> bool:
+    def start(self, flag_values: Mapping[str, Any], *, record: bool = True) -> bool:
         """Record the flags of a new run, or check them when resuming.
+
+        flags.json is written only when `record` and its content changes
+        (a new run, or other operational flags).
 
         Returns:
             True if the run directory already held this run (resuming).
@@ -214,7 +244,8 @@ class RunDir:
         saved = self.read_json(FLAGS_FILE)
         current = jsonable(dict(flag_values))
         if saved is None:
-            self.write_json(FLAGS_FILE, current)
+            if record:
+                self.write_json(FLAGS_FILE, current)
             return False
         changed = sorted(
             name for name in set(saved) | set(current)
@@ -227,8 +258,48 @@ class RunDir:
                 f"{self.path} holds a run started with other flags: {details}. Resume it "
                 f"with the flags recorded in {self.file(FLAGS_FILE)}, or start a new run "
                 "with another --name or --run_dir.")
-        self.write_json(FLAGS_FILE, {**saved, **current})  # operational flags may change
+        if record and {**saved, **current} != saved:  # operational flags may change
+            self.write_json(FLAGS_FILE, {**saved, **current})
         return True
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run directory until this process ends.
+
+        The lock is an ``fcntl.flock`` on ``.lock``, which names the holder
+        (pid, host, start time); the system releases it when the holder
+        dies, however it dies. Locking again in the same process is a no-op.
+
+        Raises:
+            RunDirError: another process holds the lock (the message names it).
+        """
+        key = self.path.resolve()
+        if key in _LOCKS:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.file(LOCK_FILE), "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not yet written its name"
+            handle.close()
+            raise RunDirError(
+                f"{self.path} is in use by {holder}; wait for it to end or pass another "
+                "--run_dir or --name.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+        handle.flush()
+        _LOCKS[key] = handle
+
+    def size_bytes(self) -> int:
+        """Bytes of all files under the run directory."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def size_line(self) -> str:
+        """``run directory: 12.3 MB (runs/<name>)``, for the end of a summary."""
+        return f"run directory: {size_text(self.size_bytes())} ({self.path})"
 
     @property
     def results(self) -> dict | None:
@@ -265,7 +336,9 @@ class RunDir:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".tmp-{target.name}")
             model.save_weights(tmp)
+            files.sync(tmp)  # on disk before state.json can point to it
             os.replace(tmp, target)
+            files.sync(target.parent)
         return relative
 
     def prune_checkpoints(self, keep: int, protect: int) -> None:

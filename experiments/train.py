@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
             "trials": trials, **training.mean_std(trials, AGGREGATED),
             "conflicting_trials": sum(bool(t["conflicting"]) for t in trials),
         })
-    print(summary_table(results), flush=True)
+    print(summary_table(results), run.size_line(), sep="\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from cb_keras.callback import ConflictingBundles
 from cb_keras.probe import measure
 from cb_keras.report import ConflictReport
 from experiments import console
+from experiments.console import CommandError
 from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
                                   TestEvaluation)
 from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
@@ -125,13 +126,59 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
 
 
 def restore(model: keras.Model, checkpoint: os.PathLike) -> None:
-    """Load model and optimizer state from a checkpoint of `RunDir.save_checkpoint`."""
+    """Load model and optimizer state from a checkpoint of `RunDir.save_checkpoint`.
+
+    Raises:
+        RunDirError: the file is missing or does not load (empty, truncated,
+            of another network).
+    """
     if not os.path.exists(checkpoint):
         raise RunDirError(
             f"Checkpoint {checkpoint} is missing, but the trial's {STATE_FILE} resumes from "
             f"it. Restore the file, or delete that {STATE_FILE} to retrain the trial.")
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(checkpoint)
+    try:
+        model.load_weights(checkpoint)
+    except (OSError, ValueError, KeyError) as error:
+        raise RunDirError(f"Checkpoint {checkpoint} does not load ({_first_line(error)}); "
+                          "it is damaged or of another network.") from error
+
+
+def resume(model: keras.Model, trial: RunDir, state: dict[str, Any], label: str = "") -> int:
+    """Restore the newest checkpoint of `trial` that loads; returns its epoch.
+
+    Tries the checkpoint of ``state`` first, then older ones. Falling back
+    to epoch k prints one line and rolls ``state`` back to k (history,
+    ``completed_epochs``, ``checkpoint``), so training redoes the lost epochs.
+
+    Raises:
+        RunDirError: no checkpoint loads.
+    """
+    done = state["completed_epochs"]
+    older = [(epoch, path) for epoch, path in reversed(trial.checkpoints().items())
+             if epoch < done]
+    try:
+        restore(model, trial.file(state["checkpoint"]))
+        return done
+    except RunDirError as error:
+        problem = error
+    for epoch, path in older:
+        try:
+            restore(model, path)
+        except RunDirError:
+            continue
+        print(f"{label} {problem} Resuming from the checkpoint of epoch {epoch} instead."
+              .strip(), flush=True)
+        state.update(completed_epochs=epoch, checkpoint=str(path.relative_to(trial.path)),
+                     history=[row for row in state["history"] if row["epoch"] <= epoch])
+        return epoch
+    raise RunDirError(f"{problem} No older checkpoint of {trial.path} loads either; delete "
+                      f"its {STATE_FILE} to retrain the trial.")
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def data_seed(seed: int, epoch: int) -> int:
@@ -231,7 +278,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         model = build_model(spec, info.input_shape, info.num_classes)
         compile_model(model, cfg)
         if start:
-            restore(model, trial.file(state["checkpoint"]))
+            start = resume(model, trial, state, label)
             print(f"{label} resuming {trial.path} after epoch {start}".strip(), flush=True)
     epoch_callbacks = [
         TestEvaluation(test, cfg.test_every, cfg.epochs),
@@ -261,10 +308,18 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
 
 
 def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
-    """``(train, test, info)`` of the configured data set (`cb_keras.data.load`)."""
-    return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
-                     data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
-                     shuffle_buffer=cfg.shuffle_buffer)
+    """``(train, test, info)`` of the configured data set (`cb_keras.data.load`).
+
+    Raises:
+        CommandError: the flags do not fit the data set (e.g. --batch_size
+            larger than the training split).
+    """
+    try:
+        return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
+                         data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
+                         shuffle_buffer=cfg.shuffle_buffer)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
 
 
 def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes: int,

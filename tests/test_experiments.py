@@ -71,7 +71,7 @@ def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
     assert "test_acc(last5)" in out  # the summary table
 
     assert {p.name for p in run_dir.iterdir()} == TRIAL_FILES | {
-        "flags.json", "results.json", "export"}
+        "flags.json", "results.json", "export", ".lock"}
     saved = json.loads((run_dir / "flags.json").read_text())
     assert saved["depth"] == 2 and saved["dataset"] == "digits" and saved["epochs"] == 3
     assert {"strategy", "optimizer", "learning_rate", "batch_size", "seed"} <= set(saved)
@@ -135,7 +135,7 @@ def test_fnn_map_trains_the_grid_and_outlines_the_conflicting_networks(
         "--depths=1,12", "--widths=2,32", "--noexport", "--progress=none",
         f"--run_dir={run_dir}")
     assert {p.name for p in run_dir.iterdir()} == {
-        "flags.json", "results.json", "fnn_map.csv", "fnn_map.png", "cells"}
+        "flags.json", "results.json", "fnn_map.csv", "fnn_map.png", "cells", ".lock"}
     cells = {p.name for p in (run_dir / "cells").iterdir()}
     assert cells == {"d1_w2", "d1_w32", "d12_w2", "d12_w32"}
     for cell in cells:

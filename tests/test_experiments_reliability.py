@@ -1,0 +1,249 @@
+"""What the experiments guarantee when things go wrong: damaged files, two processes,
+read-only runs, Ctrl-C, serving exports without cb_keras, a quiet console.
+
+Tiny FNNs on digits; the subprocess tests start ``python -m experiments`` as a
+user does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+import cb_keras
+from cb_keras import data, models
+from experiments import config, evaluate, rundir, train, trained, training
+
+FLAGS = flags.FLAGS
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+TINY = ["--dataset=digits", "--model=fnn", "--depth=2", "--width=8", "--optimizer=adam",
+        "--measure_samples=64", "--noexport"]
+
+
+@pytest.fixture
+def parse():
+    """Parse argv for the train module; flags are reset after the test."""
+    def _parse(module, *argv: str) -> list[str]:
+        FLAGS.unparse_flags()
+        return FLAGS([module.__name__, *argv])
+    yield _parse
+    FLAGS.unparse_flags()
+
+
+def experiments(*argv: str) -> subprocess.CompletedProcess:
+    """``python -m experiments argv`` from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", "experiments", *argv], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime in ns) of every file under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the end of epoch `epoch` (1-based), before its commit."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+# -- item: a damaged newest checkpoint ---------------------------------------
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path, capsys):
+    parse(train, *TINY, "--epochs=4", "--progress=none")
+    cfg, spec = config.training_config(), {"model": "fnn", "depth": 2, "width": 8}
+    trial = rundir.RunDir(tmp_path / "trial")
+    with pytest.raises(KeyboardInterrupt):  # killed in epoch 4: epochs 1-3 committed
+        training.train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy(),
+                             callbacks=[StopAfter(4)])
+    assert list(trial.checkpoints()) == [2, 3]  # the newest plus one fallback (default)
+    newest = trial.checkpoints()[3]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, e.g. by a full disk
+
+    result = training.train_trial(trial, spec, cfg, seed=0,
+                                  strategy=tf.distribute.get_strategy())
+    out = capsys.readouterr().out
+    assert "epoch_0003.weights.h5 does not load" in out
+    assert "Resuming from the checkpoint of epoch 2 instead" in out
+    assert "resuming" in out and "after epoch 2" in out
+    assert result["epochs"] == 4
+    state = json.loads(trial.file(rundir.STATE_FILE).read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
+
+    for path in trial.checkpoints().values():
+        path.write_bytes(b"")
+    state.update(finished=False, completed_epochs=4)
+    trial.write_json(rundir.STATE_FILE, state)
+    with pytest.raises(rundir.RunDirError, match="No older checkpoint .* loads either"):
+        training.train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy())
+
+
+# -- items: read-only finished runs, disk use --------------------------------
+
+def test_reading_a_finished_run_writes_nothing_and_the_summary_gives_its_size(
+        parse, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [*TINY, "--epochs=3", "--progress=none", f"--run_dir={run_dir}"]
+    train.main(parse(train, *argv))
+    out = capsys.readouterr().out
+    assert sorted((run_dir / "checkpoints").iterdir()) == [
+        run_dir / "checkpoints" / "epoch_0002.weights.h5",
+        run_dir / "checkpoints" / "epoch_0003.weights.h5"]
+    size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
+    assert f"run directory: {size / 1e3:.1f} kB ({run_dir})" in out
+
+    before = snapshot(run_dir)
+    time.sleep(0.01)  # a rewrite would get another mtime
+    train.main(parse(train, *argv))
+    assert "already finished" in capsys.readouterr().out
+    evaluate.main(parse(evaluate, f"--run_dir={run_dir}",
+                        f"--output_dir={tmp_path / 'evaluation'}"))
+    assert snapshot(run_dir) == before
+    evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["trials"][0]["epochs"] == [2, 3]
+    assert (tmp_path / "evaluation" / "evaluation" / "conflicts.csv").exists()
+
+
+# -- item: exports load with plain Keras --------------------------------------
+
+def test_saved_keras_files_load_with_plain_keras_without_cb_keras(tmp_path):
+    model = models.build("resnet", (8, 8, 1), 10, blocks=[1, 1, 1, 1])
+    path = tmp_path / "final.keras"
+    trained.save_keras(model, path)
+    x = np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import sys
+        import keras, numpy as np
+        model = keras.models.load_model({str(path)!r})  # safe_mode on
+        np.save({str(tmp_path / 'y.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        assert not any(name.startswith("cb_keras") for name in sys.modules), "imported cb_keras"
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x, training=False),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_strip_taps_keeps_the_outputs_and_refuses_subclassed_models():
+    model = models.build("vgg", (8, 8, 1), 10, blocks=[1, 1, 1, 1])
+    stripped = cb_keras.taps.strip_taps(model)
+    assert not any(isinstance(layer, cb_keras.taps.Tap) for layer in stripped.layers)
+    assert any(isinstance(layer, cb_keras.taps.Tap) for layer in model.layers)
+    x = np.ones((2, 8, 8, 1), np.float32)
+    np.testing.assert_array_equal(stripped(x), model(x))
+
+    class Subclassed(keras.Model):
+        def call(self, inputs):
+            return inputs
+    with pytest.raises(ValueError, match="functional or Sequential"):
+        cb_keras.taps.strip_taps(Subclassed())
+
+
+# -- item: no retracing warnings from cb_keras's measurement -------------------
+
+class Records(logging.Handler):
+    """Keeps the messages of the records it handles."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_measuring_many_networks_and_shapes_logs_no_retracing_warning():
+    records = Records()
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(records)
+    try:
+        x, y = data.measurement_sample("digits", 32)
+        for width in range(2, 9):
+            model = models.build("fnn", x.shape[1:], 10, depth=1, width=width)
+            cb_keras.measure(model, x, y, num_classes=10, learning_rate=1e-3, batch_size=64,
+                             samples=32)
+            cb_keras.bundle_metrics(np.ones((8, width), np.float32), np.zeros(8, np.int32),
+                                    num_classes=10, weight_amplitude=1.0,
+                                    learning_rate=1e-3, batch_size=64)
+    finally:
+        logger.removeHandler(records)
+    assert not [m for m in records.messages if "retracing" in m]
+
+
+# -- CLI: one-line errors, lock, Ctrl-C ---------------------------------------
+
+@pytest.mark.parametrize("setup, argv, message", [
+    ("file", [], "is a file, not a run directory"),
+    ("binary", [], "flags.json is not a valid run file"),
+    ("none", ["--batch_size=5000"], "fewer than batch_size=5000"),
+], ids=["run-dir-is-a-file", "binary-flags-json", "batch-larger-than-split"])
+def test_errors_a_user_can_fix_are_their_message_alone(tmp_path, setup, argv, message):
+    run_dir = tmp_path / "run"
+    if setup == "file":
+        run_dir.write_text("not a folder")
+    elif setup == "binary":
+        run_dir.mkdir()
+        (run_dir / "flags.json").write_bytes(b"\x89PNG\x00\xff\xfe")
+    done = experiments("train", *TINY, "--epochs=1", f"--run_dir={run_dir}", *argv)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 5 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "--helpfull" not in done.stderr
+
+
+def wait_for_epoch(run_dir: pathlib.Path, process: subprocess.Popen) -> None:
+    """Wait until the run in `run_dir` has committed an epoch."""
+    state, deadline = run_dir / "state.json", time.monotonic() + 240
+    while not (state.exists() and json.loads(state.read_text())["completed_epochs"]):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.05)
+
+
+def test_a_second_process_on_a_run_stops_at_once_and_ctrl_c_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["train", *TINY, "--epochs=200", f"--run_dir={run_dir}"]
+    first = subprocess.Popen([sys.executable, "-m", "experiments", *argv], cwd=ROOT, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_epoch(run_dir, first)
+        second = experiments(*argv)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"train: error: {run_dir} is in use by pid {first.pid} on host "
+            f"{os.uname().nodename} since " + second.stderr.split(" since ")[1].split(";")[0]
+            + "; wait for it to end or pass another --run_dir or --name."]
+        assert second.stdout == ""
+    finally:
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    assert err.strip().splitlines()[-1] == \
+        "train: interrupted; rerun the same command to resume."
+    assert "Traceback" not in err
+    # Only the command's own lines: no TensorFlow start-up or retracing noise.
+    assert all(line.startswith(("train: ", "epoch ")) for line in out.splitlines()), out
+    assert err.strip().splitlines() == ["train: interrupted; rerun the same command to resume."]
