@@ -9,14 +9,17 @@ no weights and save and load with the model.
 - `ScaledBranchTap`: marks the residual branch of a block. It is called on
   ``[branch, conv1, conv2]`` (the branch before the addition and the outputs
   of the block's two convolutions), returns ``branch`` unchanged, and the
-  probe measures ``branch * (s1 * s2)`` with ``s_k = 1 / sqrt(var(conv_k) +
-  1e-6)``, the variance taken over the whole evaluated batch tensor (all
-  axes), as the reference implementation scales it.
+  probe measures ``(branch * s2) * s1`` in float32, in that order, with
+  ``s_k = 1.0 / sqrt(var(conv_k) + 1e-6)``, the variance taken over all axes
+  of the evaluated forward batch: bit for bit the reference implementation's
+  scaling (docs/method.md §2). `cb_keras.measure` evaluates in forward
+  batches of the training batch size, so each batch gets its own scales.
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 BRANCH_SCALE_EPSILON = 1e-6
 
@@ -45,7 +48,8 @@ class ScaledBranchTap(Tap):
     """Identity on a residual branch; measured as branch * (s(conv1) * s(conv2)).
 
     Call it as ``ScaledBranchTap(name=...)([branch, conv1, conv2])``; it
-    returns ``branch``. ``measured`` gives the reference scaling of docs/method.md §2.
+    returns ``branch``. ``measured`` gives the reference scaling of
+    docs/method.md §2: ``(branch * s2) * s1``.
     """
 
     def call(self, inputs):
@@ -56,8 +60,14 @@ class ScaledBranchTap(Tap):
 
     def measured(self, inputs):
         branch, conv1, conv2 = inputs
-        branch = keras.ops.cast(branch, "float32")
-        return branch * (_inverse_std(conv1) * _inverse_std(conv2))
+        branch = tf.cast(branch, tf.float32)
+        # MulNoNan equals Mul here (a scale is never 0: `_scale` turns the one
+        # way to get 0 into NaN), but Grappler's arithmetic optimizer would
+        # reassociate two plain Muls by scalars into branch * (s2 * s1),
+        # which rounds differently from the reference in about a third of
+        # the values.
+        return tf.math.multiply_no_nan(tf.math.multiply_no_nan(branch, _scale(conv2)),
+                                       _scale(conv1))
 
 
 def strip_taps(model: keras.Model) -> keras.Model:
@@ -92,7 +102,13 @@ def strip_taps(model: keras.Model) -> keras.Model:
                                     call_function=call_function)
 
 
-def _inverse_std(x):
-    """1 / sqrt(var(x) + 1e-6), variance over all axes of the batch tensor."""
-    x = keras.ops.cast(x, "float32")
-    return keras.ops.rsqrt(keras.ops.var(x) + BRANCH_SCALE_EPSILON)
+def _scale(x):
+    """``1.0 / sqrt(var(x) + 1e-6)`` in float32, the variance over all axes of `x`.
+
+    A division, not rsqrt (they round differently). An infinite variance
+    would give a scale of 0 and hide a diverged branch; it gives NaN instead,
+    so the layer is reported as diverged.
+    """
+    variance = tf.math.reduce_variance(tf.cast(x, tf.float32))
+    scale = 1.0 / tf.math.sqrt(variance + BRANCH_SCALE_EPSILON)
+    return tf.where(tf.math.is_finite(variance), scale, tf.constant(float("nan")))
