@@ -78,6 +78,7 @@ import numpy as np
 import tensorflow as tf
 
 ENTROPY_EPSILON = 1e-5
+MAX_CLASSES = 2**31 - 1  # class indices are int32 in the graph
 FINGERPRINT_HASHES = 4
 MAX_WEIGHT_BITS = 24
 MAX_FEATURES = 2**20
@@ -149,22 +150,51 @@ def fingerprint(activations: tf.Tensor, weight_amplitude: tf.Tensor,
     compiles itself with XLA where that is exact.
     """
     t = transform(activations, weight_amplitude, learning_rate, inverse_batch_size)
-    features = t.shape[1]
+    features = check_features(activations.shape)
+    return _hash_rows(tf.bitcast(t, tf.int32), _weight_bits(features))
+
+
+def check_features(shape: tf.TensorShape) -> int:
+    """The number of features D per sample of activations of `shape` (N, ...).
+
+    Raises ValueError unless D is static and in [1, MAX_FEATURES].
+    """
+    features = tf.TensorShape(shape)[1:].num_elements()
     if features is None:
         raise ValueError(
-            f"activations of shape {activations.shape} have no static feature size; "
+            f"activations of shape {shape} have no static feature size; "
             "build the model with a fixed input shape (all but the batch axis).")
+    if features < 1:
+        raise ValueError(
+            f"activations of shape {shape} have no features per sample (a zero-sized "
+            "axis), so samples cannot differ; measure a layer with at least one output.")
     if features > MAX_FEATURES:
         raise ValueError(
             f"A layer with {features} features per sample is larger than the "
             f"{MAX_FEATURES} the exact fingerprint supports; measure a smaller "
             "layer (e.g. after pooling).")
-    return _hash_rows(tf.bitcast(t, tf.int32), _weight_bits(features))
+    return features
 
 
 def diverged(fingerprints: tf.Tensor) -> tf.Tensor:
     """Boolean scalar tensor: does any row of `fingerprints` come from NaN/inf?"""
     return tf.reduce_any(fingerprints < 0)
+
+
+def all_finite(tensor: tf.Tensor) -> tf.Tensor:
+    """Boolean scalar tensor: no NaN or inf in `tensor` (any shape; True if not floating)."""
+    if not tensor.dtype.is_floating:
+        return tf.constant(True)
+    return tf.reduce_all(tf.math.is_finite(tensor))
+
+
+def mark_diverged(fingerprints: tf.Tensor, inputs_finite: tf.Tensor) -> tf.Tensor:
+    """`fingerprints` (N, K), every row set to -1 (diverged) unless `inputs_finite`.
+
+    A layer that received NaN or inf can still output finite numbers (a fused
+    ReLU may turn NaN into 0), so its inputs decide divergence as well.
+    """
+    return tf.where(inputs_finite, fingerprints, tf.constant(-1, fingerprints.dtype))
 
 
 def _weight_bits(features: int) -> int:
@@ -233,8 +263,13 @@ def bundle_stats(fingerprints: tf.Tensor, labels: tf.Tensor,
 
 def scalars(weight_amplitude: float, learning_rate: float,
             batch_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Validated float32 tensors ``(w_max, lr, float32(1 / bs))`` for `fingerprint`."""
-    if not np.isfinite(weight_amplitude):
+    """Validated float32 tensors ``(w_max, lr, float32(1 / bs))`` for `fingerprint`.
+
+    All three must be finite in float32, and lr and 1/bs nonzero after rounding
+    to float32 (the transform's precision); otherwise a ValueError says which.
+    """
+    weight_amplitude = _real("weight_amplitude", weight_amplitude)
+    if not math.isfinite(weight_amplitude):
         raise ValueError(
             f"weight_amplitude is {weight_amplitude}: the model's weights are not "
             "finite, so training diverged; lower the learning rate.")
@@ -242,15 +277,54 @@ def scalars(weight_amplitude: float, learning_rate: float,
         raise ValueError(
             f"weight_amplitude must be >= 0 (it is a max |w|), got {weight_amplitude!r}; "
             "use cb_keras.weight_amplitude(model).")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
+    learning_rate = check_learning_rate(learning_rate)
     if isinstance(batch_size, bool) or not float(batch_size).is_integer() or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     # `+ 0.0` turns -0.0 into +0.0, so that t = w_max - x is never -0.0 and
     # float equality of rows is bit equality of rows.
-    return (tf.constant(float(weight_amplitude) + 0.0, tf.float32),
+    return (tf.constant(_float32("weight_amplitude", weight_amplitude + 0.0), tf.float32),
             tf.constant(learning_rate, tf.float32),
-            tf.constant(1.0 / int(batch_size), tf.float32))
+            tf.constant(_positive_float32("1 / batch_size", 1.0 / int(batch_size)),
+                        tf.float32))
+
+
+def check_learning_rate(learning_rate: float) -> np.float32:
+    """The learning rate as float32; ValueError unless it is finite and > 0 in float32."""
+    return _positive_float32("learning_rate", _real("learning_rate", learning_rate))
+
+
+def _positive_float32(name: str, value: float) -> np.float32:
+    """`value` (a float) rounded to float32; ValueError unless finite and > 0 there."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}.")
+    rounded = _float32(name, value)
+    if rounded == 0:
+        raise ValueError(
+            f"{name}={value!r} is 0 in float32, the precision of the transform "
+            "t = w_max - a * lr / bs, so every layer would be a single bundle; "
+            f"it must be at least {float(np.finfo(np.float32).smallest_subnormal):.1e}.")
+    return rounded
+
+
+def _float32(name: str, value: float) -> np.float32:
+    """`value` (a float) as float32; ValueError if it does not fit (inf in float32)."""
+    with np.errstate(over="ignore"):
+        rounded = np.float32(value)
+    if not np.isfinite(rounded):
+        raise ValueError(
+            f"{name}={value!r} is not finite in float32 (the precision of the transform; "
+            f"the largest float32 is {float(np.finfo(np.float32).max):.4g}).")
+    return rounded
+
+
+def _real(name: str, value: Any) -> float:
+    """`value` as a Python float; TypeError unless it is a real scalar (not bool or str)."""
+    if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+        raise TypeError(f"{name} must be a real number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a real number, got {value!r}.") from error
 
 
 def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
@@ -260,9 +334,10 @@ def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
     TypeError for non-integer labels and ValueError for a wrong length,
     zero samples, or values outside [0, num_classes).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if check_positive_int("num_classes", num_classes) > MAX_CLASSES:
+        raise ValueError(
+            f"num_classes={num_classes} is more than {MAX_CLASSES} (int32 class "
+            "indices); pass the number of classes of the data set.")
     labels = tf.convert_to_tensor(labels)
     if not labels.dtype.is_integer:
         raise TypeError(
@@ -284,6 +359,28 @@ def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
             f"labels must lie in [0, {num_classes}) for num_classes={num_classes}, "
             f"got values in [{low}, {high}].")
     return tf.cast(labels, tf.int32)
+
+
+def class_columns(labels: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, int]:
+    """Labels and the one-hot width C' for `bundle_stats`, with C' <= N.
+
+    The metrics only depend on the classes present in the sample. When
+    num_classes exceeds the N samples, the labels (N,) are renumbered by their
+    rank among the classes present (same order, same metrics) and C' = N, so
+    memory is O(N * min(C, N)) however large num_classes is.
+    """
+    num_samples = int(labels.shape[0])
+    if num_classes <= num_samples:
+        return labels, int(num_classes)
+    _, ranks = np.unique(labels.numpy(), return_inverse=True)
+    return tf.constant(ranks.reshape(-1), tf.int32), num_samples
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """`value` as an int; ValueError unless it is an integer >= 1 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
 
 
 def divergence_error(layer: str = "activations") -> ValueError:
@@ -320,9 +417,13 @@ def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
         BundleMetrics(num_bundles, bundle_entropy, max_accuracy).
 
     Raises:
-        TypeError: non-numeric activations or non-integer labels.
-        ValueError: zero samples, length mismatch, labels out of range,
-            non-positive learning rate or batch size, NaN/inf activations.
+        TypeError: non-numeric activations, non-integer labels, or a
+            learning rate or weight amplitude that is not a real number.
+        ValueError: zero samples or zero features per sample, length
+            mismatch, labels out of range, num_classes above 2**31 - 1, a
+            learning rate or 1 / batch_size that is not > 0 in float32, a
+            weight amplitude or learning rate beyond float32, NaN/inf
+            activations.
 
     Example:
         >>> m = bundle_metrics(np.zeros((4, 3)), [0, 1, 0, 1], num_classes=2,
@@ -336,10 +437,12 @@ def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
         raise TypeError(f"activations must be numeric, got dtype {activations.dtype.name}.")
     if activations.shape.rank is None or activations.shape.rank < 1:
         raise ValueError(f"activations must have shape (N, ...), got {activations.shape}.")
-    labels = check_labels(labels, activations.shape[0], num_classes)
+    check_features(activations.shape)
+    labels, columns = class_columns(
+        check_labels(labels, activations.shape[0], num_classes), num_classes)
     wmax, lr, inverse_bs = scalars(weight_amplitude, learning_rate, batch_size)
     num_bundles, entropy, max_accuracy, is_diverged = _layer_metrics(
-        activations, labels, wmax, lr, inverse_bs, int(num_classes))
+        activations, labels, wmax, lr, inverse_bs, columns)
     if is_diverged:
         raise divergence_error()
     return BundleMetrics(int(num_bundles), float(entropy), float(max_accuracy))

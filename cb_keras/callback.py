@@ -8,7 +8,6 @@ import pathlib
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from cb_keras import bundles
@@ -80,12 +79,12 @@ class ConflictingBundles(keras.callbacks.Callback):
                  log_dir: str | pathlib.Path | None = None, samples: int = 512,
                  verbose: int = 0):
         super().__init__()
-        _check_positive_int("every", every)
-        _check_positive_int("samples", samples)
+        bundles.check_positive_int("every", every)
+        bundles.check_positive_int("samples", samples)
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
-        if learning_rate is not None and not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0 or None, got {learning_rate!r}.")
+            bundles.check_positive_int("num_classes", num_classes)
+        if learning_rate is not None:
+            bundles.check_learning_rate(learning_rate)
         self.x, self.y = x, y
         self.num_classes = num_classes
         self.learning_rate = learning_rate
@@ -174,8 +173,7 @@ def learning_rate_of(optimizer: Any) -> float:
 def _training_batch_size(x: Any, batch_size: int | None) -> int:
     """`batch_size` if given, else the static batch size of a Dataset `x`."""
     if batch_size is not None:
-        _check_positive_int("batch_size", batch_size)
-        return int(batch_size)
+        return bundles.check_positive_int("batch_size", batch_size)
     if isinstance(x, tf.data.Dataset):
         static = tf.nest.flatten(x.element_spec)[0].shape
         if static.rank and static[0] is not None:
@@ -195,11 +193,6 @@ def _output_classes(model: keras.Model) -> int:
     raise ValueError(
         f"cannot infer num_classes from the model's output shapes {shapes} (it needs one "
         "output of shape (batch, C) with C > 1); pass num_classes= to ConflictingBundles.")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def _summary(report: ConflictReport) -> str:

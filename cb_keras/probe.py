@@ -154,13 +154,14 @@ def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
     """
     sample_x, sample_y = take_sample(x, y, samples)
     num_samples = _num_samples(sample_x)
-    labels = bundles.check_labels(sample_y, num_samples, num_classes)
+    labels, columns = bundles.class_columns(
+        bundles.check_labels(sample_y, num_samples, num_classes), num_classes)
     measurer = _measurer(model, layers)
     w_max = _weight_amplitude(model)
     if math.isfinite(w_max):
         constants = bundles.scalars(w_max, learning_rate, batch_size)
         results = measurer.measure(
-            sample_x, labels, constants, int(num_classes),
+            sample_x, labels, constants, columns,
             num_samples if eval_batch_size is None else eval_batch_size)
     else:  # the weights diverged, so no layer output is defined
         bundles.scalars(0.0, learning_rate, batch_size)  # still validate the arguments
@@ -183,12 +184,12 @@ def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
 
     `x` is an array or a nested structure of arrays with `y` an array, or a
     `tf.data.Dataset` of ``(x, y)`` (or ``(x, y, sample_weight)``) batches
-    with `y` None. Raises ValueError for a wrong `samples`, a length
-    mismatch, an empty source, or `y` given with a Dataset (or missing
-    without one).
+    with `y` None; a nested list of numbers is one array (`input_arrays`).
+    Raises TypeError for inputs that are not numeric arrays with a sample
+    axis, and ValueError for a wrong `samples`, a length mismatch, an empty
+    source, or `y` given with a Dataset (or missing without one).
     """
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}.")
+    bundles.check_positive_int("samples", samples)
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError(
@@ -199,13 +200,40 @@ def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
         raise ValueError(
             "y is None but x is not a tf.data.Dataset; pass the integer labels y "
             "of x, or a Dataset of (x, y) batches as x.")
-    sample_x = tf.nest.map_structure(lambda a: np.asarray(a)[:samples], x)
+    sample_x = tf.nest.map_structure(lambda a: a[:samples], input_arrays(x))
     sample_y = np.asarray(y)[:samples]
     if _num_samples(sample_x) != len(sample_y):
         raise ValueError(
             f"x holds {_num_samples(sample_x)} samples in its first {samples} but y holds "
             f"{len(sample_y)}; pass one label per sample.")
     return sample_x, sample_y
+
+
+def input_arrays(x: Any) -> Any:
+    """`x` as NumPy arrays of shape (N, ...): an array, or a nested structure of them.
+
+    A list or tuple whose elements are all numbers (a nested list of samples)
+    becomes one array; a list of arrays stays a list of model inputs, as in
+    Keras. TypeError for anything that is not a numeric array with a sample
+    axis (strings, ragged lists, scalars).
+    """
+    if isinstance(x, (list, tuple)) and x \
+            and all(np.ndim(leaf) == 0 for leaf in tf.nest.flatten(x)):
+        try:
+            x = np.asarray(x)
+        except ValueError as error:  # ragged nesting
+            raise TypeError(
+                f"x is a nested list that is not rectangular ({error}); pass a NumPy "
+                "array of shape (N, ...).") from error
+    arrays = tf.nest.map_structure(np.asarray, x)
+    for array in tf.nest.flatten(arrays):
+        if array.ndim == 0 or not (np.issubdtype(array.dtype, np.number)
+                                   or array.dtype == np.bool_):
+            raise TypeError(
+                f"x must be numeric arrays of shape (N, ...) (one per model input), got "
+                f"an array of shape {array.shape} and dtype {array.dtype}; convert it "
+                "with np.asarray(x, dtype='float32').")
+    return arrays
 
 
 def _sample_from_dataset(dataset: tf.data.Dataset, samples: int) -> tuple[Any, np.ndarray]:
@@ -535,15 +563,41 @@ def _ancestor_distances(tensor, graph: Graph) -> dict[int, int]:
     return distances
 
 
-def _probe_model(model: keras.Model, taps: list[_Tap]) -> keras.Model:
-    """A keras.Model from `model`'s inputs to ``{tap name: measured tensor}``."""
+def _probe_model(model: keras.Model, taps: list[_Tap], entries: Sequence = ()) -> keras.Model:
+    """A keras.Model from `model`'s inputs to ``{tap name: measured tensor}``.
+
+    With `entries` (symbolic tensors of `model`), its outputs are the pair
+    ``({tap name: measured tensor}, [entry tensors])``.
+    """
     try:
         inputs = model.input
     except AttributeError:  # a Sequential built by calling it on data
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     used_names = set(_all_layer_names(model)) | {t.name for t in tf.nest.flatten(inputs)}
-    return keras.Model(inputs, {tap.name: tap.tensor(used_names) for tap in taps},
+    measured = {tap.name: tap.tensor(used_names) for tap in taps}
+    return keras.Model(inputs, (measured, list(entries)) if entries else measured,
                        name=f"{model.name}_probe")
+
+
+def _entry_points(taps: list[_Tap], model_inputs: list) -> tuple[list, list[list[int]]]:
+    """Where values enter each measured layer call: ``(tensors, indices per tap)``.
+
+    The entries of a call are the model's inputs and its own inputs; for a
+    `Tap` also the inputs of the layers whose outputs it marks. A layer can
+    turn NaN or inf inputs into finite outputs (a fused ReLU may give 0 for
+    NaN), so a measured output is only trusted when its entries are finite.
+    Each tensor is listed once.
+    """
+    per_tap = []
+    for tap in taps:
+        tensors = list(model_inputs) + list(tap.node.input_tensors)
+        if isinstance(tap.node.operation, Tap):
+            tensors += [entry for marked in tap.node.input_tensors
+                        for entry in _producer_node(marked).input_tensors]
+        per_tap.append(tensors)
+    unique = list({id(t): t for tensors in per_tap for t in tensors}.values())
+    position = {id(t): i for i, t in enumerate(unique)}
+    return unique, [[position[id(t)] for t in tensors] for tensors in per_tap]
 
 
 # ---------------------------------------------------------------- measuring
@@ -557,7 +611,8 @@ class _Measurer:
         self.names = [tap.name for tap in taps]
         self.batch_dependent = [tap.name for tap in taps
                                 if isinstance(tap.node.operation, ScaledBranchTap)]
-        self.probe = _probe_model(model, taps)
+        entries, self.entries_of = _entry_points(taps, tf.nest.flatten(model.inputs))
+        self.probe = _probe_model(model, taps, entries)
         # Not reduce_retracing: `bundles.fingerprint` needs a static batch size
         # to know the feature size, so each chunk size gets its own trace
         # (at most two per sample size: full chunks and the remainder).
@@ -595,15 +650,22 @@ class _Measurer:
                 "it. Leave eval_batch_size=None or measure fewer samples.")
 
     def _fingerprints(self, x, w_max, learning_rate, inverse_batch_size) -> tf.Tensor:
-        """Forward pass (inference mode); (L, n, K) int64 fingerprints of the measured outputs."""
-        outputs = self.probe(x, training=False)
+        """Forward pass (inference mode); (L, n, K) int64 fingerprints of the measured outputs.
+
+        A layer whose entries (`_entry_points`) hold NaN or inf gets the
+        diverged fingerprint -1 in every row, whatever its outputs are.
+        """
+        outputs, entries = self.probe(x, training=False)
+        finite = [bundles.all_finite(entry) for entry in entries]
         fingerprints = []
-        for name in self.names:
+        for name, indices in zip(self.names, self.entries_of):
             try:
-                fingerprints.append(bundles.fingerprint(
-                    outputs[name], w_max, learning_rate, inverse_batch_size))
+                layer = bundles.fingerprint(
+                    outputs[name], w_max, learning_rate, inverse_batch_size)
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from error
+            fingerprints.append(bundles.mark_diverged(
+                layer, tf.reduce_all([finite[i] for i in indices])))
         return tf.stack(fingerprints)
 
 

@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -56,3 +57,36 @@ def optimizer_cases() -> dict:
     """The golden trajectories of tests/data/optimizer_cases.npz."""
     with np.load(FIXTURES / "optimizer_cases.npz") as data:
         return {key: data[key] for key in data.files}
+
+
+def nan_to_zero_relu(x):
+    """ReLU as fused oneDNN and GPU kernels compute it: NaN comes out as 0."""
+    return keras.ops.where(keras.ops.isnan(x), 0.0, keras.ops.relu(x))
+
+
+@pytest.fixture
+def nan_fed_relu_model():
+    """(batch, 4) -> (batch, 3): a frozen sqrt of -1 (NaN) feeds `fused_relu`, whose
+    outputs are all 0; the logits and their weights stay finite."""
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, kernel_initializer="zeros", trainable=False, name="pre",
+                           bias_initializer=keras.initializers.Constant(-1.0))(inputs)
+    h = keras.layers.Activation(keras.ops.sqrt, name="sqrt")(h)
+    h = keras.layers.Activation(nan_to_zero_relu, name="fused_relu")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+
+
+def short_branch_block(branch_kernel: int = 3) -> keras.Model:
+    """(batch, 8, 8, 1) -> (batch, 10), one residual block "blk" (Add "blk_add") whose
+    shortcut, 1x1 conv "proj" -> BN -> ReLU, is longer than its branch, one
+    `branch_kernel` conv "branch"."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inputs)
+    shortcut = keras.layers.Conv2D(8, 1, name="proj")(h)
+    shortcut = keras.layers.ReLU(name="proj_relu")(
+        keras.layers.BatchNormalization(name="proj_bn")(shortcut))
+    branch = keras.layers.Conv2D(8, branch_kernel, padding="same", name="branch")(h)
+    h = keras.layers.ReLU(name="out")(keras.layers.Add(name="blk_add")([shortcut, branch]))
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))

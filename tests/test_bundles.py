@@ -197,10 +197,28 @@ def call(a=None, y=None, **overrides):
     (dict(a=np.array([[0, 1, np.nan]] * 4, np.float32)), ValueError, "training diverged"),
     (dict(a=np.array([[0, 1, np.inf]] * 4, np.float16)), ValueError, "training diverged"),
     (dict(a=np.array(["x"] * 4)), TypeError, "activations must be numeric"),
+    (dict(learning_rate=1e-50), ValueError, "learning_rate=1e-50 is 0 in float32"),
+    (dict(learning_rate=float("inf")), ValueError, "learning_rate=inf is not finite in float32"),
+    (dict(learning_rate="1e-3"), TypeError, "learning_rate must be a real number"),
+    (dict(batch_size=10**46), ValueError, "1 / batch_size=1e-46 is 0 in float32"),
+    (dict(weight_amplitude=1e39), ValueError, "weight_amplitude=1e+39 is not finite in float32"),
+    (dict(a=np.zeros((4, 0), np.float32)), ValueError, "(4, 0) have no features per sample"),
+    (dict(num_classes=2**31), ValueError, "num_classes=2147483648 is more than 2147483647"),
 ])
 def test_bad_input_is_a_clear_error(kwargs, error, message):
     with pytest.raises(error, match=re.escape(message)):
         call(**kwargs)
+
+
+def test_num_classes_far_above_the_sample_size_allocates_n_columns_only():
+    """The one-hot counts need the classes present, at most N: 10**9 costs nothing."""
+    labels, columns = bundles.class_columns(tf.constant([7, 3, 7, 999_999_999]), 10**9)
+    assert columns == 4
+    np.testing.assert_array_equal(labels.numpy(), [1, 0, 1, 2])
+    a = np.array([[0.0], [0.0], [1.0], [1.0]], np.float32)
+    huge = call(a, y=[3, 999_999_999, 3, 3], num_classes=10**9)
+    assert huge == call(a, y=[0, 1, 0, 0], num_classes=2)
+    assert (huge.num_bundles, huge.max_accuracy) == (2, 0.75)
 
 
 def test_too_wide_layer_is_refused_with_advice():

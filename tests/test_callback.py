@@ -98,6 +98,20 @@ def test_stop_on_conflict_lets_a_healthy_mlp_train(digits):
     assert history.epoch == [0, 1] and history.history["bundle_entropy"] == [0.0, 0.0]
 
 
+def test_stop_on_conflict_goes_on_when_a_L_diverged(nan_fed_relu_model):
+    # a^(L) is fed NaN and outputs 0s: diverged, not one conflicting bundle.
+    model = nan_fed_relu_model
+    model.compile(optimizer=keras.optimizers.SGD(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    callback = cb_keras.ConflictingBundles(x, y, batch_size=16, stop_on_conflict=True)
+    history = model.fit(x, y, batch_size=16, epochs=2, callbacks=[callback], verbose=0)
+    assert history.epoch == [0, 1] and np.isfinite(history.history["loss"]).all()
+    assert [r.last.diverged for r in callback.reports] == [True, True]
+    assert all(math.isnan(value) for key in LOG_KEYS for value in history.history[key])
+
+
 def test_all_layers_write_per_epoch_reports_and_a_resumable_csv(digits, tmp_path):
     model = mlp(depth=3)
     callback = cb_keras.ConflictingBundles(*digits, batch_size=64, samples=SAMPLES,
@@ -190,7 +204,8 @@ def test_fit_with_mixed_precision(digits, mixed_precision):
     (dict(batch_size=64, every=0), "every must be a positive integer, got 0"),
     (dict(batch_size=64, samples=-1), "samples must be a positive integer, got -1"),
     (dict(batch_size=64, num_classes=0), "num_classes must be a positive integer, got 0"),
-    (dict(batch_size=64, learning_rate=0.0), "learning_rate must be > 0 or None, got 0.0"),
+    (dict(batch_size=64, learning_rate=0.0), "learning_rate must be > 0, got 0.0"),
+    (dict(batch_size=64, learning_rate=1e-50), "learning_rate=1e-50 is 0 in float32"),
     (dict(batch_size=64, layers="every"), "not a mode; use one of"),
 ])
 def test_bad_arguments_fail_in_the_constructor(digits, kwargs, message):

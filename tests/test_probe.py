@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 
 import cb_keras
 from cb_keras.probe import probe, tap_names
+from conftest import nan_to_zero_relu, short_branch_block
 from cb_keras.taps import BRANCH_SCALE_EPSILON, ScaledBranchTap, Tap
 
 # lr and batch size at which the digits models below have bundles that are
@@ -260,6 +261,26 @@ def test_non_finite_outputs_are_reported_as_diverged(digits):
     assert np.isnan(report.last.max_accuracy)
 
 
+def test_a_layer_fed_nan_is_diverged_even_when_its_outputs_are_finite(nan_fed_relu_model):
+    # Fused MatMul+ReLU kernels (oneDNN, GPU) give 0 for NaN, as fused_relu here.
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    report = cb_keras.measure(nan_fed_relu_model, x, np.arange(16) % 3, num_classes=3,
+                              learning_rate=LR, batch_size=16)
+    assert report.diverged == report.names == ["sqrt", "fused_relu"]
+    assert report.conflicting == [] and report.first_conflicting is None
+
+
+def test_nan_inputs_make_every_layer_diverged_behind_a_fused_relu(digits):
+    model = keras.Sequential([
+        keras.Input((64,)), keras.layers.Dense(16, activation=nan_to_zero_relu, name="fused"),
+        keras.layers.Dense(8, activation="tanh", name="t"), keras.layers.Dense(10)])
+    x, y = digits[0].copy(), digits[1]
+    x[3, 5] = np.nan
+    report = cb_keras.measure(model, x, y, num_classes=10, learning_rate=LR, batch_size=BS,
+                              layers="last")
+    assert report.diverged == report.names == ["t"]
+
+
 def test_non_finite_weights_make_every_layer_diverged(digits):
     model = mlp()
     kernel = model.get_layer("tanh").kernel
@@ -407,6 +428,8 @@ def test_scaled_taps_need_the_whole_sample_in_one_pass(digits):
     (dict(y=None), "y is None but x is not a tf.data.Dataset"),
     (dict(y=np.zeros(5, int)), "x holds 256 samples in its first 512 but y holds 5"),
     (dict(learning_rate=0.0), "learning_rate must be > 0"),
+    (dict(learning_rate=1e-50), "learning_rate=1e-50 is 0 in float32"),
+    (dict(learning_rate=float("inf")), "learning_rate=inf is not finite in float32"),
     (dict(num_classes=3), r"labels must lie in \[0, 3\)"),
 ])
 def test_bad_measure_arguments(digits, kwargs, message):
@@ -428,6 +451,33 @@ def test_bad_measure_arguments(digits, kwargs, message):
 def test_bad_datasets(dataset, y, message):
     with pytest.raises(ValueError, match=message):
         cb_keras.measure(mlp(), dataset, y, num_classes=10, learning_rate=LR, batch_size=BS)
+
+
+def test_a_nested_list_is_one_array(digits):
+    x, y = digits
+    model = mlp()
+    arguments = dict(num_classes=10, learning_rate=LR, batch_size=BS)
+    assert cb_keras.measure(model, x.tolist(), y.tolist(), **arguments) == \
+        cb_keras.measure(model, x, y, **arguments)
+
+
+@pytest.mark.parametrize("x, message", [
+    ([[0.0, 1.0], [2.0]], "nested list that is not rectangular"),
+    ([["a"] * 64] * 4, "numeric arrays of shape \\(N, ...\\).*dtype <U1"),
+    (3.0, "got an array of shape \\(\\) and dtype float64"),
+])
+def test_inputs_that_are_not_numeric_arrays_are_a_type_error(x, message):
+    with pytest.raises(TypeError, match=message):
+        cb_keras.measure(mlp(), x, [0, 1, 2, 3], num_classes=10, learning_rate=LR,
+                         batch_size=BS)
+
+
+def test_num_classes_far_above_the_labels_gives_the_same_metrics(digits):
+    model = mlp()
+    arguments = dict(learning_rate=LR, batch_size=BS)
+    huge = cb_keras.measure(model, *digits, num_classes=10**9, **arguments)
+    assert huge.num_classes == 10**9
+    assert huge.layers == cb_keras.measure(model, *digits, num_classes=10, **arguments).layers
 
 
 def test_model_without_trainable_weights_is_rejected(digits):
