@@ -23,13 +23,13 @@ Which outputs ``layers="auto"`` measures
      activation layer (``Activation`` other than linear/softmax, ``ReLU``,
      ``LeakyReLU``, ``PReLU``, ``ELU``);
    - for every ``keras.layers.Add``: its residual-branch input(s) and the
-     block output. The branch is every input except the shortcut; the
-     shortcut is the input with the shortest path (fewest operations) from
-     the nearest common ancestor of all inputs, i.e. the identity or the
-     short projection (ties: the first input, Keras's ``Add()([shortcut,
-     x])`` convention). The block output is the activation layer that
-     follows the Add if there is one (measured by the rule above), else the
-     Add output. An ``Add`` whose inputs share no ancestor (e.g. two model
+     block output. The branch is every input except the shortcut, which is
+     told by structure (`shortcut_candidates`): the identity input, else
+     the input whose own path from the nearest common ancestor holds the
+     fewest Dense/Conv layers, and among equals the 1x1 projection. When
+     that leaves several inputs, every input is measured. The block output
+     is the activation layer that follows the Add if there is one (measured
+     by the rule above), else the Add output. An ``Add`` whose inputs share no ancestor (e.g. two model
      inputs) is not a residual block and is skipped; the ``+`` operator on
      symbolic tensors is not an ``Add`` layer and is not recognised.
    - never the model outputs, nor the head that computes them: the last
@@ -536,18 +536,58 @@ def _head_nodes(model: keras.Model, graph: Graph) -> set:
 
 def residual_nodes(add, graph: Graph) -> list:
     """The branch input(s) of an Add call and its block output (module docstring)."""
-    inputs = add.input_tensors
-    distances = [_ancestor_distances(t, graph) for t in inputs]
-    common = set.intersection(*(set(d) for d in distances))
-    if not common:
+    candidates = shortcut_candidates(add, graph)
+    if not candidates:
         return []
-    meet = min(common, key=lambda key: sum(d[key] for d in distances))
-    shortcut = min(range(len(inputs)), key=lambda i: distances[i][meet])
-    nodes = [graph.producer[id(t)] for i, t in enumerate(inputs) if i != shortcut]
+    shortcut = candidates[0] if len(candidates) == 1 else None
+    nodes = [graph.producer[id(t)] for i, t in enumerate(add.input_tensors) if i != shortcut]
     followers = graph.consumers.get(id(add.outputs[0]), [])
     if not any(_is_activation(node) for node in followers):
         nodes.append(add)
     return nodes
+
+
+def shortcut_candidates(add, graph: Graph) -> list[int]:
+    """Which inputs of an Add call can be its shortcut, told by structure.
+
+    Each input's *own path* is the layers between the nearest common
+    ancestor of all inputs and the Add that no other input depends on. The
+    shortcut is the input that is the common ancestor itself (identity);
+    else the input whose own path holds the fewest weight layers
+    (Dense/Conv); among equals, the one whose only weight layer is a 1x1
+    convolution (a projection).
+
+    Returns:
+        The indices of the inputs that rule leaves: one when the structure
+        decides, several when it cannot tell them apart, none when the inputs
+        share no ancestor (not a residual block).
+    """
+    distances = [_ancestor_distances(t, graph) for t in add.input_tensors]
+    common = set.intersection(*(set(d) for d in distances))
+    if not common:
+        return []
+    meet = min(common, key=lambda key: sum(d[key] for d in distances))
+    identity = [i for i, d in enumerate(distances) if d[meet] == 0]
+    if identity:
+        return identity
+    weights = [_weight_nodes([key for key in d if key not in common], graph)
+               for d in distances]
+    fewest = min(map(len, weights))
+    candidates = [i for i, nodes in enumerate(weights) if len(nodes) == fewest]
+    projections = [i for i in candidates if _is_projection(weights[i])]
+    return projections or candidates
+
+
+def _weight_nodes(tensor_ids, graph: Graph) -> list:
+    """The distinct Dense/Conv calls producing the tensors with these ids."""
+    nodes = {id(node): node for node in (graph.producer[key] for key in tensor_ids)}
+    return [node for node in nodes.values() if isinstance(node.operation, _DENSE_CONV)]
+
+
+def _is_projection(weight_nodes: list) -> bool:
+    """Is this path's only weight layer a 1x1 convolution?"""
+    return len(weight_nodes) == 1 and set(
+        getattr(weight_nodes[0].operation, "kernel_size", None) or (0,)) == {1}
 
 
 def _ancestor_distances(tensor, graph: Graph) -> dict[int, int]:

@@ -1,9 +1,13 @@
 """Conflicting residual blocks of trained networks: find, lesion and remove them (docs/method.md §4).
 
 A *residual block* is a ``keras.layers.Add`` call whose inputs share an
-ancestor: one input is the *shortcut* (the identity or a short projection,
-chosen by `cb_keras.probe`'s rule: the input with the shortest path from the
-nearest common ancestor) and the others are the *residual branch*. A block
+ancestor: one input is the *shortcut* (the identity or a projection, told by
+structure with `cb_keras.probe.shortcut_candidates`: the identity input, else
+the input with the fewest Dense/Conv layers on its own path, and among equals
+the 1x1 projection) and the others are the *residual branch*. Where the
+structure cannot tell (e.g. a branch and a projection that both hold one 1x1
+convolution), the functions refuse and ask for ``shortcuts={block: input
+index}``, which also overrides the rule. A block
 is named after its Add layer without a trailing ``_add``: ``stage2_block1``
 for `cb_keras.models.resnet` networks (``stage2_block1_add``), and
 ``conv3_block1`` for ``keras.applications`` ResNets (``conv3_block1_add``).
@@ -34,15 +38,17 @@ the Add layers changes; nothing is rewritten by hand.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
 
-from cb_keras.probe import measure, model_graph, residual_nodes
+from cb_keras.probe import measure, model_graph, shortcut_candidates
 from cb_keras.report import ConflictReport, LayerResult
 
 ADD_SUFFIX = "_add"
+Shortcuts = Mapping[str, int]
 GATE_SUFFIX = "_lesion_gate"
 
 
@@ -99,12 +105,21 @@ class BlockConflicts:
         return self.report[_by_name(self.blocks, [block])[0].branches[0]]
 
 
-def residual_blocks(model: keras.Model) -> list[ResidualBlock]:
+def residual_blocks(model: keras.Model,
+                    shortcuts: Shortcuts | None = None) -> list[ResidualBlock]:
     """The residual blocks of a functional `model`, in graph order.
 
+    Args:
+        model: a functional model.
+        shortcuts: ``{block name: index of the shortcut input of its Add}``
+            for blocks whose shortcut the structure cannot tell (module
+            docstring); it overrides the structural rule for those blocks.
+
     Raises:
-        ValueError: `model` has no residual block (e.g. a VGG or FNN), or
-            an Add layer is called more than once.
+        ValueError: `model` has no residual block (e.g. a VGG or FNN), an
+            Add layer is called more than once, a block's shortcut is
+            ambiguous and not in `shortcuts`, or `shortcuts` names an unknown
+            block or a wrong input index.
     """
     graph = model_graph(model)
     adds = [node for node in graph.nodes if isinstance(node.operation, keras.layers.Add)]
@@ -113,33 +128,56 @@ def residual_blocks(model: keras.Model) -> list[ResidualBlock]:
         raise ValueError(
             f"Add layers {repeated} are called more than once in {model.name!r}, so a "
             "block name does not identify one block; use one Add layer per block.")
-    blocks = [block for block in map(lambda node: _residual_block(node, graph), adds)
-              if block is not None]
+    chosen = dict(shortcuts or {})
+    blocks = []
+    for node in adds:
+        candidates = shortcut_candidates(node, graph)
+        if candidates:
+            name = _block_name(node.operation.name)
+            blocks.append(_residual_block(node, graph, candidates, chosen.pop(name, None)))
     if not blocks:
         raise ValueError(
             f"model {model.name!r} has no residual blocks: no keras.layers.Add whose "
             "inputs share an ancestor (Add layers inside nested models are not searched). "
             "remove_blocks and conflicting_blocks need a ResNet, e.g. "
             "cb_keras.models.resnet(...) or a functional model built with Add layers.")
+    if chosen:
+        raise ValueError(
+            f"shortcuts names {sorted(chosen)}, which are not residual blocks of "
+            f"{model.name!r}; its blocks are {[block.name for block in blocks]}.")
     return blocks
 
 
-def _residual_block(add_node, graph) -> ResidualBlock | None:
-    """The block of one Add call, or None if its inputs share no ancestor."""
-    branch_nodes = residual_nodes(add_node, graph)
-    producers = [graph.producer[id(tensor)] for tensor in add_node.input_tensors]
-    shortcuts = [i for i, node in enumerate(producers) if node not in branch_nodes]
-    if len(shortcuts) != 1:
-        return None
-    name = add_node.operation.name
-    branches = tuple(node.operation.name for i, node in enumerate(producers)
-                     if i != shortcuts[0])
-    return ResidualBlock(name.removesuffix(ADD_SUFFIX) or name, name, shortcuts[0], branches)
+def _block_name(add: str) -> str:
+    """The block name of an Add layer: its name without a trailing ``_add``."""
+    return add.removesuffix(ADD_SUFFIX) or add
+
+
+def _residual_block(add_node, graph, candidates: list[int],
+                    chosen: int | None) -> ResidualBlock:
+    """The block of one residual Add call, its shortcut `chosen` or told by `candidates`."""
+    add = add_node.operation.name
+    name = _block_name(add)
+    inputs = [graph.producer[id(tensor)].operation.name for tensor in add_node.input_tensors]
+    if chosen is None and len(candidates) > 1:
+        raise ValueError(
+            f"the shortcut of residual block {name!r} cannot be told from its structure: "
+            f"inputs {candidates} of its Add layer {add!r} (from {inputs}) have equally "
+            "many weight layers and none is a lone 1x1 projection. Pass "
+            f"shortcuts={{{name!r}: <index of the shortcut input>}}.")
+    shortcut = candidates[0] if chosen is None else chosen
+    if isinstance(shortcut, bool) or not isinstance(shortcut, numbers.Integral) \
+            or shortcut not in range(len(inputs)):
+        raise ValueError(
+            f"shortcuts[{name!r}] must be the index of an input of Add layer {add!r} "
+            f"(0 to {len(inputs) - 1}, from {inputs}), got {shortcut!r}.")
+    branches = tuple(layer for i, layer in enumerate(inputs) if i != shortcut)
+    return ResidualBlock(name, add, int(shortcut), branches)
 
 
 def conflicting_blocks(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
-                       learning_rate: float, batch_size: int,
-                       samples: int = 512) -> BlockConflicts:
+                       learning_rate: float, batch_size: int, samples: int = 512,
+                       shortcuts: Shortcuts | None = None) -> BlockConflicts:
     """Measure the residual branch of every block of a trained `model` (docs/method.md §4).
 
     Args:
@@ -151,6 +189,7 @@ def conflicting_blocks(model: keras.Model, x: Any, y: Any = None, *, num_classes
         learning_rate: the training learning rate.
         batch_size: the training batch size.
         samples: measure the first `samples` examples (default 512).
+        shortcuts: shortcut inputs of ambiguous blocks (see `residual_blocks`).
 
     Returns:
         A `BlockConflicts`: ``.conflicting`` and ``.non_conflicting`` block
@@ -161,7 +200,7 @@ def conflicting_blocks(model: keras.Model, x: Any, y: Any = None, *, num_classes
         ...                            learning_rate=1e-3, batch_size=64)
         >>> smaller = remove_blocks(model, found.conflicting)
     """
-    blocks = residual_blocks(model)
+    blocks = residual_blocks(model, shortcuts)
     branches = [branch for block in blocks for branch in block.branches]
     report = measure(
         model, x, y, num_classes=num_classes, learning_rate=learning_rate,
@@ -169,7 +208,8 @@ def conflicting_blocks(model: keras.Model, x: Any, y: Any = None, *, num_classes
     return BlockConflicts(tuple(blocks), report)
 
 
-def remove_blocks(model: keras.Model, block_names: Iterable[str]) -> keras.Model:
+def remove_blocks(model: keras.Model, block_names: Iterable[str],
+                  shortcuts: Shortcuts | None = None) -> keras.Model:
     """A new, smaller model: each named block's Add returns its shortcut.
 
     Every kept layer is a fresh copy (same config and name) holding a copy
@@ -181,6 +221,7 @@ def remove_blocks(model: keras.Model, block_names: Iterable[str]) -> keras.Model
     Args:
         model: a functional model with residual blocks.
         block_names: names from `residual_blocks` (e.g. ``stage3_block2``).
+        shortcuts: shortcut inputs of ambiguous blocks (see `residual_blocks`).
 
     Returns:
         A ``keras.Model`` with `model`'s inputs and outputs (same shapes)
@@ -189,10 +230,10 @@ def remove_blocks(model: keras.Model, block_names: Iterable[str]) -> keras.Model
 
     Raises:
         ValueError: an unknown or non-residual block name (the error lists
-            the model's residual blocks).
+            the model's residual blocks), and the errors of `residual_blocks`.
     """
     removed = {block.add: block.shortcut_index
-               for block in _by_name(residual_blocks(model), block_names)}
+               for block in _by_name(residual_blocks(model, shortcuts), block_names)}
 
     def call_function(layer, *args, **kwargs):
         if layer.name in removed:
@@ -218,14 +259,15 @@ class Lesion:
 
     Args:
         model: a functional model with residual blocks.
+        shortcuts: shortcut inputs of ambiguous blocks (see `residual_blocks`).
 
     Example:
         >>> lesion = Lesion(model)
         >>> logits = lesion.lesion(["stage3_block2"]).predict(x_test)
     """
 
-    def __init__(self, model: keras.Model):
-        self.blocks = residual_blocks(model)
+    def __init__(self, model: keras.Model, shortcuts: Shortcuts | None = None):
+        self.blocks = residual_blocks(model, shortcuts)
         adds = {block.add: block for block in self.blocks}
         self.gates: dict[str, keras.layers.Layer] = {}
 
@@ -253,9 +295,10 @@ class Lesion:
         return self.model
 
 
-def lesioned(model: keras.Model, block_names: Iterable[str]) -> keras.Model:
+def lesioned(model: keras.Model, block_names: Iterable[str],
+             shortcuts: Shortcuts | None = None) -> keras.Model:
     """`model` evaluated with the named blocks' branches zeroed (shares its weights)."""
-    return Lesion(model).lesion(block_names)
+    return Lesion(model, shortcuts).lesion(block_names)
 
 
 def weight_layers(model: keras.Model) -> int:

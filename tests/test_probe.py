@@ -138,6 +138,13 @@ def test_add_without_activation_measures_the_add_output():
     assert tap_names(model) == ["d1", "branch", "add"]
 
 
+@pytest.mark.parametrize("branch_kernel", [3, 1])
+def test_a_branch_shorter_than_its_projection_shortcut_is_measured(branch_kernel):
+    # 3x3: the lone 1x1 conv path is the shortcut, however long. 1x1: the
+    # structure cannot tell, so both inputs are measured.
+    assert tap_names(short_branch_block(branch_kernel)) == ["stem", "proj_relu", "branch", "out"]
+
+
 def test_add_of_unrelated_inputs_is_not_a_residual_block():
     first, second = keras.Input((4,)), keras.Input((4,))
     h = keras.layers.Add(name="add")([first, second])

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from cb_keras import models, pruning
+from conftest import short_branch_block
 
 IDENTITY_BLOCK = "stage1_block2"    # 64 -> 64 filters, stride 1
 PROJECTION_BLOCK = "stage2_block1"  # 64 -> 128 filters, stride 2
@@ -172,3 +173,39 @@ def test_unknown_block_names_list_the_blocks(resnet):
 def test_networks_without_residual_blocks_are_refused():
     with pytest.raises(ValueError, match="has no residual blocks"):
         pruning.remove_blocks(models.vgg([1, 0, 0, 0], (8, 8, 1), 10), ["stage1_block1"])
+
+
+def _layer_names(model: keras.Model) -> set[str]:
+    return {layer.name for layer in model.layers}
+
+
+def test_a_branch_shorter_than_its_projection_shortcut_is_removed():
+    model = short_branch_block(branch_kernel=3)
+    assert [(b.name, b.shortcut_index, b.branches) for b in pruning.residual_blocks(model)] \
+        == [("blk", 0, ("branch",))]
+    pruned = pruning.remove_blocks(model, ["blk"])
+    assert "branch" not in _layer_names(pruned)
+    assert {"proj", "proj_bn", "proj_relu"} <= _layer_names(pruned)
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(pruned(x).numpy(), pruning.lesioned(model, ["blk"])(x).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_an_ambiguous_shortcut_is_asked_for():
+    model = short_branch_block(branch_kernel=1)  # two paths with one 1x1 conv each
+    with pytest.raises(ValueError, match=r"shortcut of residual block 'blk' cannot be told"
+                                         r".*\['proj_relu', 'branch'\].*shortcuts=\{'blk': "):
+        pruning.remove_blocks(model, ["blk"])
+    pruned = pruning.remove_blocks(model, ["blk"], shortcuts={"blk": 0})
+    assert "branch" not in _layer_names(pruned) and "proj" in _layer_names(pruned)
+    assert pruning.Lesion(model, shortcuts={"blk": 1}).blocks[0].branches == ("proj_relu",)
+
+
+@pytest.mark.parametrize("shortcuts, message", [
+    ({"nope": 0}, r"shortcuts names \['nope'\], which are not residual blocks.*\['blk'\]"),
+    ({"blk": 2}, r"shortcuts\['blk'\] must be the index of an input .*\(0 to 1, "),
+    ({"blk": 1.0}, r"shortcuts\['blk'\] must be the index of an input"),
+])
+def test_bad_shortcuts_are_refused(shortcuts, message):
+    with pytest.raises(ValueError, match=message):
+        pruning.residual_blocks(short_branch_block(), shortcuts)
