@@ -55,7 +55,7 @@ import tensorflow as tf
 
 from cb_keras import bundles
 from cb_keras.report import ConflictReport, LayerResult
-from cb_keras.taps import ScaledBranchTap, Tap
+from cb_keras.taps import Tap
 
 LayersArg = Union[str, Sequence[str]]
 LAYER_MODES = ("auto", "all", "last")
@@ -85,7 +85,7 @@ def probe(model: keras.Model, layers: LayersArg = "auto") -> keras.Model:
         A `keras.Model` sharing `model`'s layers and weights, with `model`'s
         inputs and a dict of outputs ``{layer name: tensor of shape
         (batch, ...)}`` in graph order. ScaledBranchTap outputs depend on the
-        whole evaluated batch (their scaling uses its variance).
+        forward batch (their scales use its variance).
 
     Raises:
         TypeError: `model` is not a keras.Model or `layers` has a wrong type.
@@ -124,10 +124,11 @@ def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
             (see `probe`).
         samples: use the first `samples` examples of `x` (deterministic;
             fewer if `x` holds fewer). Default 512, as in the papers.
-        eval_batch_size: samples per forward pass, a memory knob. Default
-            None: the whole sample in one pass, which ScaledBranchTap needs
-            (its scaling uses the variance of the evaluated batch); with such
-            taps a smaller value is an error.
+        eval_batch_size: samples per forward pass. Default None: the
+            training `batch_size`, as the reference evaluates; this matters
+            for `ScaledBranchTap` outputs, whose scales use the variance of
+            one forward batch (a last, smaller batch gets its own scales).
+            Every other output is per sample and does not depend on it.
 
     Returns:
         A `ConflictReport`: one `LayerResult` per measured output in graph
@@ -162,7 +163,7 @@ def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
         constants = bundles.scalars(w_max, learning_rate, batch_size)
         results = measurer.measure(
             sample_x, labels, constants, columns,
-            num_samples if eval_batch_size is None else eval_batch_size)
+            batch_size if eval_batch_size is None else eval_batch_size)
     else:  # the weights diverged, so no layer output is defined
         bundles.scalars(0.0, learning_rate, batch_size)  # still validate the arguments
         results = [LayerResult.diverged_layer(name) for name in measurer.names]
@@ -649,8 +650,6 @@ class _Measurer:
     def __init__(self, model: keras.Model, layers: LayersArg):
         taps = select_taps(model, layers)
         self.names = [tap.name for tap in taps]
-        self.batch_dependent = [tap.name for tap in taps
-                                if isinstance(tap.node.operation, ScaledBranchTap)]
         entries, self.entries_of = _entry_points(taps, tf.nest.flatten(model.inputs))
         self.probe = _probe_model(model, taps, entries)
         # Not reduce_retracing: `bundles.fingerprint` needs a static batch size
@@ -667,7 +666,10 @@ class _Measurer:
         `eval_batch_size`.
         """
         num_samples = _num_samples(x)
-        self._check_eval_batch_size(eval_batch_size, num_samples)
+        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, (int, np.integer)) \
+                or eval_batch_size < 1:
+            raise ValueError(
+                f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}.")
         chunks = [self._fingerprint_batch(
                       tf.nest.map_structure(lambda a: a[start:start + eval_batch_size], x),
                       *constants)
@@ -675,19 +677,6 @@ class _Measurer:
         stats = _stats_per_layer(tf.concat(chunks, axis=1), labels, num_classes)
         return [_layer_result(name, *values)
                 for name, values in zip(self.names, zip(*(s.numpy() for s in stats)))]
-
-    def _check_eval_batch_size(self, eval_batch_size: int, num_samples: int) -> None:
-        """Positive integer, and the whole sample at once when scaled branch taps exist."""
-        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, (int, np.integer)) \
-                or eval_batch_size < 1:
-            raise ValueError(
-                f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}.")
-        if self.batch_dependent and eval_batch_size < num_samples:
-            raise ValueError(
-                f"layers {self.batch_dependent} are ScaledBranchTap layers, whose scaling "
-                "uses the variance over the whole evaluated batch (docs/method.md §2); "
-                f"eval_batch_size={eval_batch_size} < {num_samples} samples would change "
-                "it. Leave eval_batch_size=None or measure fewer samples.")
 
     def _fingerprints(self, x, w_max, learning_rate, inverse_batch_size) -> tf.Tensor:
         """Forward pass (inference mode); (L, n, K) int64 fingerprints of the measured outputs.

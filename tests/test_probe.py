@@ -422,11 +422,81 @@ def test_too_large_layer_is_named_in_the_error():
                          learning_rate=LR, batch_size=BS)
 
 
-def test_scaled_taps_need_the_whole_sample_in_one_pass(digits):
-    with pytest.raises(ValueError, match=r"\['block_branch_tap'\] are ScaledBranchTap.*"
-                                         "Leave eval_batch_size=None"):
-        cb_keras.measure(tapped_block(), images(digits[0]), digits[1], num_classes=10,
-                         learning_rate=LR, batch_size=BS, eval_batch_size=100)
+def reference_scaled_branches(model, x, batch_size):
+    """Every block's scaled branch as the reference computes it, written out.
+
+    The reference runs the model eagerly on forward batches of the training
+    batch size and takes, per block, ``branch * s2 * s1`` (Python's left to
+    right: ``(branch * s2) * s1``) with ``s = 1.0 / sqrt(var(conv) + 1e-6)``
+    over all axes of the batch. Returns {tap name: (N, ...) float32 array}.
+    """
+    taps = [layer for layer in model.layers if isinstance(layer, ScaledBranchTap)]
+    parts = keras.Model(model.input, [tap.input for tap in taps])
+    values = {tap.name: [] for tap in taps}
+    for start in range(0, len(x), batch_size):
+        outputs = parts(x[start:start + batch_size], training=False)
+        for tap, (branch, conv1, conv2) in zip(taps, outputs):
+            scale1 = 1.0 / tf.math.sqrt(tf.math.reduce_variance(conv1) + 1e-6)
+            scale2 = 1.0 / tf.math.sqrt(tf.math.reduce_variance(conv2) + 1e-6)
+            values[tap.name].append((branch * scale2 * scale1).numpy())
+    return {name: np.concatenate(parts) for name, parts in values.items()}
+
+
+@pytest.fixture(scope="module")
+def trained_resnet():
+    """A small ResNet of the papers after a few steps on digits, and 512 digits.
+
+    Trained briefly, so BN statistics and weights are not at their
+    initial values.
+    """
+    keras.utils.set_random_seed(5)
+    data = load_digits()
+    x = (data.data[:512] / 16).astype("float32").reshape(-1, 8, 8, 1)
+    model = cb_keras.models.resnet([2, 1, 0, 0], (8, 8, 1), 10)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    model.fit(x, data.target[:512], batch_size=64, epochs=1, verbose=0)
+    return model, x, data.target[:512]
+
+
+@pytest.mark.parametrize("samples", [64, 512])
+@pytest.mark.parametrize("batch_size", [32, 64])
+def test_scaled_branches_equal_the_reference_formula_bit_for_bit(trained_resnet, samples,
+                                                                 batch_size):
+    model, x, y = trained_resnet
+    x, y = x[:samples], y[:samples]
+    expected = reference_scaled_branches(model, x, batch_size)
+    forward = tf.function(probe(model))  # in a graph, as measure runs it
+    got = {name: np.concatenate([forward(x[i:i + batch_size])[name].numpy()
+                                 for i in range(0, samples, batch_size)])
+           for name in expected}
+    for name in expected:
+        np.testing.assert_array_equal(got[name].view(np.int32), expected[name].view(np.int32),
+                                      err_msg=name)
+    # measure evaluates in forward batches of the training batch size by
+    # default: its bundles are those of the reference's values. This
+    # learning rate puts the branches near the metric's resolution, where one
+    # rounding changes the bundles (checked at the end).
+    learning_rate = 1e-7 * batch_size / 64
+    report = cb_keras.measure(model, x, y, num_classes=10, learning_rate=learning_rate,
+                              batch_size=batch_size, samples=samples)
+    w_max = cb_keras.weight_amplitude(model)
+    for name, values in expected.items():
+        want = cb_keras.bundle_metrics(values, y, num_classes=10, weight_amplitude=w_max,
+                                       learning_rate=learning_rate, batch_size=batch_size)
+        layer = report[name]
+        assert (layer.num_bundles, layer.bundle_entropy) == \
+            (want.num_bundles, pytest.approx(want.bundle_entropy, abs=1e-6)), name
+    assert any(1 < report[name].num_bundles < samples for name in expected)
+
+
+def test_scales_are_per_forward_batch(trained_resnet):
+    # One batch of 64 and two of 32 give different scales, so the measured
+    # values differ: the forward batch is part of the definition.
+    model, x, _ = trained_resnet
+    whole = reference_scaled_branches(model, x[:64], 64)
+    halves = reference_scaled_branches(model, x[:64], 32)
+    assert any(not np.array_equal(whole[name], halves[name]) for name in whole)
 
 
 @pytest.mark.parametrize("kwargs, message", [
