@@ -133,14 +133,17 @@ def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
     Returns:
         A `ConflictReport`: one `LayerResult` per measured output in graph
         order, and the metadata (num_samples, num_classes, weight_amplitude,
-        learning_rate, batch_size). A layer whose outputs hold NaN or inf is
-        reported as ``diverged`` (its metrics are None/NaN, never numbers);
+        learning_rate, batch_size). A layer whose outputs or inputs (or the
+        model's inputs) hold NaN or inf is reported as ``diverged`` (its
+        metrics are None/NaN, never numbers, and it is never conflicting);
         if the weights hold NaN or inf, every layer is (and the report's
         weight_amplitude is not finite).
 
     Raises:
-        ValueError: invalid arguments, a model without trainable weights,
-            and the errors of `probe`.
+        ValueError: invalid arguments (see `bundles.scalars`), a model
+            without trainable weights, and the errors of `probe`.
+        TypeError: `x` is not numeric arrays of shape (N, ...) (see
+            `input_arrays`), or the errors of `probe`.
 
     The probe and its traced functions are cached per model and layer
     selection (held weakly: freed with the model), so measuring the same
