@@ -108,17 +108,49 @@ def search_config(spec: dict[str, Any], cfg: training.TrainConfig) -> autotune.A
 
 def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> autotune.Trainer:
     """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
-    def train(request: autotune.TrainRequest) -> autotune.TrainOutcome:
-        trial = run.sub(f"run{request.run:02d}")
-        spec = {"model": request.kind, "blocks": list(request.blocks)}
-        result = training.train_trial(
-            trial, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
-            seed=request.seed, strategy=dist,
-            label=f"[run {request.run} {training.spec_name(spec)}]",
-            callbacks=request.callbacks)
-        return autotune.TrainOutcome(result["epochs"], result["test_accuracy"], result,
-                                     lambda: trained.load_trial(trial.path).model)
-    return train
+    return lambda request: train_run(run, cfg, dist, request)
+
+
+def train_run(run: rundir.RunDir, cfg: training.TrainConfig, dist,
+              request: autotune.TrainRequest, until: int | None = None) -> autotune.TrainOutcome:
+    """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
+
+    A run that restarted keeps only its last checkpoint once it is done.
+    """
+    trial = run.sub(f"run{request.run:02d}")
+    spec = {"model": request.kind, "blocks": list(request.blocks)}
+    result = training.train_trial(
+        trial, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
+        seed=request.seed, strategy=dist, label=f"[run {request.run} {training.spec_name(spec)}]",
+        callbacks=request.callbacks, until=until)
+    if result["epochs"] < request.epochs:
+        trial.prune_checkpoints(keep=1, protect=result["epochs"])
+    return autotune.TrainOutcome(result["epochs"], result["test_accuracy"], result,
+                                 lambda: trained.load_trial(trial.path).model)
+
+
+def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any],
+                          search_cfg: autotune.AutoTuneConfig, cfg: training.TrainConfig,
+                          dist) -> bool:
+    """Finish the runs whose restart is in `state` but whose trial is not done.
+
+    A search killed right after saving a restart has not finished that run's
+    trial (no conflicts.csv, no numbers in search.json). Its trial resumes
+    from its checkpoints up to the restart's epoch, as the uninterrupted
+    search trained it, and the run's numbers go into `state`.
+
+    Returns:
+        True if `state` changed.
+    """
+    unfinished = [r for r in state["runs"] if r["restart"] and r["summary"] is None]
+    for record in unfinished:
+        request = autotune.TrainRequest(
+            run=record["run"], kind=search_cfg.kind, blocks=tuple(record["blocks"]),
+            epochs=record["epochs"], seed=search_cfg.seed + record["run"], callbacks=())
+        outcome = train_run(run, cfg, dist, request, until=record["restart"]["epoch"])
+        record.update(completed_epochs=outcome.completed_epochs,
+                      test_accuracy=outcome.test_accuracy, summary=outcome.summary)
+    return bool(unfinished)
 
 
 def restart_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -153,9 +185,12 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
         # Only checked runs restart and each restart adds one run: run k's is number k + 1.
         summaries.on_epoch_end(record.run, restart_scalars(record))
 
+    state = run.read_json(SEARCH_FILE)
+    if state and finish_restarted_runs(run, state, search_cfg, cfg, dist):
+        save_state(state)
     result = autotune.auto_tune(
         search_cfg, trial_trainer(run, cfg, dist), x, y, num_classes=info.num_classes,
-        state=run.read_json(SEARCH_FILE), save_state=save_state, on_restart=on_restart,
+        state=state, save_state=save_state, on_restart=on_restart,
         log=lambda line: print(f"auto_tune: {line}", flush=True))
     if cfg.export:
         training.export(run, result.model)

@@ -244,7 +244,8 @@ def summarize(history: list[dict[str, Any]], report: ConflictReport) -> dict[str
 
 def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: int,
                 strategy: tf.distribute.Strategy, label: str = "",
-                callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+                callbacks: Sequence[keras.callbacks.Callback] = (),
+                until: int | None = None) -> dict[str, Any]:
     """Train one network with one seed, resumably; returns its result.
 
     Args:
@@ -255,6 +256,9 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         strategy: the tf.distribute strategy for training and measurement.
         label: prefix of the progress lines, e.g. ``"[seed 1]"``.
         callbacks: extra Keras callbacks (e.g. one that stops training).
+        until: train epochs up to this one only (default: ``cfg.epochs``),
+            e.g. to finish a trial that a callback stopped before it was
+            killed; the data seeds and test epochs stay those of ``cfg.epochs``.
 
     Returns:
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
@@ -287,7 +291,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         EpochCommit(trial, state, cfg.keep_checkpoints),
         ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
         *console.progress_callbacks(cfg.progress, cfg.epochs, label, BUNDLE_FIELDS)]
-    for epoch in range(start, cfg.epochs):  # one fit per epoch: data seeded per epoch
+    for epoch in range(start, cfg.epochs if until is None else until):  # data seeded per epoch
         train, _, _ = load_data(cfg, augment=cfg.augment,
                                 shuffle_seed=state["data_seeds"][epoch])
         model.fit(train, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,

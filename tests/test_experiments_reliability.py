@@ -25,7 +25,7 @@ from absl import flags
 
 import cb_keras
 from cb_keras import data, models
-from experiments import config, evaluate, rundir, train, trained, training
+from experiments import auto_tune, config, evaluate, rundir, train, trained, training
 
 FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path
     assert "resuming" in out and "after epoch 2" in out
     assert result["epochs"] == 4
     state = json.loads(trial.file(rundir.STATE_FILE).read_text())
-    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in state["history"] if row["epoch"]] == [1, 2, 3, 4]
 
     for path in trial.checkpoints().values():
         path.write_bytes(b"")
@@ -247,3 +247,43 @@ def test_a_second_process_on_a_run_stops_at_once_and_ctrl_c_says_how_to_resume(t
     # Only the command's own lines: no TensorFlow start-up or retracing noise.
     assert all(line.startswith(("train: ", "epoch ")) for line in out.splitlines()), out
     assert err.strip().splitlines() == ["train: interrupted; rerun the same command to resume."]
+
+
+# -- item: auto_tune killed right after a restart ----------------------------
+
+# --learning_rate=1e-7 makes a^L one bundle: run 0 (blocks 1,1,0,0) restarts
+# after epoch 1 as 0,1,0,0; --max_restarts=1 lets run 1 train its 2 epochs unchecked.
+AUTO_TUNE = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2",
+             "--check_window=1", "--max_restarts=1", "--learning_rate=1e-7",
+             "--measure_every=0", "--measure_samples=64", "--latency_repeats=1",
+             "--noaugment", "--noexport", "--progress=none"]
+
+
+def test_auto_tune_killed_right_after_a_restart_rebuilds_that_runs_record(
+        parse, tmp_path, monkeypatch):
+    auto_tune.main(parse(auto_tune, *AUTO_TUNE, f"--run_dir={tmp_path / 'reference'}"))
+
+    def killed(record):  # the first thing after the restart is saved
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(auto_tune, "restart_scalars", killed)
+        with pytest.raises(KeyboardInterrupt):
+            auto_tune.main(parse(auto_tune, *AUTO_TUNE, f"--run_dir={tmp_path / 'run'}"))
+    killed_runs = json.loads((tmp_path / "run" / "search.json").read_text())["runs"]
+    assert killed_runs[0]["restart"] and killed_runs[0]["summary"] is None
+    auto_tune.main(parse(auto_tune, *AUTO_TUNE, f"--run_dir={tmp_path / 'run'}"))
+
+    reference, resumed = (json.loads((tmp_path / name / "results.json").read_text())
+                          for name in ("reference", "run"))
+    assert len(resumed["runs"]) == len(reference["runs"]) == 2
+    for ran, expected in zip(resumed["runs"], reference["runs"]):
+        assert ran["test_accuracy"] == pytest.approx(expected["test_accuracy"], rel=1e-5)
+        assert ran["summary"].keys() == expected["summary"].keys()
+        for key in expected["summary"].keys() - {"train_seconds", "dir"}:
+            value = expected["summary"][key]
+            assert ran["summary"][key] == (pytest.approx(value, rel=1e-5)
+                                           if isinstance(value, float) else value), key
+    assert (tmp_path / "run" / "run00" / "conflicts.csv").read_text() == \
+        (tmp_path / "reference" / "run00" / "conflicts.csv").read_text()
+    assert [p.name for p in (tmp_path / "run" / "run00" / "checkpoints").iterdir()] == [
+        "epoch_0001.weights.h5"]
