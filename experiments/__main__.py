@@ -74,8 +74,10 @@ def _import_tensorflow_quietly() -> None:
 
     The C++ code writes to file descriptor 2 directly, so it is redirected
     to a temporary file meanwhile; lines not matching `_STARTUP_NOISE` are
-    printed to stderr afterwards.
+    printed to stderr afterwards. TF_CPP_MIN_LOG_LEVEL=0 shows every line.
     """
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        return
     with tempfile.TemporaryFile() as captured:
         stderr = os.dup(2)
         os.dup2(captured.fileno(), 2)
