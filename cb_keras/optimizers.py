@@ -110,10 +110,14 @@ class RAdam(keras.optimizers.Optimizer):
         self.assign(v, beta_2 * v + (1.0 - beta_2) * ops.square(gradient))
         m_hat = m * (1.0 / (1.0 - beta_1_power))
         epsilon = ops.cast(self.epsilon, dtype)
-        update = ops.cond(  # a scalar condition: compute only the branch taken
+        # A select, not a conditional: a per-variable `cond` made tracing and
+        # graph optimisation of a deep network's train step slow, and the
+        # rectified step is computed anyway at every step after the 5th. While
+        # rho_t < 5 the rectifier is NaN; the select then takes m_hat.
+        update = ops.where(
             rho_t >= RECTIFICATION_THRESHOLD,
-            lambda: rectifier * m_hat / (ops.sqrt(v * inverse_bias_2) + epsilon),
-            lambda: m_hat)
+            rectifier * m_hat / (ops.sqrt(v * inverse_bias_2) + epsilon),
+            m_hat)
         if self.weight_decay and self._use_weight_decay(variable):
             update = update + ops.cast(self.weight_decay, dtype) * variable
         self.assign_sub(variable, lr * update)
@@ -223,27 +227,34 @@ class Lookahead(keras.optimizers.Optimizer):
         self._iterations.assign_add(1)
 
     def _update_slow_weights(self, variables, update_fn, condition) -> None:
-        """Run ``update_fn(var, slow, condition)`` per variable, on every device."""
+        """If `condition`: ``update_fn(var, slow)`` for every variable, on every device.
+
+        One conditional around all variables' updates, not one per variable:
+        per-variable conditionals made tracing and graph optimisation of a
+        deep network's train step several times slower.
+        """
         pairs = [(_tf_variable(v), self._slow_weights[self._get_variable_index(v)].value)
                  for v in variables]
 
         def update_all(distribution, pairs, condition):
-            for variable, slow in pairs:
-                distribution.extended.update(
-                    variable, update_fn, args=(slow, condition), group=False)
+            def updates():
+                for variable, slow in pairs:
+                    distribution.extended.update(variable, update_fn, args=(slow,),
+                                                 group=False)
+
+            # In a merge call the condition arrives once per replica; all agree.
+            tf.cond(distribution.experimental_local_results(condition)[0], updates,
+                    lambda: None)
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             update_all, self._distribution_strategy, pairs, condition)
 
-    def _synchronize(self, variable, slow, condition):
-        """If `condition`: slow += alpha * (w - slow); w = slow (TF-Addons' order)."""
-        def step_back():
-            alpha = tf.cast(self.slow_step_size, variable.dtype)
-            target = slow + alpha * (variable - slow)
-            slow.assign(target)
-            variable.assign(target)
-
-        tf.cond(condition, step_back, lambda: None)
+    def _synchronize(self, variable, slow):
+        """slow += alpha * (w - slow); w = slow (TF-Addons' order)."""
+        alpha = tf.cast(self.slow_step_size, variable.dtype)
+        target = slow + alpha * (variable - slow)
+        slow.assign(target)
+        variable.assign(target)
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
@@ -264,12 +275,9 @@ class Lookahead(keras.optimizers.Optimizer):
         return cls(optimizer, **config)
 
 
-def _start_slow_weights(variable, slow, condition):
+def _start_slow_weights(variable, slow):
     """Before the first step: slow = w."""
-    def start():
-        slow.assign(variable)
-
-    tf.cond(condition, start, lambda: None)
+    slow.assign(variable)
 
 
 def _tf_variable(variable):
