@@ -230,6 +230,9 @@ def input_arrays(x: Any) -> Any:
                 f"x is a nested list that is not rectangular ({error}); pass a NumPy "
                 "array of shape (N, ...).") from error
     arrays = tf.nest.map_structure(np.asarray, x)
+    if not tf.nest.flatten(arrays):
+        raise TypeError(f"x holds no arrays (got {x!r}); pass the samples as an array "
+                        "of shape (N, ...).")
     for array in tf.nest.flatten(arrays):
         if array.ndim == 0 or not (np.issubdtype(array.dtype, np.number)
                                    or array.dtype == np.bool_):

@@ -542,6 +542,7 @@ def test_a_nested_list_is_one_array(digits):
     ([[0.0, 1.0], [2.0]], "nested list that is not rectangular"),
     ([["a"] * 64] * 4, "numeric arrays of shape \\(N, ...\\).*dtype <U1"),
     (3.0, "got an array of shape \\(\\) and dtype float64"),
+    ([], "x holds no arrays"),
 ])
 def test_inputs_that_are_not_numeric_arrays_are_a_type_error(x, message):
     with pytest.raises(TypeError, match=message):
