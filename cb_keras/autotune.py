@@ -1,21 +1,27 @@
 """Auto-tune: the papers' architecture search by conflicting layer removal (docs/method.md §3).
 
 The search trains a plain (VGG-style) or residual network of the papers
-(`cb_keras.models`) epoch by epoch. After each of the first
-``check_window`` epochs it measures a^(L) on a fixed training sample; if
-a^(L) is conflicting it measures every block, shrinks the architecture by a
-*pruning rule* and restarts training from scratch with the smaller network.
-It stops when one training run reaches its last epoch without a restart.
+(`cb_keras.models`) epoch by epoch. It checks a^(L) on a training sample
+after each of the first ``check_window`` epochs (and, if ``check_at_init``,
+once before the first epoch); if a^(L) is conflicting it measures every
+block, shrinks the architecture by a *pruning rule* and restarts training
+from scratch with the smaller network. It stops when one training run
+reaches its last epoch without a restart.
 
-Pruning rules (pure functions on block lists, see `shrink`):
+The reference code changed its rule twice; each version is a rule plus its
+check schedule (`VERSIONS`, pure shrink functions in `shrink`):
 
-- ``"first_conflict"`` (the papers', default): find the first conflicting
-  block; remove it and all later blocks of its stage. ``[3, 12, 41, 3]`` with
+- ``"first_conflict"`` (Nov 2020, commit 22556fc, the papers' text;
+  default): remove the first conflicting block and all later blocks of its
+  stage; checks after epochs 1..10. ``[3, 12, 41, 3]`` with
   ``stage3_block5`` first conflicting becomes ``[3, 12, 4, 3]``.
-- ``"non_conflicting"`` (the reference code's last version): in the first
-  stage holding a conflicting block, keep as many blocks as that stage has
-  non-conflicting ones. ``stage3`` with blocks 5 and 9 conflicting becomes
-  39 blocks.
+- ``"all_non_conflicting"`` (Dec 2020, commit 37ea297, the code when arXiv
+  2103.04331 was written): every stage keeps as many blocks as it has
+  non-conflicting ones; checks at initialization and after epochs 1..9.
+- ``"non_conflicting"`` (May 2022, commit 9c0b9b5, the last version): in
+  the first stage holding a conflicting block, keep as many blocks as that
+  stage has non-conflicting ones; checks after epochs 1..10. ``stage3``
+  with blocks 5 and 9 conflicting becomes 39 blocks.
 
 A stage may shrink to zero blocks (the network then skips it). A block is
 conflicting when its measured output is (docs/method.md §2): the block output
@@ -46,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import re
 from collections.abc import Callable, Sequence
@@ -58,7 +65,6 @@ from cb_keras import models, optimizers
 from cb_keras.probe import measure
 from cb_keras.report import ConflictReport
 
-RULES = ("first_conflict", "non_conflicting")
 KINDS = ("vgg", "resnet")
 LAST_EPOCHS = 5  # the reported test accuracy is the mean over the last 5 epochs
 # Name of the tap that decides whether a block conflicts, per model kind.
@@ -66,6 +72,32 @@ _BLOCK_TAP = {"vgg": re.compile(r"stage(\d+)_block(\d+)_tap"),
               "resnet": re.compile(r"stage(\d+)_block(\d+)_branch_tap")}
 
 Pattern = list[list[bool]]  # pattern[s][b]: block b+1 of stage s+1 is conflicting
+Sample = Callable[[int], tuple[np.ndarray, np.ndarray]]  # completed epochs -> (x, y)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleVersion:
+    """One version of the reference's search: a pruning rule and its check schedule.
+
+    Attributes:
+        rule: name of the pruning rule (see `shrink`).
+        check_at_init: a^(L) is also checked before the first training epoch.
+        check_window: a^(L) is checked after epochs 1..check_window.
+        reference: when and in which commit of the reference code it was used.
+    """
+
+    rule: str
+    check_at_init: bool
+    check_window: int
+    reference: str
+
+
+VERSIONS = {version.rule: version for version in (
+    RuleVersion("first_conflict", False, 10, "Nov 2020, commit 22556fc"),
+    RuleVersion("all_non_conflicting", True, 9, "Dec 2020, commit 37ea297"),
+    RuleVersion("non_conflicting", False, 10, "May 2022, commit 9c0b9b5"),
+)}
+RULES = tuple(VERSIONS)
 
 
 # ------------------------------------------------------------ pruning rules
@@ -116,19 +148,20 @@ def shrink(blocks: Sequence[int], pattern: Pattern, rule: str = "first_conflict"
         blocks: blocks per stage, e.g. ``[3, 12, 41, 3]``.
         pattern: ``pattern[s][b]`` is True iff block b+1 of stage s+1
             conflicts (`conflict_pattern`); row s has ``blocks[s]`` entries.
-        rule: ``"first_conflict"`` (papers) or ``"non_conflicting"``
-            (reference code); see the module docstring.
+        rule: one of `RULES`; see the module docstring.
 
     Returns:
-        New block counts, equal to `blocks` when no block conflicts. Stages
-        other than the first one holding a conflicting block are unchanged;
-        the result may be all zeros (the caller decides what that means).
+        New block counts, equal to `blocks` when no block conflicts. Except
+        for ``"all_non_conflicting"``, stages other than the first one
+        holding a conflicting block are unchanged; the result may be all
+        zeros (the caller decides what that means).
 
     Example:
-        >>> shrink([3, 4], [[False] * 3, [False, True, False, True]])
-        [3, 1]
-        >>> shrink([3, 4], [[False] * 3, [False, True, False, True]], "non_conflicting")
-        [3, 2]
+        >>> pattern = [[True, False, False], [False, True, False, True]]
+        >>> shrink([3, 4], pattern), shrink([3, 4], pattern, "non_conflicting")
+        ([0, 4], [2, 4])
+        >>> shrink([3, 4], pattern, "all_non_conflicting")
+        [2, 2]
     """
     _check_rule(rule)
     blocks = _check_blocks(blocks)
@@ -136,6 +169,8 @@ def shrink(blocks: Sequence[int], pattern: Pattern, rule: str = "first_conflict"
         raise ValueError(
             f"the conflict pattern has {[len(row) for row in pattern]} blocks per stage but "
             f"blocks={blocks}; build it with conflict_pattern(blocks, ...).")
+    if rule == "all_non_conflicting":
+        return [row.count(False) for row in pattern]
     for stage, row in enumerate(pattern):
         if any(row):
             shrunk = list(blocks)
@@ -156,10 +191,15 @@ class AutoTuneConfig:
             ``(3, 12, 41, 3)``, the papers' 120-layer network.
         kind: ``"vgg"`` (plain, the papers') or ``"resnet"``.
         epochs: epochs of every training run; default 120.
+        rule: pruning rule, one of `RULES`; default ``"first_conflict"``.
         check_window: a^(L) is checked after each of the first
-            `check_window` epochs of a run (epochs 1..check_window); default 10.
-        samples: size of the fixed measurement sample; default 64.
-        rule: pruning rule, ``"first_conflict"`` or ``"non_conflicting"``.
+            `check_window` epochs of a run (epochs 1..check_window); default
+            None: the rule's version (`VERSIONS`: 10, or 9 for
+            ``"all_non_conflicting"``).
+        check_at_init: a^(L) is also checked before the first epoch of a
+            run; default None: the rule's version (True only for
+            ``"all_non_conflicting"``).
+        samples: size of the measurement sample; default 64.
         max_restarts: at most this many restarts; None (default): no limit.
             Once reached, runs are no longer checked.
         final_epochs: None (default, the papers): the run that passes the
@@ -174,9 +214,10 @@ class AutoTuneConfig:
     start_blocks: tuple[int, ...] = tuple(models.PAPER_BLOCKS[120])
     kind: str = "vgg"
     epochs: int = 120
-    check_window: int = 10
-    samples: int = 64
     rule: str = "first_conflict"
+    check_window: int | None = None
+    check_at_init: bool | None = None
+    samples: int = 64
     max_restarts: int | None = None
     final_epochs: int | None = None
     learning_rate: float = optimizers.PAPER_LEARNING_RATE
@@ -188,6 +229,14 @@ class AutoTuneConfig:
         models.num_layers(self.start_blocks)  # four stages, as the builders need
         _check_kind(self.kind)
         _check_rule(self.rule)
+        version = VERSIONS[self.rule]
+        if self.check_window is None:
+            object.__setattr__(self, "check_window", version.check_window)
+        if self.check_at_init is None:
+            object.__setattr__(self, "check_at_init", version.check_at_init)
+        if not isinstance(self.check_at_init, bool):
+            raise ValueError(f"check_at_init must be True, False or None, got "
+                             f"{self.check_at_init!r}.")
         for name in ("epochs", "check_window", "samples", "batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
@@ -211,7 +260,8 @@ class Restart:
 
     Attributes:
         run: index of the run that conflicted (0: the starting network).
-        epoch: completed epochs of that run when a^(L) conflicted (1-based).
+        epoch: completed epochs of that run when a^(L) conflicted (0: at
+            initialization, before training).
         layer: name of a^(L); ``bundle_entropy`` its entropy (nats, > 0).
         first_conflicting_block: e.g. ``"stage3_block5"``.
         conflicting_blocks: names of all conflicting blocks, in order.
@@ -242,16 +292,24 @@ class Restart:
 class ConflictCheck(keras.callbacks.Callback):
     """Stops training when a^(L) conflicts early and the network can shrink.
 
-    After each of the first `window` epochs it measures a^(L) on the sample;
-    if a^(L) is conflicting, it measures every layer, shrinks `blocks` by
-    `rule` and, if that gives a different, non-empty network, calls
+    After each of the first `window` epochs (and, with `at_init`, in
+    `before_training`) it checks a^(L): it reads the bundle entropy of a^(L)
+    from the epoch's logs when a `cb_keras.ConflictingBundles` placed before
+    it measured it there (keys ``bundle_entropy``, ``num_bundles``; it must
+    measure with the same learning rate, batch size and sample), so a^(L) is
+    measured once per epoch, and measures a^(L) itself otherwise. If a^(L)
+    is conflicting, it measures every layer, shrinks `blocks` by `rule` and,
+    if that gives a different, non-empty network, calls
     ``on_restart(restart)`` (before later callbacks see the epoch, so the
     decision is saved before the epoch is committed) and sets
-    ``model.stop_training``. Measured numbers of a^(L) go into the logs as
-    ``check_bundle_entropy`` and ``check_num_bundles`` (NaN when not measured).
+    ``model.stop_training``. The checked numbers of a^(L) go into the logs
+    as ``check_bundle_entropy`` and ``check_num_bundles`` (NaN when not
+    checked).
 
     Args:
-        x: measurement sample, float32 ``(N, H, W, C)``; y: its labels ``(N,)``.
+        sample: ``sample(epochs) -> (x, y)``, the measurement sample of the
+            check after `epochs` completed epochs (0: at initialization):
+            float32 images ``(N, H, W, C)`` and int labels ``(N,)``.
         num_classes, learning_rate, batch_size: as for `cb_keras.measure`.
         run: index of the run (recorded in the `Restart`).
         blocks: blocks per stage of the trained network.
@@ -260,31 +318,64 @@ class ConflictCheck(keras.callbacks.Callback):
         window: check after epochs 1..window.
         on_restart: called with the `Restart` when a restart is decided.
         log: receives one line when a conflict cannot shrink the network.
+        at_init: `before_training` checks the untrained network (default False).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, *, num_classes: int,
-                 learning_rate: float, batch_size: int, run: int, blocks: Sequence[int],
-                 kind: str, rule: str, window: int, on_restart: Callable[[Restart], None],
-                 log: Callable[[str], None] = print):
+    def __init__(self, sample: Sample, *, num_classes: int, learning_rate: float,
+                 batch_size: int, run: int, blocks: Sequence[int], kind: str, rule: str,
+                 window: int, on_restart: Callable[[Restart], None],
+                 log: Callable[[str], None] = print, at_init: bool = False):
         super().__init__()
-        self.x, self.y = x, y
+        self.sample = sample
         self.metric = dict(num_classes=num_classes, learning_rate=learning_rate,
-                           batch_size=batch_size, samples=len(y))
+                           batch_size=batch_size)
         self.run, self.blocks, self.kind, self.rule = run, tuple(blocks), kind, rule
         self.window, self.on_restart, self.log = window, on_restart, log
+        self.at_init = at_init
         self.restart: Restart | None = None
+        self._drawn: tuple = (None,)
+
+    def before_training(self, model: keras.Model, logs: dict[str, Any]) -> bool:
+        """The check at initialization, before the first epoch of a run.
+
+        Args:
+            model: the untrained network.
+            logs: numbers measured at initialization (e.g. ``bundle_entropy``
+                of a^(L)); the check adds its own keys.
+
+        Returns:
+            True when a restart was decided: the run must not train.
+        """
+        self.set_model(model)
+        logs.update(check_bundle_entropy=np.nan, check_num_bundles=np.nan)
+        if self.at_init:
+            self._check(0, logs)
+        return self.restart is not None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
         logs.update(check_bundle_entropy=np.nan, check_num_bundles=np.nan)
-        if epoch + 1 > self.window or self.restart is not None:
+        if epoch + 1 <= self.window:
+            self._check(epoch + 1, logs)
+
+    def _check(self, epochs: int, logs: dict[str, Any]) -> None:
+        """Check a^(L) after `epochs` completed epochs; decide on a conflict."""
+        if self.restart is not None:
             return
-        last = measure(self.model, self.x, self.y, layers="last", **self.metric).last
-        logs.update(check_bundle_entropy=last.bundle_entropy,
-                    check_num_bundles=last.num_bundles or np.nan)
-        if last.conflicting:
-            report = measure(self.model, self.x, self.y, layers="auto", **self.metric)
-            self._decide(epoch + 1, report)
+        entropy, bundles = logs.get("bundle_entropy"), logs.get("num_bundles")
+        if entropy is None or not np.isfinite(entropy):
+            last = self._measure(epochs, "last").last
+            entropy, bundles = last.bundle_entropy, last.num_bundles
+        logs.update(check_bundle_entropy=entropy, check_num_bundles=bundles or np.nan)
+        if entropy is not None and entropy > 0:
+            self._decide(epochs, self._measure(epochs, "auto"))
+
+    def _measure(self, epochs: int, layers: str) -> ConflictReport:
+        """`cb_keras.measure` of `layers` on the sample of the check after `epochs`."""
+        if self._drawn[0] != epochs:  # a drawn sample serves both measurements
+            self._drawn = (epochs, *self.sample(epochs))
+        _, x, y = self._drawn
+        return measure(self.model, x, y, layers=layers, samples=len(y), **self.metric)
 
     def _decide(self, epoch: int, report: ConflictReport) -> None:
         """Shrink by the rule; restart if that gives another non-empty network."""
@@ -319,6 +410,11 @@ class TrainRequest:
         seed: seed of the network's initialisation.
         callbacks: Keras callbacks to pass to ``fit`` (the `ConflictCheck`),
             before any callback that commits or reports the epoch.
+        before_training: None, or a function the trainer calls once with
+            the untrained network and the numbers it measured at
+            initialization (a dict, may be empty) before the first epoch of
+            a run it starts from scratch; True means: do not train (a
+            restart was decided), return 0 completed epochs.
     """
 
     run: int
@@ -327,6 +423,7 @@ class TrainRequest:
     epochs: int
     seed: int
     callbacks: tuple[keras.callbacks.Callback, ...]
+    before_training: Callable[[keras.Model, dict[str, Any]], bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +470,9 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
         model.compile(optimizer=optimizers.paper_optimizer(learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
+        if request.before_training is not None and request.before_training(model, {}):
+            return TrainOutcome(0, None, {"parameters": int(model.count_params())},
+                                lambda: model)
         tests = _LastEpochsTest(test, request.epochs)
         lines = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
             _epoch_line(request, epoch, logs), flush=True))] if verbose else []
@@ -467,8 +567,10 @@ def new_state(config: AutoTuneConfig) -> dict[str, Any]:
             "runs": [_new_run(0, config.start_blocks, config.epochs, final=False)]}
 
 
-def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray, y: np.ndarray, *,
-              num_classes: int, state: dict[str, Any] | None = None,
+def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = None,
+              y: np.ndarray | None = None, *, num_classes: int,
+              sampler: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+              state: dict[str, Any] | None = None,
               save_state: Callable[[dict[str, Any]], None] = lambda state: None,
               on_restart: Callable[[Restart], None] = lambda restart: None,
               log: Callable[[str], None] = print) -> AutoTuneResult:
@@ -479,8 +581,12 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray, y: np.nda
         trainer: trains one run (`fit_trainer`, or a resumable one).
         x: training images without augmentation, ``(N, H, W, C)``, N >=
             ``config.samples``; the first ``config.samples`` are the fixed
-            measurement sample. y: their int labels ``(N,)``.
+            measurement sample of every check. y: their int labels ``(N,)``.
         num_classes: C.
+        sampler: instead of `x` and `y`, ``sampler(seed, epochs) -> (x, y)``
+            draws the sample of each check: `seed` is the run's seed,
+            `epochs` its completed epochs (e.g. `cb_keras.data.sampler` with
+            ``augmented=True``, as the reference measured).
         state: a state saved by `save_state` to resume; None (default) starts
             anew (`new_state`). It must come from the same config.
         save_state: called with the state dict after every change (a new
@@ -493,18 +599,21 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray, y: np.nda
         The `AutoTuneResult`.
 
     Raises:
-        ValueError: a `state` of another config, or a sample smaller than
-            ``config.samples``.
+        ValueError: a `state` of another config, a sample smaller than
+            ``config.samples``, or neither or both of `x` and `sampler`.
     """
-    x, y = _sample(x, y, config.samples)
+    sampler = _sampler(x, y, sampler, config.samples)
     state = _check_state(state or new_state(config), config)
     save_state(state)
     while True:
         run = state["runs"][-1]
-        check = _check_callback(config, state, x, y, num_classes, save_state, on_restart, log)
+        seed = config.seed + run["run"]
+        check = _check_callback(config, state, functools.partial(sampler, seed), num_classes,
+                                save_state, on_restart, log)
         outcome = trainer(TrainRequest(
             run=run["run"], kind=config.kind, blocks=tuple(run["blocks"]), epochs=run["epochs"],
-            seed=config.seed + run["run"], callbacks=(check,) if check else ()))
+            seed=seed, callbacks=(check,) if check else (),
+            before_training=check.before_training if check and config.check_at_init else None))
         run.update(completed_epochs=outcome.completed_epochs,
                    test_accuracy=outcome.test_accuracy, summary=outcome.summary)
         save_state(state)
@@ -517,12 +626,11 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray, y: np.nda
                                           config.final_epochs, final=True))
             save_state(state)
             continue
-        return _result(config, state, outcome.load_model(), num_classes, x.shape[1:])
+        return _result(config, state, outcome.load_model(), num_classes)
 
 
-def _check_callback(config: AutoTuneConfig, state: dict[str, Any], x: np.ndarray,
-                    y: np.ndarray, num_classes: int, save_state, on_restart, log
-                    ) -> ConflictCheck | None:
+def _check_callback(config: AutoTuneConfig, state: dict[str, Any], sample: Sample,
+                    num_classes: int, save_state, on_restart, log) -> ConflictCheck | None:
     """The check of the current run, or None (final run, or no restarts left)."""
     run = state["runs"][-1]
     restarts = sum(r["restart"] is not None for r in state["runs"])
@@ -541,17 +649,18 @@ def _check_callback(config: AutoTuneConfig, state: dict[str, Any], x: np.ndarray
         on_restart(record)
 
     return ConflictCheck(
-        x, y, num_classes=num_classes, learning_rate=config.learning_rate,
+        sample, num_classes=num_classes, learning_rate=config.learning_rate,
         batch_size=config.batch_size, run=run["run"], blocks=run["blocks"],
         kind=config.kind, rule=config.rule, window=config.check_window,
-        on_restart=restart, log=log)
+        on_restart=restart, log=log, at_init=config.check_at_init)
 
 
 def _result(config: AutoTuneConfig, state: dict[str, Any], model: keras.Model,
-            num_classes: int, input_shape: tuple[int, ...]) -> AutoTuneResult:
+            num_classes: int) -> AutoTuneResult:
     """The result of a finished search state."""
     runs = state["runs"]
-    start = models.build(config.kind, input_shape, num_classes, blocks=config.start_blocks)
+    start = models.build(config.kind, tuple(model.inputs[0].shape[1:]), num_classes,
+                         blocks=config.start_blocks)
     return AutoTuneResult(
         start_blocks=config.start_blocks, final_blocks=tuple(runs[-1]["blocks"]),
         kind=config.kind,
@@ -591,6 +700,20 @@ def _check_state(state: dict[str, Any], config: AutoTuneConfig) -> dict[str, Any
     return state
 
 
+def _sampler(x: np.ndarray | None, y: np.ndarray | None, sampler, samples: int
+             ) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
+    """``sampler(seed, epochs) -> (x, y)`` of `samples` examples, from arrays or a sampler."""
+    if (x is None) == (sampler is None):
+        raise ValueError(
+            "pass the measurement sample either as arrays x, y (the fixed sample of every "
+            "check) or as sampler=... (a new sample per check), not "
+            + ("both." if sampler is not None else "neither."))
+    if sampler is None:
+        fixed = _sample(x, y, samples)
+        return lambda seed, epochs: fixed
+    return lambda seed, epochs: _sample(*sampler(seed, epochs), samples)
+
+
 def _sample(x: np.ndarray, y: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `samples` examples, with an error if there are fewer."""
     x, y = np.asarray(x), np.asarray(y)
@@ -626,8 +749,9 @@ def _check_kind(kind: str) -> None:
 def _check_rule(rule: str) -> None:
     if rule not in RULES:
         raise ValueError(
-            f"rule must be one of {list(RULES)} ('first_conflict': the papers' rule, "
-            f"'non_conflicting': the reference code's), got {rule!r}.")
+            f"rule must be one of {list(RULES)} (" + "; ".join(
+                f"{name!r}: {version.reference}" for name, version in VERSIONS.items())
+            + f"), got {rule!r}.")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

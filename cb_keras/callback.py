@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from cb_keras import bundles
 from cb_keras.probe import LayersArg, check_layers, measure, take_sample, tap_names
-from cb_keras.report import ConflictReport, write_csv
+from cb_keras.report import ConflictReport, LayerResult, write_csv
 
 LOG_KEYS = ("bundle_entropy", "num_bundles", "max_accuracy")
 
@@ -113,8 +113,7 @@ class ConflictingBundles(keras.callbacks.Callback):
         report = self._measure(epoch)
         self.reports.append(report)
         last = report.last
-        logs.update(bundle_entropy=last.bundle_entropy, max_accuracy=last.max_accuracy,
-                    num_bundles=math.nan if last.num_bundles is None else last.num_bundles)
+        logs.update(bundle_logs(last))
         if self.log_dir is not None:
             self._write(report)
         if self.verbose:
@@ -149,6 +148,12 @@ class ConflictingBundles(keras.callbacks.Callback):
         epochs = sorted(self.log_dir.glob("conflicts_epoch*.json"))
         write_csv([ConflictReport.load_json(path) for path in epochs],
                   self.log_dir / "conflicts.csv")
+
+
+def bundle_logs(layer: LayerResult) -> dict[str, float]:
+    """The `LOG_KEYS` of one measured layer (all NaN for a diverged layer)."""
+    return {"bundle_entropy": layer.bundle_entropy, "max_accuracy": layer.max_accuracy,
+            "num_bundles": math.nan if layer.num_bundles is None else layer.num_bundles}
 
 
 def learning_rate_of(optimizer: Any) -> float:

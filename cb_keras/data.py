@@ -4,7 +4,9 @@
 ``(images, labels)`` batches, images float32 ``(batch, H, W, C)``, labels
 int32 ``(batch,)``, and a `DataInfo`. `measurement_sample` returns the fixed,
 augmentation-free sample of training images the bundle metric is measured on
-(docs/method.md §2), as NumPy arrays.
+(docs/method.md §2), as NumPy arrays; `augmented_sample` the first shuffled,
+augmented training batches, as the reference measured; `sampler` gives
+either one per measurement.
 
 Preprocessing, in this order (``convert``: uint8 to float32 in [0, 1];
 ``std``: per-image standardisation; ``pad(n)``: ``tf.image.resize_with_pad``
@@ -73,6 +75,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 SHUFFLE_BUFFER = 10_000
+MEASUREMENT_STREAM = 1  # keeps measurement seeds apart from the training seeds of (seed, epoch)
 BRIGHTNESS_DELTA = 0.25
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
@@ -305,6 +308,67 @@ def _check_positive_int(name: str, value: object) -> None:
     """ValueError unless `value` is an int >= 1 (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def augmented_sample(name: str, samples: int, *, batch_size: int, seed: int,
+                     data_dir: str | None = None, shuffle_buffer: int = SHUFFLE_BUFFER
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` examples of the shuffled, augmented training batches.
+
+    This is the sample the reference implementation measured: the first
+    batches of its training pipeline, reshuffled and re-augmented at every
+    measurement. The examples come from ``load(name, batch_size=batch_size,
+    augment=True, shuffle_seed=seed, shuffle_buffer=shuffle_buffer)``; like
+    every tf.data seed, `seed` combines with TensorFlow's global seed.
+
+    Args:
+        name, data_dir, shuffle_buffer: as for `load`.
+        samples: N >= 1; ``ceil(N / batch_size)`` batches are drawn.
+        batch_size: the training batch size.
+        seed: which shuffle and augmentation.
+
+    Returns:
+        ``(x, y)``: float32 ``(N, H, W, C)`` images and int32 ``(N,)`` labels.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}.")
+    train, _, info = load(name, batch_size=batch_size, augment=True, data_dir=data_dir,
+                          shuffle_seed=seed, shuffle_buffer=shuffle_buffer)
+    if samples > info.train_size // batch_size * batch_size:
+        raise ValueError(
+            f"The {name} training split gives {info.train_size // batch_size} batches of "
+            f"{batch_size}; samples={samples} is too many.")
+    batches = list(train.take(-(-samples // batch_size)).as_numpy_iterator())
+    return (np.concatenate([x for x, _ in batches])[:samples],
+            np.concatenate([y for _, y in batches])[:samples])
+
+
+Sampler = Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (seed, epochs) -> (x, y)
+
+
+def sampler(name: str, samples: int, *, augmented: bool = False, batch_size: int = 64,
+            data_dir: str | None = None, shuffle_buffer: int = SHUFFLE_BUFFER) -> Sampler:
+    """The measurement sample of each measurement: ``sampler(seed, epochs) -> (x, y)``.
+
+    Args:
+        name, samples, data_dir: as for `measurement_sample`.
+        augmented: False (default): always the fixed `measurement_sample`
+            (reproducible, no augmentation), whatever the arguments. True:
+            a new `augmented_sample` per call, as the reference drew it,
+            seeded by the training run's `seed` and the completed `epochs`
+            (0: at initialization), so a resumed run measures the same.
+        batch_size, shuffle_buffer: those of the training (for ``augmented=True``).
+
+    Returns:
+        A function ``(seed, epochs) -> (x, y)``, float32 ``(N, H, W, C)``
+        images and int32 ``(N,)`` labels.
+    """
+    if not augmented:
+        fixed = measurement_sample(name, samples, data_dir=data_dir)
+        return lambda seed, epochs: fixed
+    return lambda seed, epochs: augmented_sample(
+        name, samples, batch_size=batch_size, data_dir=data_dir, shuffle_buffer=shuffle_buffer,
+        seed=int(np.random.SeedSequence([seed, epochs, MEASUREMENT_STREAM]).generate_state(1)[0]))
 
 
 def _recipe(name: str) -> _Recipe:

@@ -7,9 +7,10 @@ papers: ``--model=vgg --depth=120``, blocks 3,12,41,3) and runs
 `cb_keras.autotune.auto_tune`: every training run is a trial of the `train`
 command's code (`experiments.training.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
-measured on the first --measure_samples training images (the papers: 64); on
-a conflict the first conflicting block and the rest of its stage are removed
-(--prune_rule) and training restarts from scratch. --max_restarts caps the
+measured on --measure_samples training images (the papers: 64; see
+--measure_sample); on a conflict the architecture shrinks by --prune_rule (a
+version of the reference's rule, `cb_keras.autotune.VERSIONS`, which also
+sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
 
 Run directory (besides flags.json):
@@ -45,19 +46,25 @@ from typing import Any
 from absl import app, flags
 
 from cb_keras import autotune, files, models
-from cb_keras import data as cb_data
 from experiments import config, console, model_flags, rundir, strategy, trained, training
 from experiments.callbacks import ScalarSummaries
 
-CHECK_WINDOW = flags.DEFINE_integer(
-    "check_window", 10,
-    "Check a^L for conflicts after each of the first N epochs of every run (papers: 10).",
-    lower_bound=1)
 PRUNE_RULE = flags.DEFINE_enum(
     "prune_rule", "first_conflict", list(autotune.RULES),
-    "first_conflict: remove the first conflicting block and the rest of its stage (the "
-    "papers); non_conflicting: keep, in the first stage with a conflicting block, as many "
-    "blocks as it has non-conflicting ones (the reference code's last version).")
+    "Version of the reference's rule, with its check schedule: first_conflict (Nov 2020, "
+    "the papers' text): remove the first conflicting block and the rest of its stage, "
+    "checks after epochs 1..10; all_non_conflicting (Dec 2020): every stage keeps its "
+    "non-conflicting blocks, checks at initialization and after epochs 1..9; "
+    "non_conflicting (May 2022, last): the first stage with a conflicting block keeps its "
+    "non-conflicting blocks, checks after epochs 1..10.")
+CHECK_WINDOW = flags.DEFINE_integer(
+    "check_window", None,
+    "Check a^L after each of the first N epochs of every run (default: the --prune_rule "
+    "version's, 10 or 9).", lower_bound=1)
+CHECK_AT_INIT = flags.DEFINE_bool(
+    "check_at_init", None,
+    "Also check a^L before the first epoch of every run (default: the --prune_rule "
+    "version's, true only for all_non_conflicting).")
 MAX_RESTARTS = flags.DEFINE_integer(
     "max_restarts", None, "At most this many restarts (default: no limit).", lower_bound=0)
 FINAL_EPOCHS = flags.DEFINE_integer(
@@ -100,7 +107,8 @@ def search_config(spec: dict[str, Any], cfg: training.TrainConfig) -> autotune.A
             "(repeat the search with other --seed values instead).")
     return autotune.AutoTuneConfig(
         start_blocks=tuple(spec["blocks"]), kind=spec["model"], epochs=cfg.epochs,
-        check_window=CHECK_WINDOW.value, samples=cfg.measure_samples,
+        check_window=CHECK_WINDOW.value, check_at_init=CHECK_AT_INIT.value,
+        samples=cfg.measure_samples,
         rule=PRUNE_RULE.value, max_restarts=MAX_RESTARTS.value,
         final_epochs=FINAL_EPOCHS.value, learning_rate=cfg.learning_rate,
         batch_size=cfg.batch_size, seed=cfg.seed)
@@ -122,7 +130,7 @@ def train_run(run: rundir.RunDir, cfg: training.TrainConfig, dist,
     result = training.train_trial(
         trial, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
         seed=request.seed, strategy=dist, label=f"[run {request.run} {training.spec_name(spec)}]",
-        callbacks=request.callbacks, until=until)
+        callbacks=request.callbacks, until=until, before_training=request.before_training)
     if result["epochs"] < request.epochs:
         trial.prune_checkpoints(keep=1, protect=result["epochs"])
     return autotune.TrainOutcome(result["epochs"], result["test_accuracy"], result,
@@ -173,7 +181,6 @@ def restart_scalars(record: autotune.Restart) -> dict[str, float]:
 def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
            cfg: training.TrainConfig, dist) -> dict[str, Any]:
     """Run or resume the search in `run`; export the final network; the results dict."""
-    x, y = cb_data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
     _, test, info = training.load_data(cfg, augment=False)
     summaries = ScalarSummaries(run.file(training.TENSORBOARD_DIR), enabled=run.writer)
 
@@ -189,7 +196,8 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
     if state and finish_restarted_runs(run, state, search_cfg, cfg, dist):
         save_state(state)
     result = autotune.auto_tune(
-        search_cfg, trial_trainer(run, cfg, dist), x, y, num_classes=info.num_classes,
+        search_cfg, trial_trainer(run, cfg, dist), num_classes=info.num_classes,
+        sampler=training.measurement_sampler(cfg),
         state=state, save_state=save_state, on_restart=on_restart,
         log=lambda line: print(f"auto_tune: {line}", flush=True))
     if cfg.export:

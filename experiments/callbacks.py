@@ -78,7 +78,7 @@ class EpochCommit(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        row = {"epoch": done, **{k: _number(v) for k, v in (logs or {}).items()},
+        row = {"epoch": done, **{k: number(v) for k, v in (logs or {}).items()},
                "seconds": round(time.monotonic() - self._started, 3)}
         checkpoint = self.trial.save_checkpoint(self.model, done)
         self.state["history"] = [r for r in self.state["history"] if r["epoch"] < done] + [row]
@@ -114,7 +114,7 @@ class ScalarSummaries(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():
             for key, value in (logs or {}).items():
-                value = _number(value)
+                value = number(value)
                 if isinstance(value, (int, float)):
                     tf.summary.write(f"epoch_{key}", tf.constant(value, tf.float32),
                                      step=epoch + 1, metadata=_SCALAR_METADATA)
@@ -140,7 +140,7 @@ def write_metrics(trial: RunDir, history: list[dict[str, Any]]) -> None:
     trial.write_csv(METRICS_FILE, history, columns)
 
 
-def _number(value: Any) -> Any:
+def number(value: Any) -> Any:
     """A logs value as a Python scalar; None for NaN/inf (e.g. epochs not measured)."""
     value = np.asarray(value)
     if value.size != 1:

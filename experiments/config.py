@@ -68,8 +68,13 @@ MEASURE_LAYERS = flags.DEFINE_enum(
     "measure_layers", "last", ["last", "all"],
     "Layers measured every epoch: last (a^L) or all (per-layer report of each epoch).")
 MEASURE_SAMPLES = flags.DEFINE_integer(
-    "measure_samples", 512, "Training samples (fixed, no augmentation) for the bundle metric.",
+    "measure_samples", 512, "Training samples for the bundle metric (see --measure_sample).",
     lower_bound=1)
+MEASURE_SAMPLE = flags.DEFINE_enum(
+    "measure_sample", "fixed", ["fixed", "augmented"],
+    "fixed: the same training examples without augmentation at every measurement "
+    "(reproducible); augmented: the first examples of the shuffled, augmented training "
+    "batches, new at every measurement, as the reference measured.")
 SHUFFLE_BUFFER = flags.DEFINE_integer(
     "shuffle_buffer", data.SHUFFLE_BUFFER,
     "Training examples in the shuffle buffer (the reference: 10 for mnist, 10000 for the "
@@ -97,4 +102,5 @@ def training_config() -> training.TrainConfig:
         runs=RUNS.value, test_every=TEST_EVERY.value, measure_every=MEASURE_EVERY.value,
         measure_layers=MEASURE_LAYERS.value, measure_samples=MEASURE_SAMPLES.value,
         keep_checkpoints=KEEP_CHECKPOINTS.value, export=EXPORT.value,
-        progress=PROGRESS.value, shuffle_buffer=SHUFFLE_BUFFER.value)
+        progress=PROGRESS.value, shuffle_buffer=SHUFFLE_BUFFER.value,
+        measure_sample=MEASURE_SAMPLE.value)

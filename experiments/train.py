@@ -13,9 +13,12 @@ writes results.json with every trial and the mean and std over them:
   ``test_accuracy`` (mean of the last 5 epochs), ``test_accuracy_last``,
   ``test_loss``, ``num_bundles``, ``bundle_entropy``, ``max_accuracy``,
   ``conflicting`` (a^L of the final network), ``layers``,
-  ``conflicting_layers``, ``first_conflict_epoch``, ``train_seconds``
+  ``conflicting_layers``, ``first_conflict_epoch`` (0: at initialization),
+  ``bundle_entropy_integral`` (mean bundle entropy of a^L over the
+  measurements from initialization to the last epoch), ``train_seconds``
 - ``<metric>_mean`` / ``<metric>_std`` over the trials for ``test_accuracy``,
-  ``accuracy``, ``loss``, ``num_bundles``, ``bundle_entropy``, ``max_accuracy``
+  ``accuracy``, ``loss``, ``num_bundles``, ``bundle_entropy``, ``max_accuracy``,
+  ``bundle_entropy_integral``
 - ``conflicting_trials``: how many trials end with a conflicting a^L.
 """
 
@@ -33,7 +36,7 @@ flags.adopt_module_key_flags(config)
 flags.adopt_module_key_flags(model_flags)
 
 AGGREGATED = ("test_accuracy", "accuracy", "loss", "num_bundles", "bundle_entropy",
-              "max_accuracy")
+              "max_accuracy", "bundle_entropy_integral")
 SUMMARY_COLUMNS = (
     ("seed", "seed", "d"),
     ("epochs", "epochs", "d"),

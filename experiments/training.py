@@ -35,13 +35,13 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras import data, models, optimizers
-from cb_keras.callback import ConflictingBundles
+from cb_keras.callback import ConflictingBundles, bundle_logs
 from cb_keras.probe import measure
 from cb_keras.report import ConflictReport
 from experiments import console
 from experiments.console import CommandError
 from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
-                                  TestEvaluation)
+                                  TestEvaluation, number, write_metrics)
 from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
 
 DATASETS = data.NAMES
@@ -55,6 +55,8 @@ OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
     "adam": keras.optimizers.Adam,
     "sgd": keras.optimizers.SGD,
 }
+# before_training(untrained model, logs measured at initialization) -> do not train
+BeforeTraining = Callable[[keras.Model, dict[str, Any]], bool]
 CONFLICTS_FILE = "conflicts.csv"
 CONFLICTS_PLOT = "conflicts.png"
 EXPORT_DIR = "export"
@@ -88,6 +90,7 @@ class TrainConfig:
     export: bool
     progress: str  # "line", "bar" or "none"
     shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
+    measure_sample: str = "fixed"  # or "augmented" (see measurement_sampler)
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -209,7 +212,8 @@ def export(trial: RunDir, model: keras.Model) -> None:
     os.replace(tmp, target)
 
 
-def summarize(history: list[dict[str, Any]], report: ConflictReport) -> dict[str, Any]:
+def summarize(history: list[dict[str, Any]], report: ConflictReport,
+              measure_every: int) -> dict[str, Any]:
     """The numbers of a trial: its per-epoch history and the final network's report.
 
     Keys: ``epochs``; ``loss``, ``accuracy`` (training, last epoch);
@@ -218,7 +222,8 @@ def summarize(history: list[dict[str, Any]], report: ConflictReport) -> dict[str
     ``bundle_entropy``, ``max_accuracy``, ``conflicting`` (a^L of the final
     network); ``layers`` (measured), ``conflicting_layers`` (their names);
     ``first_conflict_epoch`` (first epoch whose a^L was conflicting when
-    measured during training, or None); ``train_seconds``.
+    measured during training, 0 at initialization, or None);
+    ``bundle_entropy_integral`` (`entropy_integral`); ``train_seconds``.
     """
     last = history[-1]
     tested = [r for r in history if r.get("test_accuracy") is not None]
@@ -238,14 +243,65 @@ def summarize(history: list[dict[str, Any]], report: ConflictReport) -> dict[str
         "conflicting_layers": report.conflicting,
         "first_conflict_epoch": next((r["epoch"] for r in history
                                       if (r.get("bundle_entropy") or 0) > 0), None),
+        "bundle_entropy_integral": entropy_integral(history, measure_every),
         "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
     }
+
+
+def entropy_integral(history: list[dict[str, Any]], every: int) -> float | None:
+    """Normalized integral of a^L's bundle entropy over training, as the reference reported it.
+
+    The mean of the bundle entropies (nats) measured at initialization
+    (epoch 0) and after every `every`-th epoch up to the last one: with
+    ``every=1`` and E epochs, ``sum(H_0 .. H_E) / (E + 1)``, the reference's
+    ``sum(H_e) / epochs`` over its checkpoints from the untrained network to
+    the last one. None when a scheduled measurement is missing (not
+    measured at initialization, ``every=0``, or a^L diverged).
+
+    Args:
+        history: rows of metrics.csv, ``{"epoch": completed epochs,
+            "bundle_entropy": ... or None}``.
+        every: the trial's measure_every.
+    """
+    entropies = {r["epoch"]: r.get("bundle_entropy") for r in history}
+    scheduled = [e for e in range(max(entropies, default=-1) + 1) if every and e % every == 0]
+    values = [entropies.get(e) for e in scheduled]
+    if not values or any(value is None for value in values):
+        return None
+    return float(np.mean(values))
+
+
+def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.ndarray,
+                y: np.ndarray, *, num_classes: int, cfg: TrainConfig,
+                before_training: BeforeTraining | None) -> bool:
+    """Epoch 0 of a trial: measure the untrained network and commit the row ``epoch=0``.
+
+    The row holds the bundle metrics of a^L on ``(x, y)`` (with
+    ``cfg.measure_every`` > 0) and what `before_training` added; it goes to
+    metrics.csv and state.json (no checkpoint: the seed rebuilds the network).
+
+    Returns:
+        True when ``before_training(model, logs)`` decided that the trial must
+        not train.
+    """
+    logs: dict[str, Any] = {}
+    if cfg.measure_every:
+        last = measure(model, x, y, num_classes=num_classes, learning_rate=cfg.learning_rate,
+                       batch_size=cfg.batch_size, layers="last",
+                       samples=cfg.measure_samples).last
+        logs.update(bundle_logs(last))
+    stop = bool(before_training and before_training(model, logs))
+    state["history"] = [{"epoch": 0, **{k: number(v) for k, v in logs.items()}}]
+    write_metrics(trial, state["history"])
+    trial.write_json(STATE_FILE, state)
+    return stop
 
 
 def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: int,
                 strategy: tf.distribute.Strategy, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
-                until: int | None = None) -> dict[str, Any]:
+                until: int | None = None,
+                before_training: BeforeTraining | None = None) -> dict[str, Any]:
     """Train one network with one seed, resumably; returns its result.
 
     Args:
@@ -259,6 +315,9 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         until: train epochs up to this one only (default: ``cfg.epochs``),
             e.g. to finish a trial that a callback stopped before it was
             killed; the data seeds and test epochs stay those of ``cfg.epochs``.
+        before_training: called once, with the untrained network and the
+            numbers measured at initialization, before the first epoch of a
+            new trial (`begin_trial`); True: do not train.
 
     Returns:
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
@@ -276,7 +335,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
             f"{spec} with seed {seed}; use another directory for this network.")
     start = state["completed_epochs"]
     _, test, info = load_data(cfg, augment=False)
-    x, y = data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
+    sample = measurement_sampler(cfg)
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         model = build_model(spec, info.input_shape, info.num_classes)
@@ -284,27 +343,34 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         if start:
             start = resume(model, trial, state, label)
             print(f"{label} resuming {trial.path} after epoch {start}".strip(), flush=True)
+    measuring = measuring_callbacks(trial, *sample(seed, start), info.num_classes, cfg)
     epoch_callbacks = [
         TestEvaluation(test, cfg.test_every, cfg.epochs),
-        *measuring_callbacks(trial, x, y, info.num_classes, cfg),
+        *measuring,
         *callbacks,
         EpochCommit(trial, state, cfg.keep_checkpoints),
         ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
         *console.progress_callbacks(cfg.progress, cfg.epochs, label, BUNDLE_FIELDS)]
-    for epoch in range(start, cfg.epochs if until is None else until):  # data seeded per epoch
+    stopped = not state["history"] and begin_trial(
+        trial, state, model, *sample(seed, 0), num_classes=info.num_classes, cfg=cfg,
+        before_training=before_training)
+    for epoch in range(start, 0 if stopped else cfg.epochs if until is None else until):
         train, _, _ = load_data(cfg, augment=cfg.augment,
                                 shuffle_seed=state["data_seeds"][epoch])
+        for callback in measuring:  # it takes its sample once per fit: this epoch's
+            callback.x, callback.y = sample(seed, epoch + 1)
         model.fit(train, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
                   callbacks=epoch_callbacks)
         if model.stop_training:
             break
-    report = write_conflicts(trial, model, x, y, num_classes=info.num_classes, cfg=cfg)
+    report = write_conflicts(trial, model, *sample(seed, state["completed_epochs"]),
+                             num_classes=info.num_classes, cfg=cfg)
     if cfg.export:
         export(trial, model)
     state["result"] = {
         "seed": seed, "spec": spec, "dir": str(trial.path),
         "parameters": int(model.count_params()),
-        **summarize(state["history"], report),
+        **summarize(state["history"], report, cfg.measure_every),
     }
     state["finished"] = True
     trial.write_json(STATE_FILE, state)
@@ -324,6 +390,21 @@ def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = Non
                          shuffle_buffer=cfg.shuffle_buffer)
     except ValueError as error:
         raise CommandError(str(error)) from error
+
+
+def measurement_sampler(cfg: TrainConfig) -> data.Sampler:
+    """``sample(seed, epochs) -> (x, y)``: what the trial measures after `epochs` epochs.
+
+    ``cfg.measure_sample == "fixed"``: always `cb_keras.data.measurement_sample`
+    (reproducible, no augmentation); ``"augmented"``: the first
+    ``cfg.measure_samples`` examples of the shuffled, augmented training
+    batches, drawn anew for every measurement and seeded by the trial's seed
+    and the epoch, as the reference measured (`cb_keras.data.sampler`).
+    """
+    return data.sampler(cfg.dataset, cfg.measure_samples,
+                        augmented=cfg.measure_sample == "augmented",
+                        batch_size=cfg.batch_size, data_dir=cfg.data_dir,
+                        shuffle_buffer=cfg.shuffle_buffer)
 
 
 def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes: int,

@@ -213,6 +213,37 @@ def test_measurement_sample_of_a_tfds_data_set(mock_tfds):
     np.testing.assert_array_equal(data.measurement_sample("cifar10", 16)[0], x)
 
 
+def test_augmented_sample_is_the_first_training_batches_as_the_reference_drew_it():
+    tf.random.set_seed(3)  # tf.data seeds combine with the global seed
+    try:
+        x, y = data.augmented_sample("digits", 100, batch_size=64, seed=5)
+        train, _, _ = data.load("digits", batch_size=64, shuffle_seed=5)
+        first_x, first_y = _stack(train.take(2))
+        x_again, y_again = data.augmented_sample("digits", 100, batch_size=64, seed=5)
+        _, y_other = data.augmented_sample("digits", 100, batch_size=64, seed=6)
+    finally:
+        tf.random.set_seed(None)
+    assert x.shape == (100, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x, first_x[:100])  # 2 batches of 64, cut to 100
+    np.testing.assert_array_equal(y, first_y[:100])
+    np.testing.assert_array_equal(x, x_again)
+    np.testing.assert_array_equal(y, y_again)
+    assert not np.array_equal(y, y_other)  # another shuffle
+    with pytest.raises(ValueError, match="22 batches of 64; samples=1430 is too many"):
+        data.augmented_sample("digits", 1430, batch_size=64, seed=5)
+
+
+def test_sampler_gives_the_fixed_sample_or_a_new_augmented_one_per_measurement():
+    fixed_x, _ = data.measurement_sample("digits", 64)
+    fixed = data.sampler("digits", 64)
+    np.testing.assert_array_equal(fixed(0, 0)[0], fixed_x)
+    np.testing.assert_array_equal(fixed(9, 4)[0], fixed_x)
+    augmented = data.sampler("digits", 64, augmented=True, batch_size=32)
+    first_y, again_y, later_y = (augmented(1, 0)[1], augmented(1, 0)[1], augmented(1, 1)[1])
+    np.testing.assert_array_equal(first_y, again_y)  # a resumed run measures the same
+    assert not np.array_equal(first_y, later_y) and len(first_y) == 64
+
+
 @pytest.mark.parametrize("samples", [0, 1438, 2.0])
 def test_measurement_sample_rejects_bad_sizes(samples):
     with pytest.raises(ValueError, match="samples"):

@@ -76,11 +76,12 @@ def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
     assert saved["depth"] == 2 and saved["dataset"] == "digits" and saved["epochs"] == 3
     assert {"strategy", "optimizer", "learning_rate", "batch_size", "seed"} <= set(saved)
 
-    rows = read_csv(run_dir / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    initial, *rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in [initial, *rows]] == [0, 1, 2, 3]
     for column in ("loss", "accuracy", "test_loss", "test_accuracy", "bundle_entropy",
                    "num_bundles", "max_accuracy", "seconds"):
         assert all(math.isfinite(float(r[column])) for r in rows), column
+    assert 1 <= float(initial["num_bundles"]) <= 512 and initial["loss"] == ""  # untrained
 
     layers = read_csv(run_dir / "conflicts.csv")
     assert [r["layer"] for r in layers] == ["dense1_tap", "dense2_tap"]
@@ -94,6 +95,8 @@ def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
     assert trial["test_accuracy"] == pytest.approx(
         np.mean([float(r["test_accuracy"]) for r in rows]))  # 3 epochs: all in the last 5
     assert trial["num_bundles"] == int(layers[-1]["num_bundles"])
+    assert trial["bundle_entropy_integral"] == pytest.approx(  # epochs 0..3
+        np.mean([float(r["bundle_entropy"]) for r in [initial, *rows]]))
     assert results["test_accuracy_mean"] == trial["test_accuracy"]
     assert results["test_accuracy_std"] == 0.0
 
@@ -274,3 +277,18 @@ def test_checkpoints_are_listed_by_epoch_and_pruned(tmp_path):
     run_dir.prune_checkpoints(keep=2, protect=10)
     assert list(run_dir.checkpoints()) == [3, 10]
     assert os.path.exists(folder / ".tmp-epoch_0011.weights.h5")
+
+
+def test_entropy_integral_is_the_mean_over_the_scheduled_measurements_from_epoch_0():
+    def history(*entropies):
+        return [{"epoch": e, "bundle_entropy": h} for e, h in enumerate(entropies)]
+
+    assert training.entropy_integral(history(0.4, 0.2, 0.0, 0.2), every=1) == \
+        pytest.approx(0.2)
+    # every 2: measured at epochs 0 and 2; the unmeasured epochs hold None
+    assert training.entropy_integral(history(0.4, None, 0.1, None), every=2) == \
+        pytest.approx(0.25)
+    assert training.entropy_integral(history(None, 0.2, 0.2), every=1) is None  # no epoch 0
+    assert training.entropy_integral(history(0.1, None, 0.2), every=1) is None  # diverged
+    assert training.entropy_integral(history(0.1, 0.2), every=0) is None  # never measured
+    assert training.entropy_integral([], every=1) is None

@@ -127,3 +127,25 @@ def test_bad_flags_say_what_to_do(parse, tmp_path, argv, message):
 def test_an_unknown_rule_is_rejected_when_parsing(parse):
     with pytest.raises(flags.IllegalFlagValueError, match="prune_rule"):
         parse("--prune_rule=papers")
+
+
+def test_the_dec_2020_version_restarts_at_initialization_on_augmented_batches(
+        parse, tmp_path, capsys):
+    # As in tests/test_autotune.py: at lr 1e-3 the untrained 2,2,2,2 network
+    # (seed 3) conflicts from stage3_block2 on, on its first augmented batch.
+    run_dir = tmp_path / "run"
+    auto_tune.main(parse(
+        "--dataset=digits", "--model=vgg", "--blocks=2,2,2,2", "--epochs=1", "--seed=3",
+        "--prune_rule=all_non_conflicting", "--measure_sample=augmented", "--max_restarts=1",
+        "--measure_samples=64", "--latency_repeats=2", "--noexport", f"--run_dir={run_dir}"))
+    assert "restart 1: run 0 conflicts after epoch 0" in capsys.readouterr().out
+    with open(run_dir / "restarts.csv", newline="") as f:
+        assert [(r["epoch"], r["blocks_before"], r["blocks_after"]) for r in csv.DictReader(f)] \
+            == [("0", "2 2 2 2", "2 2 1 0")]
+    for trial, epochs in (("run00", [0]), ("run01", [0, 1])):  # run 0 never trained
+        with open(run_dir / trial / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(row["epoch"]) for row in rows] == epochs
+    assert float(rows[0]["bundle_entropy"]) >= 0.0  # run 1 measured at initialization
+    results = state_of(run_dir / "results.json")
+    assert results["total_epochs"] == 1 and results["final_blocks"] == [2, 2, 1, 0]
