@@ -74,7 +74,7 @@ def evaluate_trial(trial: rundir.RunDir, output: rundir.RunDir, cfg: training.Tr
             "checkpoints: --keep_checkpoints).")
     _, test, info = data.load(cfg.dataset, batch_size=cfg.batch_size, augment=False,
                               data_dir=cfg.data_dir)
-    x, y = data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
+    x, y = training.measurement_sampler(cfg)(state["seed"], checkpoints[-1][0])
     with dist.scope():
         model = training.build_model(state["spec"], info.input_shape, info.num_classes)
         training.compile_model(model, cfg)

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from cb_keras import data, files, pruning
+from cb_keras import files, pruning
 from cb_keras.taps import strip_taps
 from experiments import rundir, training
 
@@ -101,7 +101,7 @@ def load_trial(path: str | os.PathLike) -> Trained:
             "train command.")
     cfg = training.TrainConfig.from_flags(saved)
     _, test, info = training.load_data(cfg, augment=False)
-    x, y = data.measurement_sample(cfg.dataset, cfg.measure_samples, data_dir=cfg.data_dir)
+    x, y = training.measurement_sampler(cfg)(state["seed"], state["completed_epochs"])
     model = training.build_model(state["spec"], info.input_shape, info.num_classes)
     training.compile_model(model, cfg)
     training.restore(model, trial.file(state["checkpoint"]))
