@@ -126,6 +126,13 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
         optimizer=OPTIMIZERS[cfg.optimizer](cfg.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
+    # Create the optimizer and metric variables now: `fit` (without a
+    # distribution strategy) creates them inside the first trace of the train
+    # step, and TensorFlow then traces the whole step a second time.
+    model.optimizer.build(model.trainable_variables)
+    model.compute_metrics(None, np.zeros(1, "int32"),
+                          np.zeros((1,) + tuple(model.output_shape[1:]), "float32"))
+    model.reset_metrics()
 
 
 def restore(model: keras.Model, checkpoint: os.PathLike) -> None:

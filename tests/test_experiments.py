@@ -11,7 +11,9 @@ import json
 import math
 import os
 import pathlib
+from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -292,3 +294,21 @@ def test_entropy_integral_is_the_mean_over_the_scheduled_measurements_from_epoch
     assert training.entropy_integral(history(0.1, None, 0.2), every=1) is None  # diverged
     assert training.entropy_integral(history(0.1, 0.2), every=0) is None  # never measured
     assert training.entropy_integral([], every=1) is None
+
+
+@pytest.mark.parametrize("optimizer", ["paper", "adam"])
+def test_a_compiled_model_traces_its_train_step_once(optimizer):
+    # Optimizer or metric variables that `fit` creates inside the first trace
+    # of the train step make TensorFlow trace the whole step again.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    training.compile_model(model, SimpleNamespace(optimizer=optimizer, learning_rate=1e-3))
+    traces, train_step = [], model.train_step
+
+    def counted_train_step(batch):
+        traces.append(batch)
+        return train_step(batch)
+
+    model.train_step = counted_train_step
+    model.fit(np.zeros((8, 4), "float32"), np.zeros(8, "int32"), batch_size=4, epochs=2,
+              verbose=0)
+    assert len(traces) == 1
