@@ -24,11 +24,13 @@ each stage with its own stride and drops empty ones); so ``[1, 0, 0, 0]``
 never down-samples after the stem, and ``[0, 1, 1, 1]`` starts with a
 stride-2 block on the stem's output.
 
-Choices where the reference is silent or incidental: all convolutions use
-He-normal initialisation and no bias (each is followed by BatchNormalization,
-whose offset makes a bias redundant; the reference kept the redundant
-biases, so its parameter counts are higher by the number of conv filters);
-BatchNormalization uses the Keras defaults, as the reference did.
+Layers are built as the reference builds them (docs/method.md §3): the stem
+convolution uses Keras's default initializer (Glorot-uniform), every block
+convolution and 1x1 projection He-normal, and all of them have a bias
+(Keras's default ``use_bias=True``), although BatchNormalization follows
+each. The biases are trainable weights, so they count in the parameter
+counts and in ``w_max`` and get the optimizer's weight decay, as in the
+reference. BatchNormalization uses the Keras defaults, as the reference did.
 
 Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``):
 
@@ -194,8 +196,8 @@ def _conv_net(kind, block_fn, blocks, input_shape, num_classes) -> keras.Model:
 
 
 def _stem(x, pool: bool):
-    """7x7/2 conv (64 filters), BN, ReLU, and a 3x3/2 max-pool if `pool`."""
-    x = _conv(x, STEM_FILTERS, 7, 2, "stem_conv")
+    """7x7/2 conv (64 filters, default initializer), BN, ReLU, and a 3x3/2 max-pool if `pool`."""
+    x = keras.layers.Conv2D(STEM_FILTERS, 7, strides=2, padding="same", name="stem_conv")(x)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     if pool:
@@ -204,9 +206,9 @@ def _stem(x, pool: bool):
 
 
 def _conv(x, filters: int, kernel_size: int, stride: int, name: str):
-    """Bias-free He-normal convolution with 'same' padding."""
+    """He-normal convolution with a bias and 'same' padding (a block or projection conv)."""
     return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="same",
-                               use_bias=False, kernel_initializer="he_normal", name=name)(x)
+                               kernel_initializer="he_normal", name=name)(x)
 
 
 def _two_convs(x, filters: int, stride: int, name: str):
