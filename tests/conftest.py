@@ -16,6 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
@@ -90,3 +91,17 @@ def short_branch_block(branch_kernel: int = 3) -> keras.Model:
     h = keras.layers.ReLU(name="out")(keras.layers.Add(name="blk_add")([shortcut, branch]))
     h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+
+
+@pytest.fixture
+def parse():
+    """Parse argv for an experiments command module; flags are reset after the test.
+
+    ``parse(module, *argv)`` returns absl's remaining argv, as ``app.run``
+    would pass it to ``module.main``.
+    """
+    def _parse(module, *argv: str) -> list[str]:
+        flags.FLAGS.unparse_flags()
+        return flags.FLAGS([module.__name__, *argv])
+    yield _parse
+    flags.FLAGS.unparse_flags()

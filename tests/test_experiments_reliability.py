@@ -34,16 +34,6 @@ TINY = ["--dataset=digits", "--model=fnn", "--depth=2", "--width=8", "--optimize
         "--measure_samples=64", "--noexport"]
 
 
-@pytest.fixture
-def parse():
-    """Parse argv for the train module; flags are reset after the test."""
-    def _parse(module, *argv: str) -> list[str]:
-        FLAGS.unparse_flags()
-        return FLAGS([module.__name__, *argv])
-    yield _parse
-    FLAGS.unparse_flags()
-
-
 def experiments(*argv: str) -> subprocess.CompletedProcess:
     """``python -m experiments argv`` from the repository root, output captured."""
     return subprocess.run([sys.executable, "-m", "experiments", *argv], cwd=ROOT, env=ENV,

@@ -35,16 +35,6 @@ PAPER_FLAGFILES = sorted(
     and "digits" not in path.name)
 
 
-@pytest.fixture
-def parse():
-    """Parse argv as ``python -m experiments <module>`` does; flags reset afterwards."""
-    def _parse(module, *argv: str) -> None:
-        FLAGS.unparse_flags()
-        FLAGS([module.__name__, *argv])
-    yield _parse
-    FLAGS.unparse_flags()
-
-
 def _header(path: pathlib.Path) -> str:
     return "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
 
