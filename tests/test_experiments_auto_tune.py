@@ -94,7 +94,7 @@ def test_auto_tune_restarts_resumes_after_sigkill_and_exports(parse, tmp_path, c
     assert 0.0 <= results["test_accuracy"] <= 1.0
     assert state_of(run_dir / "search.json")["runs"] == results["runs"]
     with open(run_dir / "run01" / "metrics.csv", newline="") as f:
-        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3, 4]  # 0: init
     with open(run_dir / "restarts.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["restart"], r["run"], r["epoch"], r["first_conflicting_block"],
