@@ -28,16 +28,6 @@ FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
 TINY = ["--dataset=digits", "--epochs=3", "--measure_samples=128", "--progress=line"]
 
 
-@pytest.fixture
-def parse():
-    """Parse argv for a command module; flags are reset after the test."""
-    def _parse(module, *argv: str) -> list[str]:
-        FLAGS.unparse_flags()
-        return FLAGS([module.__name__, *argv])
-    yield _parse
-    FLAGS.unparse_flags()
-
-
 def run(parse, module, *argv: str) -> None:
     """What ``python -m experiments <module> argv`` does, in this process."""
     module.main(parse(module, *argv))
