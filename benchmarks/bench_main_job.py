@@ -19,7 +19,8 @@ splits its wall time into phases by timing the functions that do the work
 first step of each network (tracing), training steps, measurement (a^L
 checks and all-block measurements), test evaluation, checkpoints, export and
 latency; ``other`` is the rest (data pipelines, files, callbacks). It also
-prints the first and the median later epoch of every run.
+prints the first and the median later epoch of every run, then deletes
+the run directory.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import contextlib
 import csv
 import functools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -211,7 +213,7 @@ def epoch_seconds(run_dir: str) -> list[tuple[str, float, float | None, int]]:
 def report_search(flagfile: str, extra_flags: list[str]) -> None:
     """Print the main job's wall time by phase and its epoch times per run."""
     wall, clock, run_dir = run_search(flagfile, extra_flags)
-    print(f"\nmain job ({flagfile} {' '.join(extra_flags)}): {wall:.1f} s wall; run dir {run_dir}")
+    print(f"\nmain job ({flagfile} {' '.join(extra_flags)}): {wall:.1f} s wall")
     print(f"{'phase':>20} {'seconds':>8} {'share':>6} {'calls':>6}")
     for name, seconds in clock.seconds.most_common():
         print(f"{name:>20} {seconds:8.1f} {seconds / wall:6.1%} {clock.calls[name]:6d}")
@@ -219,6 +221,7 @@ def report_search(flagfile: str, extra_flags: list[str]) -> None:
     for name, first, later, count in epoch_seconds(run_dir):
         later_text = f"{later:14.2f}" if later is not None else f"{'-':>14}"
         print(f"{name:>20} {count:6d} {first:14.2f} {later_text}", flush=True)
+    shutil.rmtree(os.path.dirname(run_dir))
 
 
 def main(argv: list[str] | None = None) -> None:
