@@ -226,7 +226,8 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
     Returns:
         ``(train, test, info)``. ``train``: batches ``(batch_size, H, W, C)``
         float32 and ``(batch_size,)`` int32, shuffled with a buffer of
-        `shuffle_buffer` examples and reshuffled every epoch, the last partial batch dropped. ``test``:
+        `shuffle_buffer` examples and reshuffled every epoch, the last partial
+        batch dropped. ``test``:
         the whole test split in order, the last batch possibly smaller.
 
     Raises:

@@ -29,9 +29,10 @@ Which outputs ``layers="auto"`` measures
      fewest Dense/Conv layers, and among equals the 1x1 projection. When
      that leaves several inputs, every input is measured. The block output
      is the activation layer that follows the Add if there is one (measured
-     by the rule above), else the Add output. An ``Add`` whose inputs share no ancestor (e.g. two model
-     inputs) is not a residual block and is skipped; the ``+`` operator on
-     symbolic tensors is not an ``Add`` layer and is not recognised.
+     by the rule above), else the Add output. An ``Add`` whose inputs share
+     no ancestor (e.g. two model inputs) is not a residual block and is
+     skipped; the ``+`` operator on symbolic tensors is not an ``Add`` layer
+     and is not recognised.
    - never the model outputs, nor the head that computes them: the last
      Dense/Conv before an output (the logits) and activation layers after it.
 

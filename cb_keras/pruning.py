@@ -1,4 +1,4 @@
-"""Conflicting residual blocks of trained networks: find, lesion and remove them (docs/method.md §4).
+"""Conflicting residual blocks of trained networks: find, lesion, remove (docs/method.md §4).
 
 A *residual block* is a ``keras.layers.Add`` call whose inputs share an
 ancestor: one input is the *shortcut* (the identity or a projection, told by

@@ -234,8 +234,8 @@ def search_figure(results: dict[str, Any]):
         bottoms = [b + c for b, c in zip(bottoms, counts)]
     for position, r, height in zip(positions, runs, bottoms):
         restart = r["restart"]
-        label = (f"conflict after\nepoch {restart['epoch']} at\n{restart['first_conflicting_block']}"
-                 if restart else
+        label = (f"conflict after\nepoch {restart['epoch']} at\n"
+                 f"{restart['first_conflicting_block']}" if restart else
                  f"final\ntest acc {console.format_value(results['test_accuracy'], '.3f')}")
         axes.annotate(label, (position, height), ha="center", va="bottom", fontsize=8,
                       xytext=(0, 3), textcoords="offset points")

@@ -36,6 +36,7 @@ def define_int_list(name: str, default: list[int] | None, help_text: str,
     return flags.DEFINE(IntListParser(), name, default, help_text,
                         serializer=flags.CsvListSerializer(","), module_name=module_name)
 
+
 DATASET = flags.DEFINE_enum(
     "dataset", "digits", list(training.DATASETS),
     "Data set: digits (scikit-learn) or mnist5k (cb_keras[mnist5k]), both offline, or a "

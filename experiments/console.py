@@ -37,6 +37,7 @@ def size_text(num_bytes: int) -> str:
         value, units = value / 1000, units[1:]
     return f"{value:.0f} B" if units[0] == "B" else f"{value:.1f} {units[0]}"
 
+
 # (logs key, short label, format) of the numbers shown per epoch, in order.
 EPOCH_FIELDS = (
     ("loss", "loss", ".4f"),

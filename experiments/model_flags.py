@@ -54,4 +54,3 @@ def model_spec() -> dict[str, Any]:
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     return {"model": MODEL.value, "blocks": blocks}
-

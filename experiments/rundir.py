@@ -194,7 +194,7 @@ class RunDir:
         """Write `data` as indented JSON, atomically (no NaN: they become null)."""
         if self.writer:
             files.write_text(self.file(name),
-                         json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+                             json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
 
     def read_json(self, name: str) -> dict | None:
         """The JSON object in `name`, or None if the file does not exist.

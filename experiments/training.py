@@ -41,7 +41,7 @@ from cb_keras.report import ConflictReport
 from experiments import console
 from experiments.console import CommandError
 from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
-                                  TestEvaluation, number, write_metrics)
+                                   TestEvaluation, number, write_metrics)
 from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
 
 DATASETS = data.NAMES

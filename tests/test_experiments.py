@@ -252,10 +252,10 @@ def test_start_records_flags_and_refuses_changed_ones_but_not_operational(tmp_pa
 def test_default_name_depends_on_flags_that_matter_only():
     name = rundir.default_name("train", "fnn-d2-w8_digits", {"epochs": 3, "run_dir": "a"})
     assert name.startswith("train_fnn-d2-w8_digits_")
-    assert name == rundir.default_name("train", "fnn-d2-w8_digits", {"epochs": 3,
-                                                                      "run_dir": "b"})
-    assert name != rundir.default_name("train", "fnn-d2-w8_digits", {"epochs": 4,
-                                                                      "run_dir": "a"})
+    assert name == rundir.default_name("train", "fnn-d2-w8_digits",
+                                       {"epochs": 3, "run_dir": "b"})
+    assert name != rundir.default_name("train", "fnn-d2-w8_digits",
+                                       {"epochs": 4, "run_dir": "a"})
 
 
 def test_checkpoints_are_listed_by_epoch_and_pruned(tmp_path):

@@ -127,7 +127,8 @@ def test_saved_keras_files_load_with_plain_keras_without_cb_keras(tmp_path):
         import sys
         import keras, numpy as np
         model = keras.models.load_model({str(path)!r})  # safe_mode on
-        np.save({str(tmp_path / 'y.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        np.save({str(tmp_path / 'y.npy')!r}, model.predict(x, verbose=0))
         assert not any(name.startswith("cb_keras") for name in sys.modules), "imported cb_keras"
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV,

@@ -156,7 +156,7 @@ def test_residual_block_taps_and_add_inputs():
         model.get_layer("stage2_block1_proj_bn").output
     assert model.get_layer("stage2_block1_proj_conv").strides == (2, 2)
     assert not any("stage1" in name and "proj" in name
-                   for name in (l.name for l in model.layers))
+                   for name in (layer.name for layer in model.layers))
 
 
 def test_stem_and_down_sampling():

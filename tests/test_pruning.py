@@ -90,7 +90,8 @@ def test_savedmodel_and_keras_file_round_trip(resnet, images, tmp_path):
     expected = pruned(images).numpy()
     pruned.export(str(tmp_path / "saved"), verbose=False)
     served = tf.saved_model.load(str(tmp_path / "saved"))  # keep it: it owns the variables
-    np.testing.assert_allclose(served.serve(tf.constant(images)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served.serve(tf.constant(images)).numpy(), expected,
+                               rtol=1e-5, atol=1e-6)
     pruned.save(tmp_path / "pruned.keras")
     reloaded = keras.models.load_model(tmp_path / "pruned.keras")
     np.testing.assert_allclose(reloaded(images).numpy(), expected, rtol=1e-5, atol=1e-6)
