@@ -145,7 +145,7 @@ class PhaseClock:
 
 def instrument(clock: PhaseClock) -> None:
     """Charge the main job's work to phases (module docstring) by wrapping its functions."""
-    from cb_keras.probe import measure
+    from cb_keras.measurement import measure
     from experiments import rundir, trained, training
 
     phases = {training.build_model: "model build", training.compile_model: "model build",

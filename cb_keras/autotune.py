@@ -62,7 +62,7 @@ import keras
 import numpy as np
 
 from cb_keras import models, optimizers
-from cb_keras.probe import measure
+from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
 
 KINDS = ("vgg", "resnet")

@@ -57,15 +57,14 @@ loop, O(N^2 * D) for a healthy layer. Here:
    1048576 (= 2^20, max)  16    2^-64                       < 1e-14
    =====================  ====  ==========================  ==================
 
-   The transform runs as ordinary TensorFlow ops; only the integer part is
-   compiled with XLA (one fused pass plus the matrix product), because XLA
-   may contract the transform's multiply and subtract into one rounding.
+   Only this integer part is compiled with XLA (one fused pass plus the
+   matrix product); the transform of step 1 never is.
 3. `bundle_stats` groups identical fingerprint rows (a sort, O(N log N)) and
    computes the three numbers with segment sums.
 
 Fingerprints can be computed batch by batch and concatenated: measuring all
-L layers of a network keeps only ``N x L x 3`` integers. The probe does
-exactly that inside its own `tf.function`.
+L layers of a network keeps only ``N x L x 4`` integers. `cb_keras.measurement`
+does exactly that inside its own `tf.function`.
 """
 
 from __future__ import annotations
@@ -76,6 +75,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from cb_keras import validation
 
 ENTROPY_EPSILON = 1e-5
 MAX_CLASSES = 2**31 - 1  # class indices are int32 in the graph
@@ -144,10 +145,8 @@ def fingerprint(activations: tf.Tensor, weight_amplitude: tf.Tensor,
 
     Traceable; arguments as in `transform`. Works on any batch of samples:
     the fingerprints of a layer can be computed batch by batch and
-    concatenated along axis 0. Do not call it under ``jit_compile=True``:
-    XLA contracts multiply and subtract into fused multiply-adds, which
-    rounds `transform` differently from the reference; the hashing part
-    compiles itself with XLA where that is exact.
+    concatenated along axis 0. Do not call it under ``jit_compile=True``
+    (module docstring, step 1).
     """
     t = transform(activations, weight_amplitude, learning_rate, inverse_batch_size)
     features = check_features(activations.shape)
@@ -278,13 +277,12 @@ def scalars(weight_amplitude: float, learning_rate: float,
             f"weight_amplitude must be >= 0 (it is a max |w|), got {weight_amplitude!r}; "
             "use cb_keras.weight_amplitude(model).")
     learning_rate = check_learning_rate(learning_rate)
-    if isinstance(batch_size, bool) or not float(batch_size).is_integer() or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = validation.check_positive_int("batch_size", batch_size)
     # `+ 0.0` turns -0.0 into +0.0, so that t = w_max - x is never -0.0 and
     # float equality of rows is bit equality of rows.
     return (tf.constant(_float32("weight_amplitude", weight_amplitude + 0.0), tf.float32),
             tf.constant(learning_rate, tf.float32),
-            tf.constant(_positive_float32("1 / batch_size", 1.0 / int(batch_size)),
+            tf.constant(_positive_float32("1 / batch_size", 1.0 / batch_size),
                         tf.float32))
 
 
@@ -334,7 +332,7 @@ def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
     TypeError for non-integer labels and ValueError for a wrong length,
     zero samples, or values outside [0, num_classes).
     """
-    if check_positive_int("num_classes", num_classes) > MAX_CLASSES:
+    if validation.check_positive_int("num_classes", num_classes) > MAX_CLASSES:
         raise ValueError(
             f"num_classes={num_classes} is more than {MAX_CLASSES} (int32 class "
             "indices); pass the number of classes of the data set.")
@@ -376,17 +374,10 @@ def class_columns(labels: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, int]:
     return tf.constant(ranks.reshape(-1), tf.int32), num_samples
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """`value` as an int; ValueError unless it is an integer >= 1 (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def divergence_error(layer: str = "activations") -> ValueError:
-    """The error for a layer whose outputs hold NaN or inf (training diverged)."""
+def divergence_error() -> ValueError:
+    """The error for activations that hold NaN or inf (training diverged)."""
     return ValueError(
-        f"{layer} contain NaN or inf: training diverged, so bundles are not "
+        "activations contain NaN or inf: training diverged, so bundles are not "
         "defined. Lower the learning rate or check the input data.")
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from cb_keras import bundles
-from cb_keras.probe import LayersArg, check_layers, measure, take_sample, tap_names
+from cb_keras import bundles, validation
+from cb_keras.measurement import measure, take_sample
+from cb_keras.probe import LayersArg, check_layers, tap_names
 from cb_keras.report import ConflictReport, LayerResult, write_csv
 
 LOG_KEYS = ("bundle_entropy", "num_bundles", "max_accuracy")
@@ -79,10 +80,10 @@ class ConflictingBundles(keras.callbacks.Callback):
                  log_dir: str | pathlib.Path | None = None, samples: int = 512,
                  verbose: int = 0):
         super().__init__()
-        bundles.check_positive_int("every", every)
-        bundles.check_positive_int("samples", samples)
+        validation.check_positive_int("every", every)
+        validation.check_positive_int("samples", samples)
         if num_classes is not None:
-            bundles.check_positive_int("num_classes", num_classes)
+            validation.check_positive_int("num_classes", num_classes)
         if learning_rate is not None:
             bundles.check_learning_rate(learning_rate)
         self.x, self.y = x, y
@@ -178,15 +179,23 @@ def learning_rate_of(optimizer: Any) -> float:
 def _training_batch_size(x: Any, batch_size: int | None) -> int:
     """`batch_size` if given, else the static batch size of a Dataset `x`."""
     if batch_size is not None:
-        return bundles.check_positive_int("batch_size", batch_size)
-    if isinstance(x, tf.data.Dataset):
-        static = tf.nest.flatten(x.element_spec)[0].shape
-        if static.rank and static[0] is not None:
-            return int(static[0])
+        return validation.check_positive_int("batch_size", batch_size)
+    static = dataset_batch_size(x)
+    if static is not None:
+        return static
     raise ValueError(
         "ConflictingBundles needs the training batch size, which Keras 3 does not give "
         "callbacks: pass batch_size=<the batch_size of fit> (or pass as x the training "
         "tf.data.Dataset batched with drop_remainder=True, whose batch size is static).")
+
+
+def dataset_batch_size(x: Any) -> int | None:
+    """The static batch size of a batched `tf.data.Dataset` (None if unknown or not one)."""
+    if isinstance(x, tf.data.Dataset):
+        static = tf.nest.flatten(x.element_spec)[0].shape
+        if static.rank and static[0] is not None:
+            return int(static[0])
+    return None
 
 
 def _output_classes(model: keras.Model) -> int:

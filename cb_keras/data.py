@@ -74,6 +74,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cb_keras import validation
+
 SHUFFLE_BUFFER = 10_000
 MEASUREMENT_STREAM = 1  # keeps measurement seeds apart from the training seeds of (seed, epoch)
 BRIGHTNESS_DELTA = 0.25
@@ -237,8 +239,8 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
             mnist5k's optional package is not installed.
     """
     recipe = _recipe(name)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("shuffle_buffer", shuffle_buffer)
+    batch_size = validation.check_positive_int("batch_size", batch_size)
+    shuffle_buffer = validation.check_positive_int("shuffle_buffer", shuffle_buffer)
     source = _source(name, data_dir)
     info = DataInfo(name, source.num_classes, recipe.input_shape,
                     _cardinality(source.train), _cardinality(source.test))
@@ -287,7 +289,7 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
         ``(x, y)``: float32 ``(N, H, W, C)`` images and int32 ``(N,)`` labels.
     """
     recipe = _recipe(name)
-    _check_positive_int("samples", samples)
+    samples = validation.check_positive_int("samples", samples)
     source = _source(name, data_dir)
     available = _cardinality(source.train)
     if samples > available:
@@ -303,12 +305,6 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
               .map(lambda index, example: example))
     x, y = next(iter(_unseeded(sample, recipe).batch(samples)))
     return x.numpy(), y.numpy()
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    """ValueError unless `value` is an int >= 1 (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
 
 def augmented_sample(name: str, samples: int, *, batch_size: int, seed: int,
@@ -331,8 +327,7 @@ def augmented_sample(name: str, samples: int, *, batch_size: int, seed: int,
     Returns:
         ``(x, y)``: float32 ``(N, H, W, C)`` images and int32 ``(N,)`` labels.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}.")
+    samples = validation.check_positive_int("samples", samples)
     train, _, info = load(name, batch_size=batch_size, augment=True, data_dir=data_dir,
                           shuffle_seed=seed, shuffle_buffer=shuffle_buffer)
     if samples > info.train_size // batch_size * batch_size:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-# Functions of cb_keras.probe and cb_keras.bundles traced per network or shape.
+# Functions of cb_keras.measurement and cb_keras.bundles traced per network or shape.
 EXPECTED_RETRACING = ("_Measurer._fingerprints", "_layer_metrics", "_hash_rows",
                       "_stats_per_layer")
 

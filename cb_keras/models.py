@@ -32,7 +32,8 @@ each. The biases are trainable weights, so they count in the parameter
 counts and in ``w_max`` and get the optimizer's weight decay, as in the
 reference. BatchNormalization uses the Keras defaults, as the reference did.
 
-Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``):
+Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``,
+`block_name` builds it and `parse_block` reads it back from a layer name):
 
     {block}_conv1, _bn1, _relu1, _conv2, _bn2       both block types
     {block}_relu2, {block}_tap                      VGG
@@ -47,11 +48,12 @@ residual block first the scaled branch, then the block output.
 
 from __future__ import annotations
 
-import numbers
+import re
 from collections.abc import Sequence
 
 import keras
 
+from cb_keras import validation
 from cb_keras.taps import ScaledBranchTap, Tap
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -68,6 +70,35 @@ PAPER_BLOCKS = {
     120: [3, 12, 41, 3],
 }
 KINDS = ("fnn", "vgg", "resnet")
+# Suffixes of the layers of a block named ``stage{s}_block{b}`` (module docstring).
+TAP_SUFFIX = "_tap"  # the output tap of a VGG block
+BRANCH_TAP_SUFFIX = "_branch_tap"  # the scaled residual branch tap of a ResNet block
+ADD_SUFFIX = "_add"  # the Add layer of a ResNet block
+_BLOCK = re.compile(r"stage(\d+)_block(\d+)")
+
+
+def block_name(stage: int, block: int) -> str:
+    """The name ``stage{stage}_block{block}`` of a block (both count from 1)."""
+    return f"stage{stage}_block{block}"
+
+
+def parse_block(name: str, suffix: str = "") -> tuple[int, int] | None:
+    """``(stage, block)`` of a layer named ``stage{s}_block{b}{suffix}``, else None.
+
+    Example: ``parse_block("stage3_block5_tap", TAP_SUFFIX) == (3, 5)``.
+    """
+    if not name.endswith(suffix):
+        return None
+    match = _BLOCK.fullmatch(name[:len(name) - len(suffix)])
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def spec_label(kind: str, blocks: Sequence[int] | None = None, *, depth: int | None = None,
+               width: int | None = None) -> str:
+    """A short name of a network: ``vgg-3-12-41-3`` (kind and blocks) or ``fnn-d5-w50``."""
+    if kind == "fnn":
+        return f"fnn-d{depth}-w{width}"
+    return f"{kind}-" + "-".join(str(b) for b in blocks)
 
 
 def paper_blocks(depth: int) -> list[int]:
@@ -90,7 +121,7 @@ def num_layers(blocks: Sequence[int]) -> int:
     Counts the stem convolution, two convolutions per block and the Dense
     head (not the 1x1 shortcut projections), as the papers count depth.
     """
-    return 2 * sum(_check_blocks(blocks)) + 2
+    return 2 * sum(validation.check_blocks(blocks, stages=len(STAGE_FILTERS))) + 2
 
 
 def fnn(depth: int, width: int, input_shape: Sequence[int],
@@ -111,8 +142,8 @@ def fnn(depth: int, width: int, input_shape: Sequence[int],
         Uncompiled model ``(batch, *input_shape) -> (batch, num_classes)``
         named ``fnn{depth}x{width}``.
     """
-    _check_positive("depth", depth)
-    _check_positive("width", width)
+    validation.check_positive_int("depth", depth)
+    validation.check_positive_int("width", width)
     inputs, num_classes = _check_io(input_shape, num_classes, min_rank=1)
     x = keras.layers.Flatten(name="flatten")(inputs)
     for i in range(1, depth + 1):
@@ -183,13 +214,13 @@ def build(kind: str, input_shape: Sequence[int], num_classes: int, *,
 
 def _conv_net(kind, block_fn, blocks, input_shape, num_classes) -> keras.Model:
     """Stem, the stages of `block_fn` blocks, pooling and the linear head."""
-    blocks = _check_blocks(blocks)
+    blocks = validation.check_blocks(blocks, stages=len(STAGE_FILTERS))
     inputs, num_classes = _check_io(input_shape, num_classes, min_rank=3, max_rank=3)
     x = _stem(inputs, pool=input_shape[1] > STEM_POOL_MIN_WIDTH)
     for stage, (count, filters) in enumerate(zip(blocks, STAGE_FILTERS), start=1):
         for block in range(1, count + 1):
             stride = 2 if stage > 1 and block == 1 else 1
-            x = block_fn(x, filters, stride, f"stage{stage}_block{block}")
+            x = block_fn(x, filters, stride, block_name(stage, block))
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=f"{kind}{num_layers(blocks)}")
@@ -225,50 +256,28 @@ def _vgg_block(x, filters: int, stride: int, name: str):
     """Plain block: two conv-BN-ReLU, output tapped."""
     y, _, _ = _two_convs(x, filters, stride, name)
     y = keras.layers.ReLU(name=f"{name}_relu2")(y)
-    return Tap(name=f"{name}_tap")(y)
+    return Tap(name=f"{name}{TAP_SUFFIX}")(y)
 
 
 def _residual_block(x, filters: int, stride: int, name: str):
     """Basic residual block: ReLU(shortcut(x) + branch(x)), branch and output tapped."""
     branch, conv1, conv2 = _two_convs(x, filters, stride, name)
-    branch = ScaledBranchTap(name=f"{name}_branch_tap")([branch, conv1, conv2])
+    branch = ScaledBranchTap(name=f"{name}{BRANCH_TAP_SUFFIX}")([branch, conv1, conv2])
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _conv(x, filters, 1, stride, f"{name}_proj_conv")
         shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
-    y = keras.layers.Add(name=f"{name}_add")([shortcut, branch])
+    y = keras.layers.Add(name=f"{name}{ADD_SUFFIX}")([shortcut, branch])
     y = keras.layers.ReLU(name=f"{name}_out")(y)
     return Tap(name=f"{name}_out_tap")(y)
-
-
-def _check_blocks(blocks: Sequence[int]) -> list[int]:
-    """Four non-negative ints with at least one block, as a list."""
-    blocks = list(blocks)
-    if len(blocks) != len(STAGE_FILTERS) or not all(_is_int(b) and b >= 0 for b in blocks):
-        raise ValueError(
-            f"blocks must be {len(STAGE_FILTERS)} non-negative ints (blocks of the stages "
-            f"with {list(STAGE_FILTERS)} filters), got {blocks!r}; e.g. paper_blocks(50).")
-    if sum(blocks) == 0:
-        raise ValueError("blocks are all zero: a network needs at least one block.")
-    return [int(b) for b in blocks]
 
 
 def _check_io(input_shape, num_classes, min_rank: int, max_rank: int | None = None):
     """Validate shape and classes; returns (keras.Input, num_classes)."""
     shape = tuple(input_shape)
     rank_ok = len(shape) >= min_rank and (max_rank is None or len(shape) <= max_rank)
-    if not rank_ok or not all(_is_int(d) and d > 0 for d in shape):
+    if not rank_ok or not all(validation.is_int(d) and d > 0 for d in shape):
         expected = "(height, width, channels)" if max_rank == 3 else "positive ints"
         raise ValueError(f"input_shape must be {expected} of one sample, got {input_shape!r}.")
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
-    return keras.Input(shape=shape, name="image"), int(num_classes)
-
-
-def _check_positive(name: str, value) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    num_classes = validation.check_int("num_classes", num_classes, 2)
+    return keras.Input(shape=shape, name="image"), num_classes

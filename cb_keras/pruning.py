@@ -2,7 +2,7 @@
 
 A *residual block* is a ``keras.layers.Add`` call whose inputs share an
 ancestor: one input is the *shortcut* (the identity or a projection, told by
-structure with `cb_keras.probe.shortcut_candidates`: the identity input, else
+structure with `cb_keras.graph.shortcut_candidates`: the identity input, else
 the input with the fewest Dense/Conv layers on its own path, and among equals
 the 1x1 projection) and the others are the *residual branch*. Where the
 structure cannot tell (e.g. a branch and a projection that both hold one 1x1
@@ -38,16 +38,17 @@ the Add layers changes; nothing is rewritten by hand.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
 
-from cb_keras.probe import measure, model_graph, shortcut_candidates
+from cb_keras import graph as graphs
+from cb_keras import layer_kinds, validation
+from cb_keras.measurement import measure
+from cb_keras.models import ADD_SUFFIX
 from cb_keras.report import ConflictReport, LayerResult
 
-ADD_SUFFIX = "_add"
 Shortcuts = Mapping[str, int]
 GATE_SUFFIX = "_lesion_gate"
 
@@ -121,7 +122,7 @@ def residual_blocks(model: keras.Model,
             ambiguous and not in `shortcuts`, or `shortcuts` names an unknown
             block or a wrong input index.
     """
-    graph = model_graph(model)
+    graph = graphs.model_graph(model)
     adds = [node for node in graph.nodes if isinstance(node.operation, keras.layers.Add)]
     repeated = sorted({node.operation.name for node in adds if graph.calls[node.operation] > 1})
     if repeated:
@@ -129,12 +130,8 @@ def residual_blocks(model: keras.Model,
             f"Add layers {repeated} are called more than once in {model.name!r}, so a "
             "block name does not identify one block; use one Add layer per block.")
     chosen = dict(shortcuts or {})
-    blocks = []
-    for node in adds:
-        candidates = shortcut_candidates(node, graph)
-        if candidates:
-            name = _block_name(node.operation.name)
-            blocks.append(_residual_block(node, graph, candidates, chosen.pop(name, None)))
+    blocks = [_residual_block(residual, chosen.pop(_block_name(residual.add.operation.name), None))
+              for residual in graphs.residuals(graph)]
     if not blocks:
         raise ValueError(
             f"model {model.name!r} has no residual blocks: no keras.layers.Add whose "
@@ -153,26 +150,25 @@ def _block_name(add: str) -> str:
     return add.removesuffix(ADD_SUFFIX) or add
 
 
-def _residual_block(add_node, graph, candidates: list[int],
-                    chosen: int | None) -> ResidualBlock:
-    """The block of one residual Add call, its shortcut `chosen` or told by `candidates`."""
-    add = add_node.operation.name
+def _residual_block(residual: graphs.Residual, chosen: int | None) -> ResidualBlock:
+    """The block of one residual Add call, its shortcut `chosen` or told by structure."""
+    add = residual.add.operation.name
     name = _block_name(add)
-    inputs = [graph.producer[id(tensor)].operation.name for tensor in add_node.input_tensors]
-    if chosen is None and len(candidates) > 1:
+    inputs = [node.operation.name for node in residual.inputs]
+    if chosen is None and residual.shortcut is None:
         raise ValueError(
             f"the shortcut of residual block {name!r} cannot be told from its structure: "
-            f"inputs {candidates} of its Add layer {add!r} (from {inputs}) have equally "
-            "many weight layers and none is a lone 1x1 projection. Pass "
+            f"inputs {list(residual.candidates)} of its Add layer {add!r} (from {inputs}) "
+            "have equally many weight layers and none is a lone 1x1 projection. Pass "
             f"shortcuts={{{name!r}: <index of the shortcut input>}}.")
-    shortcut = candidates[0] if chosen is None else chosen
-    if isinstance(shortcut, bool) or not isinstance(shortcut, numbers.Integral) \
-            or shortcut not in range(len(inputs)):
-        raise ValueError(
-            f"shortcuts[{name!r}] must be the index of an input of Add layer {add!r} "
-            f"(0 to {len(inputs) - 1}, from {inputs}), got {shortcut!r}.")
-    branches = tuple(layer for i, layer in enumerate(inputs) if i != shortcut)
-    return ResidualBlock(name, add, int(shortcut), branches)
+    if chosen is not None:
+        if not validation.is_int(chosen) or chosen not in range(len(inputs)):
+            raise ValueError(
+                f"shortcuts[{name!r}] must be the index of an input of Add layer {add!r} "
+                f"(0 to {len(inputs) - 1}, from {inputs}), got {chosen!r}.")
+        residual = residual.with_shortcut(int(chosen))
+    branches = tuple(node.operation.name for node in residual.branches)
+    return ResidualBlock(name, add, residual.shortcut, branches)
 
 
 def conflicting_blocks(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
@@ -302,10 +298,9 @@ def lesioned(model: keras.Model, block_names: Iterable[str],
 
 
 def weight_layers(model: keras.Model) -> int:
-    """Number of Conv and Dense layers of `model` (shortcut projections included)."""
-    kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
-             keras.layers.Conv3D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
-    return sum(isinstance(layer, kinds) for layer in model.layers)
+    """Number of weight layers (`cb_keras.layer_kinds.WEIGHT_LAYERS`: Dense, EinsumDense,
+    and convolutions) of `model`, shortcut projections included."""
+    return sum(layer_kinds.is_weight_layer(layer) for layer in model.layers)
 
 
 class _BranchGate(keras.layers.Layer):

@@ -20,14 +20,13 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 from cb_keras import files
+from cb_keras.files import PathLike
 
-PathLike = str | os.PathLike
 CSV_COLUMNS = ("epoch", "index", "layer", "num_bundles", "bundle_entropy", "max_accuracy",
                "conflicting", "diverged", "num_samples", "num_classes", "weight_amplitude",
                "learning_rate", "batch_size")

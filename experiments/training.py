@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from cb_keras import data, models, optimizers
 from cb_keras.callback import ConflictingBundles, bundle_logs
-from cb_keras.probe import measure
+from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
 from experiments import console
 from experiments.console import CommandError

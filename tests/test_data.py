@@ -143,6 +143,13 @@ def test_shuffle_buffer_bounds_how_far_an_example_moves():
                   - np.arange(1437)).max() > 100
 
 
+def test_numpy_integers_are_accepted_as_sizes():
+    # data.load refused np.int64(64) while cb_keras.measure accepted it
+    train, _, _ = data.load("digits", batch_size=np.int64(64), shuffle_buffer=np.int32(10))
+    assert next(iter(train))[0].shape[0] == 64
+    assert len(data.measurement_sample("digits", np.int64(8))[0]) == 8
+
+
 @pytest.mark.parametrize("buffer", [0, -5, 2.5, True])
 def test_bad_shuffle_buffer_is_refused(buffer):
     with pytest.raises(ValueError, match="shuffle_buffer must be a positive int"):

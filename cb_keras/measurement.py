@@ -1,0 +1,282 @@
+"""`measure`: the bundle metrics of a^(1)..a^(L) of a model on a fixed sample.
+
+`measure(model, x, y, ...)` takes the first `samples` examples (`take_sample`),
+runs the probe model (`cb_keras.probe`) on them inside one `tf.function` per
+forward batch that also fingerprints every measured output
+(`bundles.fingerprint`), so only ``N x L x 4`` integers leave the graph,
+then groups the fingerprints per layer (`bundles.bundle_stats`) and returns a
+`ConflictReport`. The probe and its traced functions are cached per model
+and layer selection (`_measurer`).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cb_keras import bundles, validation
+from cb_keras.probe import LayersArg, check_layers, entry_points, probe_model, select_taps
+from cb_keras.report import ConflictReport, LayerResult
+
+
+def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
+            learning_rate: float, batch_size: int, layers: LayersArg = "auto",
+            samples: int = 512, eval_batch_size: int | None = None) -> ConflictReport:
+    """Bundle metrics (docs/method.md §1) of the outputs a^(1)..a^(L) of `model` on a fixed sample.
+
+    Args:
+        model: a functional or Sequential `keras.Model`.
+        x: inputs, a NumPy array (N, ...) (or a nested structure of them
+            matching the model's inputs), or a `tf.data.Dataset` of
+            ``(x, y)`` batches (then `y` must be None).
+        y: integer class labels, shape (N,) or (N, 1); None for a Dataset.
+        num_classes: number of classes C.
+        learning_rate: the training learning rate, > 0.
+        batch_size: the *training* batch size (it enters the transform
+            ``t = w_max - a * lr / bs``), a positive integer.
+        layers: ``"auto"``/``"all"``, ``"last"`` or a list of layer names
+            (see `probe`).
+        samples: use the first `samples` examples of `x` (deterministic;
+            fewer if `x` holds fewer). Default 512, as in the papers.
+        eval_batch_size: samples per forward pass. Default None: the
+            training `batch_size`, as the reference evaluates; this matters
+            for `ScaledBranchTap` outputs, whose scales use the variance of
+            one forward batch (a last, smaller batch gets its own scales).
+            Every other output is per sample and does not depend on it.
+
+    Returns:
+        A `ConflictReport`: one `LayerResult` per measured output in graph
+        order, and the metadata (num_samples, num_classes, weight_amplitude,
+        learning_rate, batch_size). A layer whose outputs or inputs (or the
+        model's inputs) hold NaN or inf is reported as ``diverged`` (its
+        metrics are None/NaN, never numbers, and it is never conflicting);
+        if the weights hold NaN or inf, every layer is (and the report's
+        weight_amplitude is not finite).
+
+    Raises:
+        ValueError: invalid arguments (see `bundles.scalars`), a model
+            without trainable weights, and the errors of `probe`.
+        TypeError: `x` is not numeric arrays of shape (N, ...) (see
+            `input_arrays`), or the errors of `probe`.
+
+    The probe and its traced functions are cached per model and layer
+    selection (held weakly: freed with the model), so measuring the same
+    model again, e.g. every epoch, does not retrace. Works inside a
+    `tf.distribute` strategy scope (the forward pass runs in cross-replica
+    context on the current weights).
+
+    Example:
+        >>> report = measure(model, x_train, y_train, num_classes=10,
+        ...                  learning_rate=1e-3, batch_size=64)
+        >>> report.last.bundle_entropy, report.first_conflicting
+    """
+    sample_x, sample_y = take_sample(x, y, samples)
+    num_samples = _num_samples(sample_x)
+    labels, columns = bundles.class_columns(
+        bundles.check_labels(sample_y, num_samples, num_classes), num_classes)
+    measurer = _measurer(model, layers)
+    w_max = _weight_amplitude(model)
+    if math.isfinite(w_max):
+        constants = bundles.scalars(w_max, learning_rate, batch_size)
+        results = measurer.measure(
+            sample_x, labels, constants, columns,
+            batch_size if eval_batch_size is None else eval_batch_size)
+    else:  # the weights diverged, so no layer output is defined
+        bundles.scalars(0.0, learning_rate, batch_size)  # still validate the arguments
+        results = [LayerResult.diverged_layer(name) for name in measurer.names]
+    return ConflictReport(
+        layers=tuple(results), num_samples=num_samples, num_classes=int(num_classes),
+        weight_amplitude=w_max, learning_rate=float(learning_rate),
+        batch_size=int(batch_size))
+
+
+def _weight_amplitude(model: keras.Model) -> float:
+    """max |w| over the trainable weights (float), NaN or inf if they are not finite."""
+    if not model.trainable_weights:
+        return bundles.weight_amplitude(model)  # raises: nothing to measure against
+    return float(bundles.weight_amplitude_tensor(model.trainable_weights))
+
+
+def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
+    """The first `samples` examples of `x`, `y` as NumPy: ``(x[:n], y[:n])``.
+
+    `x` is an array or a nested structure of arrays with `y` an array, or a
+    `tf.data.Dataset` of ``(x, y)`` (or ``(x, y, sample_weight)``) batches
+    with `y` None; a nested list of numbers is one array (`input_arrays`).
+    Raises TypeError for inputs that are not numeric arrays with a sample
+    axis, and ValueError for a wrong `samples`, a length mismatch, an empty
+    source, or `y` given with a Dataset (or missing without one).
+    """
+    validation.check_positive_int("samples", samples)
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError(
+                "x is a tf.data.Dataset, so it must yield (x, y) batches and y must "
+                "be None; pass y=None.")
+        return _sample_from_dataset(x, samples)
+    if y is None:
+        raise ValueError(
+            "y is None but x is not a tf.data.Dataset; pass the integer labels y "
+            "of x, or a Dataset of (x, y) batches as x.")
+    sample_x = tf.nest.map_structure(lambda a: a[:samples], input_arrays(x))
+    sample_y = np.asarray(y)[:samples]
+    if _num_samples(sample_x) != len(sample_y):
+        raise ValueError(
+            f"x holds {_num_samples(sample_x)} samples in its first {samples} but y holds "
+            f"{len(sample_y)}; pass one label per sample.")
+    return sample_x, sample_y
+
+
+def input_arrays(x: Any) -> Any:
+    """`x` as NumPy arrays of shape (N, ...): an array, or a nested structure of them.
+
+    A list or tuple whose elements are all numbers (a nested list of samples)
+    becomes one array; a list of arrays stays a list of model inputs, as in
+    Keras. TypeError for anything that is not a numeric array with a sample
+    axis (strings, ragged lists, scalars).
+    """
+    if isinstance(x, (list, tuple)) and x \
+            and all(np.ndim(leaf) == 0 for leaf in tf.nest.flatten(x)):
+        try:
+            x = np.asarray(x)
+        except ValueError as error:  # ragged nesting
+            raise TypeError(
+                f"x is a nested list that is not rectangular ({error}); pass a NumPy "
+                "array of shape (N, ...).") from error
+    arrays = tf.nest.map_structure(np.asarray, x)
+    if not tf.nest.flatten(arrays):
+        raise TypeError(f"x holds no arrays (got {x!r}); pass the samples as an array "
+                        "of shape (N, ...).")
+    for array in tf.nest.flatten(arrays):
+        if array.ndim == 0 or not (np.issubdtype(array.dtype, np.number)
+                                   or array.dtype == np.bool_):
+            raise TypeError(
+                f"x must be numeric arrays of shape (N, ...) (one per model input), got "
+                f"an array of shape {array.shape} and dtype {array.dtype}; convert it "
+                "with np.asarray(x, dtype='float32').")
+    return arrays
+
+
+def _sample_from_dataset(dataset: tf.data.Dataset, samples: int) -> tuple[Any, np.ndarray]:
+    """Concatenate the first batches of a Dataset of (x, y) batches up to `samples`."""
+    xs, ys, count = [], [], 0
+    for element in dataset:
+        if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
+            raise ValueError(
+                "the Dataset must yield (x, y) or (x, y, sample_weight) batches; got "
+                f"elements of structure {tf.nest.map_structure(lambda t: t.shape, element)}.")
+        if np.ndim(element[1]) == 0:
+            raise ValueError(
+                "the Dataset yields single examples, not batches; batch it first, e.g. "
+                "dataset.batch(64).")
+        xs.append(tf.nest.map_structure(np.asarray, element[0]))
+        ys.append(np.asarray(element[1]))
+        count += len(ys[-1])
+        if count >= samples:
+            break
+    if not ys:
+        raise ValueError("the Dataset is empty; pass the training data to measure on.")
+    sample_x = tf.nest.map_structure(lambda *parts: np.concatenate(parts)[:samples], *xs)
+    return sample_x, np.concatenate(ys)[:samples]
+
+
+def _num_samples(x: Any) -> int:
+    """Length of the leading axis of the (first) input array."""
+    return len(tf.nest.flatten(x)[0])
+
+
+class _Measurer:
+    """A probe with its traced per-batch fingerprint function, reused across calls."""
+
+    def __init__(self, model: keras.Model, layers: LayersArg):
+        taps = select_taps(model, layers)
+        self.names = [tap.name for tap in taps]
+        entries, self.entries_of = entry_points(taps, tf.nest.flatten(model.inputs))
+        self.probe = probe_model(model, taps, entries)
+        # Not reduce_retracing: `bundles.fingerprint` needs a static batch size
+        # to know the feature size, so each chunk size gets its own trace
+        # (at most two per sample size: full chunks and the remainder).
+        self._fingerprint_batch = tf.function(self._fingerprints)
+
+    def measure(self, x: Any, labels: tf.Tensor, constants: tuple, num_classes: int,
+                eval_batch_size: int) -> list[LayerResult]:
+        """Per-layer results on the sample `x` with (N,) int32 `labels`.
+
+        `constants` are the float32 tensors ``(w_max, lr, 1/bs)`` of
+        `bundles.scalars`; the sample goes through the probe in chunks of
+        `eval_batch_size`.
+        """
+        num_samples = _num_samples(x)
+        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, (int, np.integer)) \
+                or eval_batch_size < 1:
+            raise ValueError(
+                f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}.")
+        chunks = [self._fingerprint_batch(
+                      tf.nest.map_structure(lambda a: a[start:start + eval_batch_size], x),
+                      *constants)
+                  for start in range(0, num_samples, eval_batch_size)]
+        stats = _stats_per_layer(tf.concat(chunks, axis=1), labels, num_classes)
+        return [_layer_result(name, *values)
+                for name, values in zip(self.names, zip(*(s.numpy() for s in stats)))]
+
+    def _fingerprints(self, x, w_max, learning_rate, inverse_batch_size) -> tf.Tensor:
+        """Forward pass (inference mode); (L, n, K) int64 fingerprints of the measured outputs.
+
+        A layer whose entries (`cb_keras.probe.entry_points`) hold NaN or inf gets the
+        diverged fingerprint -1 in every row, whatever its outputs are.
+        """
+        outputs, entries = self.probe(x, training=False)
+        finite = [bundles.all_finite(entry) for entry in entries]
+        fingerprints = []
+        for name, indices in zip(self.names, self.entries_of):
+            try:
+                layer = bundles.fingerprint(
+                    outputs[name], w_max, learning_rate, inverse_batch_size)
+            except ValueError as error:
+                raise ValueError(f"layer {name!r}: {error}") from error
+            fingerprints.append(bundles.mark_diverged(
+                layer, tf.reduce_all([finite[i] for i in indices])))
+        return tf.stack(fingerprints)
+
+
+@tf.function(reduce_retracing=True)
+def _stats_per_layer(fingerprints: tf.Tensor, labels: tf.Tensor,
+                     num_classes: int) -> tuple[tf.Tensor, ...]:
+    """(L, N, K) fingerprints -> (L,) num_bundles, bundle_entropy, max_accuracy, diverged.
+
+    One graph for every model (the layer axis is a loop), so measuring many
+    models does not retrace it.
+    """
+    return tf.map_fn(
+        lambda layer: bundles.bundle_stats(layer, labels, num_classes)
+        + (bundles.diverged(layer),),
+        fingerprints, fn_output_signature=(tf.int32, tf.float32, tf.float32, tf.bool))
+
+
+def _layer_result(name: str, num_bundles, bundle_entropy, max_accuracy,
+                  diverged) -> LayerResult:
+    """One layer's result; a diverged layer gets no numbers."""
+    if diverged:
+        return LayerResult.diverged_layer(name)
+    return LayerResult(name, int(num_bundles), float(bundle_entropy), float(max_accuracy))
+
+
+_MEASURERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _measurer(model: keras.Model, layers: LayersArg) -> _Measurer:
+    """The cached `_Measurer` of `model` for this layer selection and graph.
+
+    The key includes the model's output tensors, so a Sequential model that
+    gained or lost layers since is probed anew.
+    """
+    key = (check_layers(layers), tuple(map(id, getattr(model, "outputs", None) or ())))
+    per_model = _MEASURERS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = _Measurer(model, layers)
+    return per_model[key]
