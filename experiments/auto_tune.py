@@ -9,7 +9,7 @@ command's code (`experiments.training.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
 measured on --measure_samples training images (the papers: 64; see
 --measure_sample); on a conflict the architecture shrinks by --prune_rule (a
-version of the reference's rule, `cb_keras.autotune.VERSIONS`, which also
+version of the reference's rule, `cb_keras.rules.VERSIONS`, which also
 sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
 
@@ -45,12 +45,12 @@ from typing import Any
 
 from absl import app, flags
 
-from cb_keras import autotune, files, models
+from cb_keras import autotune, check, files, models, rules, trainer
 from experiments import config, console, model_flags, rundir, strategy, trained, training
 from experiments.callbacks import ScalarSummaries
 
 PRUNE_RULE = flags.DEFINE_enum(
-    "prune_rule", "first_conflict", list(autotune.RULES),
+    "prune_rule", "first_conflict", list(rules.RULES),
     "Version of the reference's rule, with its check schedule: first_conflict (Nov 2020, "
     "the papers' text): remove the first conflicting block and the rest of its stage, "
     "checks after epochs 1..10; all_non_conflicting (Dec 2020): every stage keeps its "
@@ -96,10 +96,10 @@ SUMMARY_COLUMNS = (
 
 def search_config(spec: dict[str, Any], cfg: training.TrainConfig) -> autotune.AutoTuneConfig:
     """The search settings given by the flags (errors as UsageError)."""
-    if spec["model"] not in autotune.KINDS:
+    if spec["model"] not in rules.KINDS:
         raise app.UsageError(
             f"auto_tune shrinks block networks, so --model must be one of "
-            f"{list(autotune.KINDS)}, got --model={spec['model']}; the papers start from "
+            f"{list(rules.KINDS)}, got --model={spec['model']}; the papers start from "
             "--model=vgg --depth=120.")
     if cfg.runs != 1:
         raise app.UsageError(
@@ -114,13 +114,13 @@ def search_config(spec: dict[str, Any], cfg: training.TrainConfig) -> autotune.A
         batch_size=cfg.batch_size, seed=cfg.seed)
 
 
-def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> autotune.Trainer:
+def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> trainer.Trainer:
     """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
     return lambda request: train_run(run, cfg, dist, request)
 
 
 def train_run(run: rundir.RunDir, cfg: training.TrainConfig, dist,
-              request: autotune.TrainRequest, until: int | None = None) -> autotune.TrainOutcome:
+              request: trainer.TrainRequest, until: int | None = None) -> trainer.TrainOutcome:
     """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
 
     A run that restarted keeps only its last checkpoint once it is done.
@@ -133,8 +133,8 @@ def train_run(run: rundir.RunDir, cfg: training.TrainConfig, dist,
         callbacks=request.callbacks, until=until, before_training=request.before_training)
     if result["epochs"] < request.epochs:
         trial.prune_checkpoints(keep=1, protect=result["epochs"])
-    return autotune.TrainOutcome(result["epochs"], result["test_accuracy"], result,
-                                 lambda: trained.load_trial(trial.path).model)
+    return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
+                                lambda: trained.load_trial(trial.path).model)
 
 
 def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any],
@@ -152,9 +152,11 @@ def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any],
     """
     unfinished = [r for r in state["runs"] if r["restart"] and r["summary"] is None]
     for record in unfinished:
-        request = autotune.TrainRequest(
+        request = trainer.TrainRequest(
             run=record["run"], kind=search_cfg.kind, blocks=tuple(record["blocks"]),
-            epochs=record["epochs"], seed=search_cfg.seed + record["run"], callbacks=())
+            epochs=record["epochs"], seed=search_cfg.seed + record["run"],
+            learning_rate=search_cfg.learning_rate, batch_size=search_cfg.batch_size,
+            callbacks=())
         outcome = train_run(run, cfg, dist, request, until=record["restart"]["epoch"])
         record.update(completed_epochs=outcome.completed_epochs,
                       test_accuracy=outcome.test_accuracy, summary=outcome.summary)
@@ -170,7 +172,7 @@ def restart_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
             for number, record in enumerate(records, start=1)]
 
 
-def restart_scalars(record: autotune.Restart) -> dict[str, float]:
+def restart_scalars(record: check.Restart) -> dict[str, float]:
     """The TensorBoard scalars of one restart."""
     return {"restart_conflict_epoch": record.epoch,
             "restart_layers_after": models.num_layers(record.blocks_after),
@@ -188,7 +190,7 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
         run.write_json(SEARCH_FILE, state)
         run.write_csv(RESTARTS_FILE, restart_rows(state), RESTART_COLUMNS)
 
-    def on_restart(record: autotune.Restart) -> None:
+    def on_restart(record: check.Restart) -> None:
         # Only checked runs restart and each restart adds one run: run k's is number k + 1.
         summaries.on_epoch_end(record.run, restart_scalars(record))
 

@@ -18,6 +18,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
+from cb_keras import data  # noqa: E402
+
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -63,6 +65,12 @@ def optimizer_cases() -> dict:
 def nan_to_zero_relu(x):
     """ReLU as fused oneDNN and GPU kernels compute it: NaN comes out as 0."""
     return keras.ops.where(keras.ops.isnan(x), 0.0, keras.ops.relu(x))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """The fixed measurement sample of 64 digits, ``(x, y)``."""
+    return data.measurement_sample("digits", 64)
 
 
 @pytest.fixture
