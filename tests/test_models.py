@@ -159,6 +159,18 @@ def test_residual_block_taps_and_add_inputs():
                    for name in (layer.name for layer in model.layers))
 
 
+def test_block_names_are_built_and_parsed_in_one_place():
+    model = models.resnet([1, 2, 0, 0], (32, 32, 3), 10)
+    names = [layer.name for layer in model.layers]
+    assert models.block_name(2, 2) + models.ADD_SUFFIX in names
+    parsed = {models.parse_block(name, models.BRANCH_TAP_SUFFIX) for name in names} - {None}
+    assert parsed == {(1, 1), (2, 1), (2, 2)}
+    assert models.parse_block("stage2_block1_out_tap", models.TAP_SUFFIX) is None
+    assert models.parse_block("stage3_block5_tap", models.TAP_SUFFIX) == (3, 5)
+    assert models.spec_label("vgg", [3, 12, 41, 3]) == "vgg-3-12-41-3"
+    assert models.spec_label("fnn", depth=5, width=50) == "fnn-d5-w50"
+
+
 def test_stem_and_down_sampling():
     model = models.resnet([1, 1, 1, 1], (32, 32, 3), 10)
     stem = model.get_layer("stem_conv")

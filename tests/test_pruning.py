@@ -210,3 +210,13 @@ def test_an_ambiguous_shortcut_is_asked_for():
 def test_bad_shortcuts_are_refused(shortcuts, message):
     with pytest.raises(ValueError, match=message):
         pruning.residual_blocks(short_branch_block(), shortcuts)
+
+
+def test_weight_layers_counts_every_kind_of_the_registry():
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2DTranspose(2, 3, padding="same", name="up")(inputs)
+    h = keras.layers.Reshape((64, 2))(h)
+    h = keras.layers.EinsumDense("abc,cd->abd", (64, 3), name="einsum")(h)
+    h = keras.layers.SeparableConv1D(2, 3, name="sep")(h)
+    outputs = keras.layers.Dense(4, name="logits")(keras.layers.Flatten()(h))
+    assert pruning.weight_layers(keras.Model(inputs, outputs)) == 4
