@@ -212,8 +212,7 @@ class _Measurer:
         `eval_batch_size`.
         """
         num_samples = _num_samples(x)
-        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, (int, np.integer)) \
-                or eval_batch_size < 1:
+        if not validation.is_int(eval_batch_size) or eval_batch_size < 1:
             raise ValueError(
                 f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}.")
         chunks = [self._fingerprint_batch(
