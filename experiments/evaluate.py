@@ -77,7 +77,15 @@ class Config:
 
 
 def read_flags() -> Config:
-    """The flags of `evaluate`, read once."""
+    """The flags of `evaluate`, read once.
+
+    Raises:
+        app.UsageError: neither --run_dir nor --name names the run.
+    """
+    if not (run_flags.RUN_DIR.value or run_flags.NAME.value):
+        raise app.UsageError(
+            "evaluate needs the run to evaluate: --run_dir=runs/<name> (or --name=<name> "
+            "under --runs_root).")
     return Config(run_flags.run_config("evaluate", __name__), strategy_flags.strategy_config(),
                   LAST_EPOCHS.value, SAMPLES.value, OUTPUT_DIR.value)
 
@@ -116,17 +124,14 @@ def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, cfg: TrainCo
     }
 
 
-def main(argv: list[str]) -> None:
-    """Evaluate every trial of the run named by --run_dir (or --name)."""
-    command.no_arguments("evaluate", argv)
-    cfg = read_flags()
-    if not (cfg.run.run_dir or cfg.run.name):
-        raise app.UsageError(
-            "evaluate needs the run to evaluate: --run_dir=runs/<name> (or --name=<name> "
-            "under --runs_root).")
-    dist = strategy.make(cfg.strategy)
-    run = rundir.RunDir(command.locate(cfg.run, ""), writer=False)
-    output = rundir.RunDir(cfg.output_dir or run.path, writer=strategy.is_chief(dist))
+def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
+                 dist: tf.distribute.Strategy) -> list[dict[str, Any]]:
+    """Evaluate every trial of `run` into `output` (evaluation.json); the trials' dicts.
+
+    Raises:
+        app.UsageError: `run` holds no run.
+        rundir.RunDirError: `output` is read-only, or `run` holds no trained network.
+    """
     saved = run.read_json(rundir.FLAGS_FILE)
     if saved is None:
         raise app.UsageError(f"{run.path} holds no run (no {rundir.FLAGS_FILE}); pass the "
@@ -148,6 +153,17 @@ def main(argv: list[str]) -> None:
     output.write_json(EVALUATION_FILE, {
         "run": str(run.path), "finished": run.results is not None, "trials": results,
         **trial.mean_std(results, ["test_accuracy"])})
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """Evaluate every trial of the run named by --run_dir (or --name)."""
+    command.no_arguments("evaluate", argv)
+    cfg = read_flags()
+    dist = strategy.make(cfg.strategy)
+    run = rundir.RunDir(command.locate(cfg.run, ""), writer=False)
+    output = rundir.RunDir(cfg.output_dir or run.path, writer=strategy.is_chief(dist))
+    results = evaluate_run(run, output, cfg, dist)
     rows = [{**r, "epochs": f"{r['epochs'][0]}-{r['epochs'][-1]}",
              "conflicting": len(r["conflicting_layers"])} for r in results]
     print(console.table(rows, TABLE_COLUMNS), flush=True)
