@@ -146,12 +146,12 @@ class PhaseClock:
 def instrument(clock: PhaseClock) -> None:
     """Charge the main job's work to phases (module docstring) by wrapping its functions."""
     from cb_keras.measurement import measure
-    from experiments import rundir, trained, training
+    from experiments import recipe, rundir, serving
 
-    phases = {training.build_model: "model build", training.compile_model: "model build",
+    phases = {recipe.build_model: "model build", recipe.compile_model: "model build",
               models.build: "model build", measure: "measurement",
-              training.export: "export", trained.save_keras: "export",
-              trained.latency_ms: "latency"}
+              serving.export: "export", serving.save_keras: "export",
+              serving.latency_ms: "latency"}
     for module in [m for name, m in sys.modules.items()
                    if name.startswith(("cb_keras", "experiments"))]:
         for attribute, value in list(vars(module).items()):

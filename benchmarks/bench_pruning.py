@@ -7,7 +7,7 @@ the weights) for 32x32x3 images, removes every second residual block
 (identity and projection blocks alike), and prints the parameters and the
 median latency of one inference call on a batch of --batch images for the
 original and the pruned network, and their ratio. The two networks take
-turns (`experiments.trained.latencies_ms`), so load from other processes
+turns (`experiments.serving.latencies_ms`), so load from other processes
 affects both alike.
 """
 
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cb_keras import models, pruning  # noqa: E402
-from experiments.trained import latencies_ms  # noqa: E402
+from experiments.serving import latencies_ms  # noqa: E402
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

@@ -28,8 +28,8 @@ _STARTUP_NOISE = re.compile(
     + ("" if os.path.exists("/dev/nvidiactl") else r"|failed call to cuInit"))
 
 # Command name -> (module under experiments/, one-line description).
-# A new command is a module with key flags at its top and `main(argv)`;
-# add one line here.
+# A new command is a module with its flags at its top, `read_flags()` and
+# `main(argv)` handing its work to `experiments.command`; add one line here.
 COMMANDS = {
     "train": ("experiments.train",
               "train fnn/vgg/resnet nets, bundle metrics of a^L every epoch"),

@@ -5,11 +5,11 @@
 Starts from the network of --model (vgg or resnet) and --depth/--blocks (the
 papers: ``--model=vgg --depth=120``, blocks 3,12,41,3) and runs
 `cb_keras.autotune.auto_tune`: every training run is a trial of the `train`
-command's code (`experiments.training.train_trial`, --epochs epochs, seed
+command's code (`experiments.trial.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
 measured on --measure_samples training images (the papers: 64; see
 --measure_sample); on a conflict the architecture shrinks by --prune_rule (a
-version of the reference's rule, `cb_keras.rules.VERSIONS`, which also
+version of the reference's rule, `cb_keras.autotune.VERSIONS`, which also
 sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
 
@@ -43,11 +43,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import autotune, check, files, models, rules, trainer
-from experiments import config, console, model_flags, rundir, strategy, trained, training
+from experiments import command, console, recipe, rundir, serving, trained, trial
 from experiments.callbacks import ScalarSummaries
+from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.options import model as model_flags
+from experiments.options import run as run_flags
+from experiments.options import source as source_flags
+from experiments.options import strategy as strategy_flags
+from experiments.options import training as training_flags
 
 PRUNE_RULE = flags.DEFINE_enum(
     "prune_rule", "first_conflict", list(rules.RULES),
@@ -72,11 +79,11 @@ FINAL_EPOCHS = flags.DEFINE_integer(
     "Default: the run that passes the check is the result (the papers). N: then train the "
     "found network once more from scratch for N epochs, unchecked, and report that run.",
     lower_bound=1)
-flags.adopt_module_key_flags(rundir)
-flags.adopt_module_key_flags(strategy)
-flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(strategy_flags)
+flags.adopt_module_key_flags(training_flags)
 flags.adopt_module_key_flags(model_flags)
-flags.declare_key_flag(trained.LATENCY_REPEATS.name)
+flags.declare_key_flag(source_flags.LATENCY_REPEATS.name)
 
 SEARCH_FILE = "search.json"
 RESTARTS_FILE = "restarts.csv"
@@ -94,52 +101,87 @@ SUMMARY_COLUMNS = (
 )
 
 
-def search_config(spec: dict[str, Any], cfg: training.TrainConfig) -> autotune.AutoTuneConfig:
-    """The search settings given by the flags (errors as UsageError)."""
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `auto_tune` say.
+
+    The search's own settings (`search_config`) are derived from this record,
+    so the bundle metric of the checks and the optimizer of the trainings
+    take the learning rate and batch size of the one `training` config.
+    """
+
+    run: RunConfig
+    strategy: StrategyConfig
+    training: TrainConfig
+    spec: dict[str, Any]
+    rule: str
+    check_window: int | None
+    check_at_init: bool | None
+    max_restarts: int | None
+    final_epochs: int | None
+    latency_repeats: int
+
+    @property
+    def search_config(self) -> autotune.AutoTuneConfig:
+        """The settings of `cb_keras.autotune.auto_tune`."""
+        return autotune.AutoTuneConfig(
+            start_blocks=tuple(self.spec["blocks"]), kind=self.spec["model"],
+            epochs=self.training.epochs, check_window=self.check_window,
+            check_at_init=self.check_at_init, samples=self.training.measure_samples,
+            rule=self.rule, max_restarts=self.max_restarts, final_epochs=self.final_epochs,
+            **self.training.metric_step, seed=self.training.seed)
+
+
+def read_flags() -> Config:
+    """The flags of `auto_tune`, read once.
+
+    Raises:
+        app.UsageError: a network that is not a block network, or --runs.
+        ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
+    """
+    spec, training = model_flags.model_spec(), training_flags.training_config()
     if spec["model"] not in rules.KINDS:
         raise app.UsageError(
             f"auto_tune shrinks block networks, so --model must be one of "
             f"{list(rules.KINDS)}, got --model={spec['model']}; the papers start from "
             "--model=vgg --depth=120.")
-    if cfg.runs != 1:
+    if training.runs != 1:
         raise app.UsageError(
-            f"auto_tune trains one network per run; got --runs={cfg.runs}. Drop --runs "
+            f"auto_tune trains one network per run; got --runs={training.runs}. Drop --runs "
             "(repeat the search with other --seed values instead).")
-    return autotune.AutoTuneConfig(
-        start_blocks=tuple(spec["blocks"]), kind=spec["model"], epochs=cfg.epochs,
-        check_window=CHECK_WINDOW.value, check_at_init=CHECK_AT_INIT.value,
-        samples=cfg.measure_samples,
-        rule=PRUNE_RULE.value, max_restarts=MAX_RESTARTS.value,
-        final_epochs=FINAL_EPOCHS.value, learning_rate=cfg.learning_rate,
-        batch_size=cfg.batch_size, seed=cfg.seed)
+    cfg = Config(run_flags.run_config("auto_tune", __name__), strategy_flags.strategy_config(),
+                 training, spec, PRUNE_RULE.value, CHECK_WINDOW.value, CHECK_AT_INIT.value,
+                 MAX_RESTARTS.value, FINAL_EPOCHS.value, source_flags.LATENCY_REPEATS.value)
+    cfg.search_config  # checks the search settings before a run directory is made
+    return cfg
 
 
-def trial_trainer(run: rundir.RunDir, cfg: training.TrainConfig, dist) -> trainer.Trainer:
+def trial_trainer(run: rundir.RunDir, cfg: TrainConfig,
+                  dist: tf.distribute.Strategy) -> trainer.Trainer:
     """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
     return lambda request: train_run(run, cfg, dist, request)
 
 
-def train_run(run: rundir.RunDir, cfg: training.TrainConfig, dist,
+def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy,
               request: trainer.TrainRequest, until: int | None = None) -> trainer.TrainOutcome:
     """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
 
     A run that restarted keeps only its last checkpoint once it is done.
     """
-    trial = run.sub(f"run{request.run:02d}")
+    directory = run.sub(f"run{request.run:02d}")
     spec = {"model": request.kind, "blocks": list(request.blocks)}
-    result = training.train_trial(
-        trial, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
-        seed=request.seed, strategy=dist, label=f"[run {request.run} {training.spec_name(spec)}]",
+    result = trial.train_trial(
+        directory, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
+        seed=request.seed, strategy=dist, label=f"[run {request.run} {recipe.spec_name(spec)}]",
         callbacks=request.callbacks, until=until, before_training=request.before_training)
     if result["epochs"] < request.epochs:
-        trial.prune_checkpoints(keep=1, protect=result["epochs"])
+        directory.prune_checkpoints(keep=1, protect=result["epochs"])
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
-                                lambda: trained.load_trial(trial.path).model)
+                                 lambda: trained.load_trial(directory.path).model)
 
 
-def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any],
-                          search_cfg: autotune.AutoTuneConfig, cfg: training.TrainConfig,
-                          dist) -> bool:
+def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any], cfg: Config,
+                          dist: tf.distribute.Strategy) -> bool:
     """Finish the runs whose restart is in `state` but whose trial is not done.
 
     A search killed right after saving a restart has not finished that run's
@@ -153,11 +195,11 @@ def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any],
     unfinished = [r for r in state["runs"] if r["restart"] and r["summary"] is None]
     for record in unfinished:
         request = trainer.TrainRequest(
-            run=record["run"], kind=search_cfg.kind, blocks=tuple(record["blocks"]),
-            epochs=record["epochs"], seed=search_cfg.seed + record["run"],
-            learning_rate=search_cfg.learning_rate, batch_size=search_cfg.batch_size,
-            callbacks=())
-        outcome = train_run(run, cfg, dist, request, until=record["restart"]["epoch"])
+            run=record["run"], kind=cfg.spec["model"], blocks=tuple(record["blocks"]),
+            epochs=record["epochs"], seed=cfg.training.seed + record["run"],
+            **cfg.training.metric_step, callbacks=())
+        outcome = train_run(run, cfg.training, dist, request,
+                            until=record["restart"]["epoch"])
         record.update(completed_epochs=outcome.completed_epochs,
                       test_accuracy=outcome.test_accuracy, summary=outcome.summary)
     return bool(unfinished)
@@ -180,11 +222,10 @@ def restart_scalars(record: check.Restart) -> dict[str, float]:
                for s, b in enumerate(record.blocks_after, start=1)}}
 
 
-def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
-           cfg: training.TrainConfig, dist) -> dict[str, Any]:
+def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Run or resume the search in `run`; export the final network; the results dict."""
-    _, test, info = training.load_data(cfg, augment=False)
-    summaries = ScalarSummaries(run.file(training.TENSORBOARD_DIR), enabled=run.writer)
+    _, test, info = recipe.load_data(cfg.training, augment=False)
+    summaries = ScalarSummaries(run.file(trial.TENSORBOARD_DIR), enabled=run.writer)
 
     def save_state(state: dict[str, Any]) -> None:
         run.write_json(SEARCH_FILE, state)
@@ -195,24 +236,23 @@ def search(run: rundir.RunDir, search_cfg: autotune.AutoTuneConfig,
         summaries.on_epoch_end(record.run, restart_scalars(record))
 
     state = run.read_json(SEARCH_FILE)
-    if state and finish_restarted_runs(run, state, search_cfg, cfg, dist):
+    if state and finish_restarted_runs(run, state, cfg, dist):
         save_state(state)
     result = autotune.auto_tune(
-        search_cfg, trial_trainer(run, cfg, dist), num_classes=info.num_classes,
-        sampler=training.measurement_sampler(cfg),
+        cfg.search_config, trial_trainer(run, cfg.training, dist), num_classes=info.num_classes,
+        sampler=recipe.measurement_sampler(cfg.training),
         state=state, save_state=save_state, on_restart=on_restart,
         log=lambda line: print(f"auto_tune: {line}", flush=True))
-    if cfg.export:
-        training.export(run, result.model)
-    trained.save_keras(result.model, run.file(KERAS_FILE))
-    start = training.build_model({"model": result.kind, "blocks": list(result.start_blocks)},
-                                 info.input_shape, info.num_classes)
+    if cfg.training.export:
+        serving.export(run, result.model)
+    serving.save_keras(result.model, run.file(KERAS_FILE))
+    start = recipe.build_model({"model": result.kind, "blocks": list(result.start_blocks)},
+                               info.input_shape, info.num_classes)
     batch = next(iter(test))[0]
-    repeats = trained.LATENCY_REPEATS.value
     results = {
-        "command": "auto_tune", "dataset": cfg.dataset, **result.to_dict(),
-        "start_latency_ms": trained.latency_ms(start, batch, repeats),
-        "final_latency_ms": trained.latency_ms(result.model, batch, repeats),
+        "command": "auto_tune", "dataset": cfg.training.dataset, **result.to_dict(),
+        "start_latency_ms": serving.latency_ms(start, batch, cfg.latency_repeats),
+        "final_latency_ms": serving.latency_ms(result.model, batch, cfg.latency_repeats),
         "train_seconds": round(sum((r["summary"] or {}).get("train_seconds", 0.0)
                                    for r in result.runs), 1),
     }
@@ -271,20 +311,10 @@ def summary_text(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     """Search (or resume) the architecture given by the flags and print the summary."""
-    if len(argv) > 1:
-        raise app.UsageError(f"auto_tune takes no positional arguments, got {argv[1:]}.")
-    dist = strategy.make()
-    try:
-        spec = model_flags.model_spec()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-    cfg = config.training_config()
-    search_cfg = search_config(spec, cfg)
-    run = rundir.open_run("auto_tune", f"{training.spec_name(spec)}_{cfg.dataset}", __name__,
-                          writer=strategy.is_chief(dist))
-    if not run.results:
-        run.finish(search(run, search_cfg, cfg, dist))
-    print(summary_text(run.results), run.size_line(), sep="\n", flush=True)
+    command.no_arguments("auto_tune", argv)
+    cfg = read_flags()
+    command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
+                    lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy)
 
 
 if __name__ == "__main__":

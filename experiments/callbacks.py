@@ -1,6 +1,6 @@
 """Per-epoch Keras callbacks of a trial: test split, TensorBoard scalars, commit.
 
-A trial (`experiments.training.train_trial`) passes them to `fit` in this
+A trial (`experiments.trial.train_trial`) passes them to `fit` in this
 order, after `cb_keras.ConflictingBundles` where noted, so each sees the
 numbers of the ones before it in the epoch's logs:
 

@@ -1,107 +1,88 @@
-"""Flags shared by every command that trains networks, and `TrainConfig` from them.
+"""What a command is told to do, as frozen data: the flags' values, read once in `main`.
 
-Defaults are the papers' hyperparameters (batch 64, learning rate 1e-3,
-Lookahead(RAdam), 120 epochs, 512 measurement samples) on the offline
-``digits`` data set; the flagfiles in flags/ set the rest.
+Flag-free: the flag modules under `experiments.options` fill these records
+at the top of a command's `main`, and everything below `main` takes them as
+arguments; a finished run's flags.json turns back into a `TrainConfig`
+with `TrainConfig.from_flags`.
 """
 
 from __future__ import annotations
 
-from absl import flags
+import dataclasses
+from typing import Any, Mapping
 
 from cb_keras import data
-from experiments import rundir, training
+from experiments.rundir import RunDirError
 
 
-class IntListParser(flags.ListParser):
-    """absl parser of comma-separated non-negative integers, e.g. ``3,6,12,3``."""
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where a command's run directory is and what its flags.json records.
 
-    def parse(self, argument: str | list) -> list[int]:
-        items = super().parse(argument)
-        try:
-            values = [int(item) for item in items]
-        except (TypeError, ValueError):
-            values = [-1]
-        if any(value < 0 for value in values):
-            raise ValueError(f"expected comma-separated integers >= 0, got {argument!r}")
-        return values
+    Attributes:
+        command: the command's name, first part of the default run name.
+        flag_values: every key flag of the command, by name (flags.json).
+        runs_root, name, run_dir: --runs_root, --name, --run_dir.
+    """
 
-    def flag_type(self) -> str:
-        return "comma separated list of integers"
-
-
-def define_int_list(name: str, default: list[int] | None, help_text: str,
-                    module_name: str) -> flags.FlagHolder:
-    """DEFINE a flag holding a list of non-negative ints, owned by `module_name`."""
-    return flags.DEFINE(IntListParser(), name, default, help_text,
-                        serializer=flags.CsvListSerializer(","), module_name=module_name)
+    command: str
+    flag_values: Mapping[str, Any]
+    runs_root: str
+    name: str | None
+    run_dir: str | None
 
 
-DATASET = flags.DEFINE_enum(
-    "dataset", "digits", list(training.DATASETS),
-    "Data set: digits (scikit-learn) or mnist5k (cb_keras[mnist5k]), both offline, or a "
-    "TensorFlow Datasets name of the papers (imagenette/<config>: another Imagenette release).")
-DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TensorFlow Datasets folder (default: TFDS's own, ~/tensorflow_datasets).")
-AUGMENT = flags.DEFINE_bool(
-    "augment", True, "Augment training batches as the papers do (docs/method.md §5).")
-EPOCHS = flags.DEFINE_integer("epochs", 120, "Training epochs.", lower_bound=1)
-BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 64, "Global training batch size (also the bundle metric's bs).",
-    lower_bound=1)
-LEARNING_RATE = flags.DEFINE_float(
-    "learning_rate", 1e-3, "Learning rate (also the bundle metric's lr), > 0.")
-OPTIMIZER = flags.DEFINE_enum(
-    "optimizer", "paper", list(training.OPTIMIZERS),
-    "paper: Lookahead(RAdam(eps 1e-6, weight decay 1e-2)) of the papers; radam: RAdam "
-    "alone; adam / sgd: Keras's own.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of the first run; run k uses seed + k.")
-RUNS = flags.DEFINE_integer(
-    "runs", 1, "Independent trainings (seeds) per network, for mean and std.", lower_bound=1)
-TEST_EVERY = flags.DEFINE_integer(
-    "test_every", 1,
-    "Evaluate the test split every k epochs (and always in the last 5, whose mean is "
-    "the reported test accuracy).", lower_bound=1)
-MEASURE_EVERY = flags.DEFINE_integer(
-    "measure_every", 1, "Measure bundles every k epochs (0: never during training).",
-    lower_bound=0)
-MEASURE_LAYERS = flags.DEFINE_enum(
-    "measure_layers", "last", ["last", "all"],
-    "Layers measured every epoch: last (a^L) or all (per-layer report of each epoch).")
-MEASURE_SAMPLES = flags.DEFINE_integer(
-    "measure_samples", 512, "Training samples for the bundle metric (see --measure_sample).",
-    lower_bound=1)
-MEASURE_SAMPLE = flags.DEFINE_enum(
-    "measure_sample", "fixed", ["fixed", "augmented"],
-    "fixed: the same training examples without augmentation at every measurement "
-    "(reproducible); augmented: the first examples of the shuffled, augmented training "
-    "batches, new at every measurement, as the reference measured.")
-SHUFFLE_BUFFER = flags.DEFINE_integer(
-    "shuffle_buffer", data.SHUFFLE_BUFFER,
-    "Training examples in the shuffle buffer (the reference: 10 for mnist, 10000 for the "
-    "others).", lower_bound=1)
-KEEP_CHECKPOINTS = flags.DEFINE_integer(
-    "keep_checkpoints", 2,
-    "Checkpoints of the last epochs to keep: 2 = the newest plus one to fall back to if the "
-    "newest is damaged. evaluate averages test accuracy over the kept ones (the papers: 5).",
-    lower_bound=1)
-EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedModel (export/).")
-PROGRESS = flags.DEFINE_enum(
-    "progress", "line", ["line", "bar", "none"],
-    "Per-epoch output: one compact line, Keras's progress bar, or nothing.")
-flags.register_validator(LEARNING_RATE, lambda value: value > 0,
-                         "--learning_rate must be > 0, e.g. 1e-3 (the papers' value).")
-rundir.operational(DATA_DIR, KEEP_CHECKPOINTS, EXPORT, PROGRESS)
+@dataclasses.dataclass(frozen=True)
+class StrategyConfig:
+    """--strategy (none, mirrored or multi_worker) and --devices (see `experiments.strategy`)."""
+
+    name: str
+    devices: tuple[str, ...] = ()
 
 
-def training_config() -> training.TrainConfig:
-    """The training configuration given by the flags above."""
-    return training.TrainConfig(
-        dataset=DATASET.value, data_dir=DATA_DIR.value, augment=AUGMENT.value,
-        epochs=EPOCHS.value, batch_size=BATCH_SIZE.value,
-        learning_rate=LEARNING_RATE.value, optimizer=OPTIMIZER.value, seed=SEED.value,
-        runs=RUNS.value, test_every=TEST_EVERY.value, measure_every=MEASURE_EVERY.value,
-        measure_layers=MEASURE_LAYERS.value, measure_samples=MEASURE_SAMPLES.value,
-        keep_checkpoints=KEEP_CHECKPOINTS.value, export=EXPORT.value,
-        progress=PROGRESS.value, shuffle_buffer=SHUFFLE_BUFFER.value,
-        measure_sample=MEASURE_SAMPLE.value)
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train and measure one network (the training flags as data).
+
+    ``learning_rate`` and ``batch_size`` are held here once: the optimizer
+    (`experiments.recipe.compile_model`), the data batches
+    (`experiments.recipe.load_data`) and the bundle metric (`metric_step`)
+    all take them from this record.
+    """
+
+    dataset: str
+    data_dir: str | None
+    augment: bool
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    seed: int
+    runs: int
+    test_every: int
+    measure_every: int
+    measure_layers: str  # "last" or "all"
+    measure_samples: int
+    keep_checkpoints: int
+    export: bool
+    progress: str  # "line", "bar" or "none"
+    shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
+    measure_sample: str = "fixed"  # or "augmented" (see recipe.measurement_sampler)
+
+    @property
+    def metric_step(self) -> dict[str, Any]:
+        """``learning_rate`` and ``batch_size`` of a training step: the bundle metric's lr, bs."""
+        return {"learning_rate": self.learning_rate, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_flags(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """The config of a run from its flags.json (fields with a default may be absent)."""
+        fields = dataclasses.fields(cls)
+        names = [field.name for field in fields if field.name in values]
+        missing = [field.name for field in fields
+                   if field.name not in values and field.default is dataclasses.MISSING]
+        if missing:
+            raise RunDirError(
+                f"flags.json lacks the training flags {missing}: the run was not made "
+                "by a training command (train, fnn_map, ...).")
+        return cls(**{name: values[name] for name in names})

@@ -35,11 +35,13 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from cb_keras import data
-from experiments import console, rundir, strategy, training
+from experiments import callbacks, command, console, recipe, rundir, strategy, trial
+from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.options import run as run_flags
+from experiments.options import strategy as strategy_flags
 
 LAST_EPOCHS = flags.DEFINE_integer(
-    "last_epochs", training.LAST_EPOCHS,
+    "last_epochs", callbacks.LAST_EPOCHS,
     "Average the test accuracy over the checkpoints of this many last epochs.", lower_bound=1)
 SAMPLES = flags.DEFINE_integer(
     "samples", None, "Training samples for the per-layer bundle metrics (default: the "
@@ -47,8 +49,8 @@ SAMPLES = flags.DEFINE_integer(
 OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Folder for evaluation.json and evaluation/ (default: the run "
     "directory); use another one for a run on read-only storage.")
-flags.adopt_module_key_flags(rundir)
-flags.adopt_module_key_flags(strategy)
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(strategy_flags)
 
 EVALUATION_FILE = "evaluation.json"
 EVALUATION_DIR = "evaluation"
@@ -63,29 +65,53 @@ TABLE_COLUMNS = (
 )
 
 
-def evaluate_trial(trial: rundir.RunDir, output: rundir.RunDir, cfg: training.TrainConfig,
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `evaluate` say."""
+
+    run: RunConfig
+    strategy: StrategyConfig
+    last_epochs: int
+    samples: int | None
+    output_dir: str | None
+
+
+def read_flags() -> Config:
+    """The flags of `evaluate`, read once.
+
+    Raises:
+        app.UsageError: neither --run_dir nor --name names the run.
+    """
+    if not (run_flags.RUN_DIR.value or run_flags.NAME.value):
+        raise app.UsageError(
+            "evaluate needs the run to evaluate: --run_dir=runs/<name> (or --name=<name> "
+            "under --runs_root).")
+    return Config(run_flags.run_config("evaluate", __name__), strategy_flags.strategy_config(),
+                  LAST_EPOCHS.value, SAMPLES.value, OUTPUT_DIR.value)
+
+
+def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, cfg: TrainConfig,
                    last_epochs: int, dist: tf.distribute.Strategy) -> dict[str, Any]:
-    """Test accuracy over the last checkpoints of `trial`; per-layer conflicts to `output`."""
-    state = trial.read_json(rundir.STATE_FILE)
-    checkpoints = list(trial.checkpoints().items())[-last_epochs:]
+    """Test accuracy over the last checkpoints of a trial; per-layer conflicts to `output`."""
+    state = directory.read_json(rundir.STATE_FILE)
+    checkpoints = list(directory.checkpoints().items())[-last_epochs:]
     if not checkpoints:
         raise rundir.RunDirError(
-            f"{trial.path} has no checkpoints to evaluate; train it first (or keep "
+            f"{directory.path} has no checkpoints to evaluate; train it first (or keep "
             "checkpoints: --keep_checkpoints).")
-    _, test, info = data.load(cfg.dataset, batch_size=cfg.batch_size, augment=False,
-                              data_dir=cfg.data_dir)
-    x, y = training.measurement_sampler(cfg)(state["seed"], checkpoints[-1][0])
+    _, test, info = recipe.load_data(cfg, augment=False)
+    x, y = recipe.measurement_sampler(cfg)(state["seed"], checkpoints[-1][0])
     with dist.scope():
-        model = training.build_model(state["spec"], info.input_shape, info.num_classes)
-        training.compile_model(model, cfg)
+        model = recipe.build_model(state["spec"], info.input_shape, info.num_classes)
+        recipe.compile_model(model, cfg)
     tests = {}
     for epoch, path in checkpoints:  # oldest first: the model ends at the newest
-        training.restore(model, path)
+        trial.restore(model, path)
         tests[epoch] = model.evaluate(test, verbose=0, return_dict=True)
-    report = training.write_conflicts(output, model, x, y, num_classes=info.num_classes,
-                                      cfg=cfg)
+    report = trial.write_conflicts(output, model, x, y, num_classes=info.num_classes,
+                                   cfg=cfg)
     return {
-        "dir": str(trial.path), "spec": state["spec"], "seed": state["seed"],
+        "dir": str(directory.path), "spec": state["spec"], "seed": state["seed"],
         "epochs": list(tests),
         "test_accuracy_by_epoch": {e: v["accuracy"] for e, v in tests.items()},
         "test_accuracy": float(np.mean([v["accuracy"] for v in tests.values()])),
@@ -98,17 +124,14 @@ def evaluate_trial(trial: rundir.RunDir, output: rundir.RunDir, cfg: training.Tr
     }
 
 
-def main(argv: list[str]) -> None:
-    """Evaluate every trial of the run named by --run_dir (or --name)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"evaluate takes no positional arguments, got {argv[1:]}.")
-    if not (rundir.RUN_DIR.value or rundir.NAME.value):
-        raise app.UsageError(
-            "evaluate needs the run to evaluate: --run_dir=runs/<name> (or --name=<name> "
-            "under --runs_root).")
-    dist = strategy.make()
-    run = rundir.RunDir(rundir.locate("evaluate", "", {}), writer=False)
-    output = rundir.RunDir(OUTPUT_DIR.value or run.path, writer=strategy.is_chief(dist))
+def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
+                 dist: tf.distribute.Strategy) -> list[dict[str, Any]]:
+    """Evaluate every trial of `run` into `output` (evaluation.json); the trials' dicts.
+
+    Raises:
+        app.UsageError: `run` holds no run.
+        rundir.RunDirError: `output` is read-only, or `run` holds no trained network.
+    """
     saved = run.read_json(rundir.FLAGS_FILE)
     if saved is None:
         raise app.UsageError(f"{run.path} holds no run (no {rundir.FLAGS_FILE}); pass the "
@@ -116,9 +139,9 @@ def main(argv: list[str]) -> None:
     if output.writer and output.path.is_dir() and not os.access(output.path, os.W_OK):
         raise rundir.RunDirError(f"{output.path} is read-only; pass --output_dir=<a writable "
                                  "folder> for the evaluation's files.")
-    cfg = training.TrainConfig.from_flags(saved)
-    if SAMPLES.value:
-        cfg = dataclasses.replace(cfg, measure_samples=SAMPLES.value)
+    trained_with = TrainConfig.from_flags(saved)
+    if cfg.samples:
+        trained_with = dataclasses.replace(trained_with, measure_samples=cfg.samples)
     trials = sorted((path.parent for path in run.path.rglob(rundir.STATE_FILE)),
                     key=lambda path: [int(part) if part.isdigit() else part
                                       for part in re.split(r"(\d+)", str(path))])
@@ -126,10 +149,21 @@ def main(argv: list[str]) -> None:
         raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
     results = [evaluate_trial(rundir.RunDir(path, writer=False),
                               output.sub(f"{EVALUATION_DIR}/{path.relative_to(run.path)}"),
-                              cfg, LAST_EPOCHS.value, dist) for path in trials]
+                              trained_with, cfg.last_epochs, dist) for path in trials]
     output.write_json(EVALUATION_FILE, {
         "run": str(run.path), "finished": run.results is not None, "trials": results,
-        **training.mean_std(results, ["test_accuracy"])})
+        **trial.mean_std(results, ["test_accuracy"])})
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """Evaluate every trial of the run named by --run_dir (or --name)."""
+    command.no_arguments("evaluate", argv)
+    cfg = read_flags()
+    dist = strategy.make(cfg.strategy)
+    run = rundir.RunDir(command.locate(cfg.run, ""), writer=False)
+    output = rundir.RunDir(cfg.output_dir or run.path, writer=strategy.is_chief(dist))
+    results = evaluate_run(run, output, cfg, dist)
     rows = [{**r, "epochs": f"{r['epochs'][0]}-{r['epochs'][-1]}",
              "conflicting": len(r["conflicting_layers"])} for r in results]
     print(console.table(rows, TABLE_COLUMNS), flush=True)

@@ -4,7 +4,7 @@
 
 Trains an FNN for every (depth, width) of --depths x --widths (``--runs``
 seeds each) on --dataset, each in ``cells/d<depth>_w<width>/`` (one trial
-directory, see `experiments.training`). Writes to the run directory:
+directory, see `experiments.trial`). Writes to the run directory:
 
 - ``fnn_map.csv``: one row per cell (`CELL_COLUMNS`);
 - ``fnn_map.png``: test accuracy as a heat map (depth x width), with a line
@@ -20,29 +20,33 @@ A cell counts as conflicting when a^L conflicts in at least half of its runs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import matplotlib
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from cb_keras import files
+from experiments import command, console, trial
+from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.options import run as run_flags
+from experiments.options import strategy as strategy_flags
+from experiments.options import training as training_flags
+from experiments.options.parsers import define_int_list
+from experiments.rundir import RunDir
 
-from cb_keras import files  # noqa: E402
-from experiments import config, console, rundir, strategy, training  # noqa: E402
-
-DEPTHS = config.define_int_list(
+DEPTHS = define_int_list(
     "depths", [1, 2, 4, 8, 16, 32], "Hidden layers of the FNNs of the grid.", __name__)
-WIDTHS = config.define_int_list(
+WIDTHS = define_int_list(
     "widths", [4, 8, 16, 32, 64], "Units per hidden layer of the FNNs of the grid.", __name__)
 flags.register_validator(DEPTHS, lambda v: bool(v) and min(v) >= 1,
                          "--depths needs at least one depth, each >= 1, e.g. 1,2,4,8.")
 flags.register_validator(WIDTHS, lambda v: bool(v) and min(v) >= 1,
                          "--widths needs at least one width, each >= 1, e.g. 4,8,16.")
-flags.adopt_module_key_flags(rundir)
-flags.adopt_module_key_flags(strategy)
-flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(strategy_flags)
+flags.adopt_module_key_flags(training_flags)
 
 CSV_FILE = "fnn_map.csv"
 PLOT_FILE = "fnn_map.png"
@@ -62,16 +66,34 @@ TABLE_COLUMNS = (
 )
 
 
-def train_cell(run: rundir.RunDir, depth: int, width: int, cfg: training.TrainConfig,
-               dist) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `fnn_map` say (the grid sorted, without repeats)."""
+
+    run: RunConfig
+    strategy: StrategyConfig
+    training: TrainConfig
+    depths: list[int]
+    widths: list[int]
+
+
+def read_flags() -> Config:
+    """The flags of `fnn_map`, read once."""
+    return Config(run_flags.run_config("fnn_map", __name__), strategy_flags.strategy_config(),
+                  training_flags.training_config(), sorted(set(DEPTHS.value)),
+                  sorted(set(WIDTHS.value)))
+
+
+def train_cell(run: RunDir, depth: int, width: int, cfg: TrainConfig,
+               dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train the runs of one FNN of the grid; its row of the table."""
     spec = {"model": "fnn", "depth": depth, "width": width}
-    trials = [training.train_trial(trial, spec, cfg, seed=seed, strategy=dist,
-                                   label=f"[d={depth} w={width} seed {seed}]")
-              for seed, trial in training.trial_dirs(run, f"cells/d{depth}_w{width}", cfg)]
+    trials = [trial.train_trial(directory, spec, cfg, seed=seed, strategy=dist,
+                                label=f"[d={depth} w={width} seed {seed}]")
+              for seed, directory in trial.trial_dirs(run, f"cells/d{depth}_w{width}", cfg)]
     fraction = float(np.mean([bool(t["conflicting"]) for t in trials]))
     return {"depth": depth, "width": width, "parameters": trials[0]["parameters"],
-            **training.mean_std(trials, AGGREGATED),
+            **trial.mean_std(trials, AGGREGATED),
             "conflicting_fraction": fraction, "conflicting": fraction >= 0.5,
             "trials": trials}
 
@@ -79,6 +101,9 @@ def train_cell(run: rundir.RunDir, depth: int, width: int, cfg: training.TrainCo
 def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
              title: str, path) -> None:
     """Heat map of test accuracy, the conflicting region outlined and hatched."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
     accuracy = np.full((len(depths), len(widths)), np.nan)
     conflicting = np.zeros_like(accuracy, dtype=bool)
     for cell in cells:
@@ -86,7 +111,8 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
         accuracy[i, j] = np.nan if cell["test_accuracy_mean"] is None \
             else cell["test_accuracy_mean"]
         conflicting[i, j] = cell["conflicting"]
-    figure, axes = plt.subplots(figsize=(1.1 * len(widths) + 2.5, 0.6 * len(depths) + 2))
+    figure = Figure(figsize=(1.1 * len(widths) + 2.5, 0.6 * len(depths) + 2))
+    axes = figure.subplots()
     image = axes.imshow(accuracy, cmap="viridis", vmin=0.0, vmax=1.0, origin="lower",
                         aspect="auto")
     figure.colorbar(image, ax=axes, label="test accuracy (mean of last 5 epochs)")
@@ -94,8 +120,8 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
         axes.text(j, i, "-" if np.isnan(value) else f"{value:.2f}", ha="center",
                   va="center", color="white" if value < 0.6 else "black", fontsize=8)
         if conflicting[i, j]:
-            axes.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
-                                         edgecolor="red", linewidth=0))
+            axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
+                                     edgecolor="red", linewidth=0))
     for i, j in zip(*np.nonzero(conflicting)):
         for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             ni, nj = i + di, j + dj
@@ -111,36 +137,39 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
     axes.set_title(f"{title}\nred: a^L conflicting (bundle entropy > 0)", fontsize=10)
     figure.tight_layout()
     files.save_png(figure, path)
-    plt.close(figure)
+
+
+def grid(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Train (or resume) every cell of the grid, write the table and the map; the results."""
+    cells = [train_cell(run, d, w, cfg.training, dist) for d in cfg.depths for w in cfg.widths]
+    run.write_csv(CSV_FILE, cells, CELL_COLUMNS)
+    if run.writer:
+        plot_map(cells, cfg.depths, cfg.widths,
+                 f"FNNs on {cfg.training.dataset}, {cfg.training.epochs} epochs",
+                 run.file(PLOT_FILE))
+    groups = {flag: [c["test_accuracy_mean"] for c in cells
+                     if c["conflicting"] == flag and c["test_accuracy_mean"] is not None]
+              for flag in (True, False)}
+    return {
+        "command": "fnn_map", "dataset": cfg.training.dataset, "depths": cfg.depths,
+        "widths": cfg.widths, "cells": cells,
+        "conflicting_cells": sum(c["conflicting"] for c in cells),
+        "test_accuracy_conflicting": _mean(groups[True]),
+        "test_accuracy_healthy": _mean(groups[False]),
+    }
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """One row per cell of the grid."""
+    return console.table(results["cells"], TABLE_COLUMNS)
 
 
 def main(argv: list[str]) -> None:
     """Train (or resume) every cell of the grid, then write the table and the map."""
-    if len(argv) > 1:
-        raise app.UsageError(f"fnn_map takes no positional arguments, got {argv[1:]}.")
-    dist = strategy.make()
-    cfg = config.training_config()
-    depths, widths = sorted(set(DEPTHS.value)), sorted(set(WIDTHS.value))
-    run = rundir.open_run("fnn_map", cfg.dataset, __name__, writer=strategy.is_chief(dist))
-    results = run.results
-    if results is None:
-        cells = [train_cell(run, d, w, cfg, dist) for d in depths for w in widths]
-        run.write_csv(CSV_FILE, cells, CELL_COLUMNS)
-        if run.writer:
-            plot_map(cells, depths, widths, f"FNNs on {cfg.dataset}, {cfg.epochs} epochs",
-                     run.file(PLOT_FILE))
-        groups = {flag: [c["test_accuracy_mean"] for c in cells
-                         if c["conflicting"] == flag and c["test_accuracy_mean"] is not None]
-                  for flag in (True, False)}
-        results = run.finish({
-            "command": "fnn_map", "dataset": cfg.dataset, "depths": depths,
-            "widths": widths, "cells": cells,
-            "conflicting_cells": sum(c["conflicting"] for c in cells),
-            "test_accuracy_conflicting": _mean(groups[True]),
-            "test_accuracy_healthy": _mean(groups[False]),
-        })
-    print(console.table(results["cells"], TABLE_COLUMNS), run.size_line(), sep="\n",
-          flush=True)
+    command.no_arguments("fnn_map", argv)
+    cfg = read_flags()
+    command.execute(cfg.run, cfg.training.dataset, lambda run, dist: grid(run, cfg, dist),
+                    summary_table, cfg.strategy)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -33,6 +33,7 @@ Writes to the run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,7 +42,10 @@ import numpy as np
 from absl import app, flags
 
 from cb_keras import files, pruning
-from experiments import console, rundir, trained
+from experiments import command, console, rundir, serving, trained
+from experiments.config import RunConfig
+from experiments.options import run as run_flags
+from experiments.options import source as source_flags
 
 DRAWS = flags.DEFINE_integer(
     "lesion_draws", 15, "Random draws of k blocks per group and k (the papers: 15).",
@@ -62,8 +66,8 @@ flags.register_multi_flags_validator(
     or values["lesion_max_k"] is None,
     "--lesion_max_k sets the largest k of --lesion_k=conflicting; --lesion_k=reference "
     "takes k from the group sizes. Drop one of the two flags.")
-flags.adopt_module_key_flags(rundir)
-flags.adopt_module_key_flags(trained)
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(source_flags)
 
 GROUPS = ("conflicting", "non_conflicting", "any")
 DRAWS_FILE = "lesion_draws.csv"
@@ -74,6 +78,32 @@ DRAW_COLUMNS = ("group", "k", "draw", "removed", "test_accuracy")
 CURVE_COLUMNS = ("group", "k", "draws", "test_accuracy_mean", "test_accuracy_std")
 TABLE_COLUMNS = (("k", "k", "d"),) + tuple(
     (f"{group}_mean", f"{group} (mean)", ".4f") for group in GROUPS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `lesion` say."""
+
+    run: RunConfig
+    source_run: str
+    draws: int
+    seed: int
+    k_rule: str
+    max_k: int | None
+
+
+def read_flags() -> Config:
+    """The flags of `lesion`, read once.
+
+    Raises:
+        app.UsageError: no --source_run.
+    """
+    if not source_flags.SOURCE_RUN.value:
+        raise app.UsageError(
+            "lesion needs a trained resnet: --source_run=runs/<name> of a finished "
+            "`python -m experiments train --model=resnet ...` run.")
+    return Config(run_flags.run_config("lesion", __name__), source_flags.SOURCE_RUN.value,
+                  DRAWS.value, LESION_SEED.value, K_RULE.value, MAX_K.value)
 
 
 def largest_k(groups: dict[str, Sequence[str]], rule: str,
@@ -182,9 +212,9 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
               "any": found.names}
     rows = evaluate_draws(
         draw_sets(groups, largest_k(groups, k_rule, max_k), draws, seed),
-        lambda removed: trained.accuracy(lesion.lesion(removed), source.test))
+        lambda removed: serving.accuracy(lesion.lesion(removed), source.test))
     curve_rows = curves(rows)
-    intact = trained.accuracy(lesion.lesion([]), source.test)
+    intact = serving.accuracy(lesion.lesion([]), source.test)
     pruned = pruning.remove_blocks(source.model, found.conflicting)
     if run.writer:
         found.report.save_csv(run.file(BRANCHES_FILE))
@@ -200,7 +230,7 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
         "conflicting_blocks": found.conflicting, "test_accuracy": intact,
         "draws": draws, "k_rule": k_rule, "curves": curve_rows,
         "all_conflicting_removed": {
-            "test_accuracy": trained.accuracy(pruned, source.test),
+            "test_accuracy": serving.accuracy(pruned, source.test),
             "parameters": int(pruned.count_params()),
             "parameters_before": int(source.model.count_params()),
             "blocks": len(found.non_conflicting)},
@@ -227,18 +257,12 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     """Run (or show) the lesion study of --source_run."""
-    if len(argv) > 1:
-        raise app.UsageError(f"lesion takes no positional arguments, got {argv[1:]}.")
-    source = trained.SOURCE_RUN.value
-    if not source:
-        raise app.UsageError(
-            "lesion needs a trained resnet: --source_run=runs/<name> of a finished "
-            "`python -m experiments train --model=resnet ...` run.")
-    run = rundir.open_run("lesion", pathlib.Path(source).name, __name__)
-    if not run.results:
-        run.finish(lesion_study(trained.load_trial(source), run, DRAWS.value,
-                                LESION_SEED.value, K_RULE.value, MAX_K.value))
-    print(summary_table(run.results), run.size_line(), sep="\n", flush=True)
+    command.no_arguments("lesion", argv)
+    cfg = read_flags()
+    command.execute(
+        cfg.run, pathlib.Path(cfg.source_run).name,
+        lambda run, _: lesion_study(trained.load_trial(cfg.source_run), run, cfg.draws,
+                                    cfg.seed, cfg.k_rule, cfg.max_k), summary_table)
 
 
 if __name__ == "__main__":

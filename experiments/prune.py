@@ -35,6 +35,7 @@ on one test batch of --batch_size images), ``keras_bytes`` and
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -44,15 +45,21 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import pruning
-from experiments import config, console, model_flags, rundir, strategy, trained, training
+from experiments import command, console, recipe, rundir, serving, trained, trial
+from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.options import model as model_flags
+from experiments.options import run as run_flags
+from experiments.options import source as source_flags
+from experiments.options import strategy as strategy_flags
+from experiments.options import training as training_flags
 
 FINETUNE_EPOCHS = flags.DEFINE_integer(
     "finetune_epochs", 0, "Epochs of training after the removal (0: none).", lower_bound=0)
-flags.adopt_module_key_flags(rundir)
-flags.adopt_module_key_flags(strategy)
-flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(strategy_flags)
+flags.adopt_module_key_flags(training_flags)
 flags.adopt_module_key_flags(model_flags)
-flags.adopt_module_key_flags(trained)
+flags.adopt_module_key_flags(source_flags)
 
 BRANCHES_FILE = "branches.csv"
 ORIGINAL_FILE = "original.keras"
@@ -71,6 +78,41 @@ TABLE_COLUMNS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `prune` say; `spec` is None with a --source_run."""
+
+    run: RunConfig
+    strategy: StrategyConfig
+    training: TrainConfig
+    spec: dict[str, Any] | None
+    source_run: str | None
+    finetune_epochs: int
+    latency_repeats: int
+
+
+def read_flags() -> Config:
+    """The flags of `prune`, read once.
+
+    Raises:
+        app.UsageError: without --source_run, a network that is not a resnet.
+    """
+    source = source_flags.SOURCE_RUN.value
+    return Config(run_flags.run_config("prune", __name__), strategy_flags.strategy_config(),
+                  training_flags.training_config(), None if source else _resnet_spec(),
+                  source, FINETUNE_EPOCHS.value, source_flags.LATENCY_REPEATS.value)
+
+
+def _resnet_spec() -> dict[str, Any]:
+    """The --model/--depth/--blocks network, which must be a resnet."""
+    spec = model_flags.model_spec()
+    if spec["model"] != "resnet":
+        raise app.UsageError(
+            f"prune removes residual blocks, so it needs --model=resnet (got "
+            f"--model={spec['model']}), or --source_run=<a train run of a resnet>.")
+    return spec
+
+
 def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
           repeats: int) -> dict[str, Any]:
     """Find, remove, fine-tune and export the conflicting blocks of `source`.
@@ -86,12 +128,12 @@ def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
     lesion_diff = _checked_difference(pruned(batch, training=False),
                                       lesioned(batch, training=False),
                                       "the original network with these blocks lesioned")
-    pruned_accuracy = trained.accuracy(pruned, source.test)
+    pruned_accuracy = serving.accuracy(pruned, source.test)
     before = _measure(source.model, len(found.blocks), source, run.file(ORIGINAL_FILE), None)
     if finetune_epochs:
         _finetune(pruned, source.cfg, finetune_epochs)
     after = _measure(pruned, len(found.non_conflicting), source, run.file(PRUNED_FILE), run)
-    before["latency_ms"], after["latency_ms"] = trained.latencies_ms(
+    before["latency_ms"], after["latency_ms"] = serving.latencies_ms(
         [source.model, pruned], batch, repeats)
     return {
         "command": "prune", "source": str(source.trial.path), "spec": source.spec,
@@ -110,27 +152,27 @@ def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
 
 def _measure(model: keras.Model, blocks: int, source: trained.Trained,
              keras_file: pathlib.Path, export_run: rundir.RunDir | None) -> dict[str, Any]:
-    """Size, test accuracy and files of one network (`trained.describe` + more)."""
+    """Size, test accuracy and files of one network (`serving.describe` + more)."""
     return {
-        **trained.describe(model, blocks),
-        "test_accuracy": trained.accuracy(model, source.test),
-        "keras_bytes": trained.save_keras(model, keras_file),
-        "savedmodel_bytes": trained.export_size(model, export_run),
+        **serving.describe(model, blocks),
+        "test_accuracy": serving.accuracy(model, source.test),
+        "keras_bytes": serving.save_keras(model, keras_file),
+        "savedmodel_bytes": serving.export_size(model, export_run),
     }
 
 
-def _finetune(model: keras.Model, cfg: training.TrainConfig, epochs: int) -> None:
+def _finetune(model: keras.Model, cfg: TrainConfig, epochs: int) -> None:
     """Train `model` `epochs` more epochs with the run's optimizer, loss and data."""
-    training.compile_model(model, cfg)
-    train, _, _ = training.load_data(cfg, augment=cfg.augment, shuffle_seed=cfg.seed)
+    recipe.compile_model(model, cfg)
+    train, _, _ = recipe.load_data(cfg, augment=cfg.augment, shuffle_seed=cfg.seed)
     model.fit(train, epochs=epochs, verbose=2)
 
 
 def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: tf.Tensor) -> float:
     """Reload export/ with tf.saved_model.load; max |served - model| on `batch`."""
-    served = tf.saved_model.load(str(run.file(training.EXPORT_DIR)))
+    served = tf.saved_model.load(str(run.file(serving.EXPORT_DIR)))
     return _checked_difference(served.serve(batch), model(batch, training=False),
-                               f"the SavedModel in {run.file(training.EXPORT_DIR)}")
+                               f"the SavedModel in {run.file(serving.EXPORT_DIR)}")
 
 
 def _checked_difference(pruned, reference, what: str) -> float:
@@ -159,37 +201,25 @@ def summary_table(results: dict[str, Any]) -> str:
             + console.table(rows, TABLE_COLUMNS))
 
 
+def train_and_prune(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy
+                    ) -> dict[str, Any]:
+    """Prune the network of --source_run, or of a trial trained first into ``train/``."""
+    source = cfg.source_run
+    if not source:
+        trial.train_trial(run.sub(TRAIN_DIR), cfg.spec, cfg.training, seed=cfg.training.seed,
+                          strategy=dist)
+        source = str(run.sub(TRAIN_DIR).path)
+    return prune(trained.load_trial(source), run, cfg.finetune_epochs, cfg.latency_repeats)
+
+
 def main(argv: list[str]) -> None:
     """Prune the network of --source_run (or train one first) and print before/after."""
-    if len(argv) > 1:
-        raise app.UsageError(f"prune takes no positional arguments, got {argv[1:]}.")
-    dist = strategy.make()
-    cfg = config.training_config()
-    source = trained.SOURCE_RUN.value
-    spec = None if source else _resnet_spec()
-    readable = pathlib.Path(source).name if source else \
-        f"{training.spec_name(spec)}_{cfg.dataset}"
-    run = rundir.open_run("prune", readable, __name__, writer=strategy.is_chief(dist))
-    if not run.results:
-        if not source:
-            training.train_trial(run.sub(TRAIN_DIR), spec, cfg, seed=cfg.seed, strategy=dist)
-            source = run.sub(TRAIN_DIR).path
-        run.finish(prune(trained.load_trial(source), run, FINETUNE_EPOCHS.value,
-                         trained.LATENCY_REPEATS.value))
-    print(summary_table(run.results), run.size_line(), sep="\n", flush=True)
-
-
-def _resnet_spec() -> dict[str, Any]:
-    """The --model/--depth/--blocks network, which must be a resnet."""
-    try:
-        spec = model_flags.model_spec()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-    if spec["model"] != "resnet":
-        raise app.UsageError(
-            f"prune removes residual blocks, so it needs --model=resnet (got "
-            f"--model={spec['model']}), or --source_run=<a train run of a resnet>.")
-    return spec
+    command.no_arguments("prune", argv)
+    cfg = read_flags()
+    readable = pathlib.Path(cfg.source_run).name if cfg.source_run else \
+        f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}"
+    command.execute(cfg.run, readable, lambda run, dist: train_and_prune(run, cfg, dist),
+                    summary_table, cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ an epoch: it is written after the epoch's checkpoint, so a killed run resumes
 from the last epoch whose state was committed and loses at most the epoch in
 progress. Nothing is pickled: state is JSON, weights are Keras ``.weights.h5``.
 
-This module holds the three flags that locate a run (shared by every
-command) and a flag-free `RunDir` class.
+Flag-free: `experiments.command` opens the run directory that the flags
+name (`experiments.options.run`); flag modules declare here which of their
+flags are operational (`operational`).
 """
 
 from __future__ import annotations
@@ -43,20 +44,8 @@ import socket
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from absl import flags
-
 from cb_keras import files
 from experiments.console import CommandError, size_text
-
-RUNS_ROOT = flags.DEFINE_string(
-    "runs_root", "runs", "Folder that holds the run directories (<runs_root>/<name>).")
-NAME = flags.DEFINE_string(
-    "name", None,
-    "Name of the run directory under --runs_root. Default: derived from the command and "
-    "the flags that affect results (readable prefix + hash), so rerunning the same "
-    "command resumes the same run and a changed flag starts a new one.")
-RUN_DIR = flags.DEFINE_string(
-    "run_dir", None, "Path of the run directory; overrides --runs_root and --name.")
 
 FLAGS_FILE = "flags.json"
 RESULTS_FILE = "results.json"
@@ -65,7 +54,8 @@ LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT_PATTERN = re.compile(r"epoch_(\d{4,})\.weights\.h5")
 
-_operational_flags = {RUNS_ROOT.name, NAME.name, RUN_DIR.name}
+# Names of the flags declared with `operational`.
+_operational_flags: set[str] = set()
 
 
 # Run directories this process holds the lock of: resolved path -> open lock file.
@@ -76,8 +66,8 @@ class RunDirError(CommandError):
     """A run directory cannot be used as asked (e.g. resumed with other flags)."""
 
 
-def operational(*holders: flags.FlagHolder) -> None:
-    """Declare flags that do not change results (where/how a run executes).
+def operational(*holders: Any) -> None:
+    """Declare flags (absl flag holders) that do not change results (where/how a run executes).
 
     They are still written to flags.json, but may differ when a run is
     resumed, and they do not enter the default run name.
@@ -121,48 +111,6 @@ def default_name(command: str, readable: str, flag_values: Mapping[str, Any]) ->
     slug = re.sub(r"[^A-Za-z0-9._=+-]+", "-", readable).strip("-")
     return f"{command}_{slug}_{digest.hexdigest()[:8]}" if slug else \
         f"{command}_{digest.hexdigest()[:8]}"
-
-
-def flag_values(module_name: str) -> dict[str, Any]:
-    """Values of the key flags of a command module (its own and adopted ones)."""
-    return {flag.name: flag.value for flag in sorted(
-        flags.FLAGS.get_key_flags_for_module(module_name), key=lambda f: f.name)}
-
-
-def locate(command: str, readable: str, flag_values: Mapping[str, Any]) -> pathlib.Path:
-    """The run directory named by --run_dir, else --runs_root/--name, else derived."""
-    if RUN_DIR.value:
-        return pathlib.Path(RUN_DIR.value)
-    name = NAME.value or default_name(command, readable, flag_values)
-    return pathlib.Path(RUNS_ROOT.value) / name
-
-
-def open_run(command: str, readable: str, module_name: str, *,
-             writer: bool = True) -> "RunDir":
-    """Locate the run of `command` and start or resume it (see `RunDir.start`).
-
-    Args:
-        command: the command's name, first part of the default run name.
-        readable: short description for the default run name (e.g. the network).
-        module_name: the command module, whose key flags are the run's flags.
-        writer: False on non-chief workers.
-
-    A finished run is returned as is (check ``run.results``) and nothing is
-    written to it, so it may sit on read-only storage. An unfinished run is
-    locked for this process first (`RunDir.lock`).
-    """
-    values = flag_values(module_name)
-    run = RunDir(locate(command, readable, values), writer=writer)
-    finished = run.results is not None
-    if writer and not finished:
-        run.lock()
-    resumed = run.start(values, record=not finished)
-    if finished:
-        print(f"{command}: {run.path} is already finished; its results are in "
-              f"{run.file(RESULTS_FILE)}.", flush=True)
-    else:
-        print(f"{command}: {'resuming' if resumed else 'starting'} {run.path}", flush=True)
-    return run
 
 
 class RunDir:

@@ -1,4 +1,4 @@
-"""--strategy: where training and bundle measurement run (tf.distribute).
+"""Where training and bundle measurement run: the tf.distribute strategy of --strategy.
 
 - ``none``: TensorFlow's default strategy (one device: the first GPU, or the CPU).
 - ``mirrored``: ``tf.distribute.MirroredStrategy`` over the GPUs of this machine,
@@ -10,7 +10,8 @@
   chief) writes files, the others read the checkpoints to resume.
 
 ``--batch_size`` is always the global batch size (split across replicas), so
-the bundle metric's batch size is the same under every strategy.
+the bundle metric's batch size is the same under every strategy. The flags
+are in `experiments.options.strategy`; this module takes their record.
 """
 
 from __future__ import annotations
@@ -19,27 +20,9 @@ import json
 import os
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, logging
 
-from experiments import rundir
-
-STRATEGY = flags.DEFINE_enum(
-    "strategy", "none", ["none", "mirrored", "multi_worker"],
-    "tf.distribute strategy for training and measurement: none (one device), mirrored "
-    "(the GPUs of this machine, or --devices), multi_worker (several machines, TF_CONFIG).")
-DEVICES = flags.DEFINE_list(
-    "devices", [],
-    "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 or /cpu:0,/cpu:1 (logical CPUs). "
-    "Default: all GPUs of the machine (the CPU if there is none).")
-rundir.operational(STRATEGY, DEVICES)
-
-
-@flags.multi_flags_validator(
-    [STRATEGY.name, DEVICES.name],
-    message="--devices is only used with --strategy=mirrored; drop it or add "
-            "--strategy=mirrored.")
-def _devices_need_mirrored(values: dict) -> bool:
-    return not values[DEVICES.name] or values[STRATEGY.name] == "mirrored"
+from experiments.config import StrategyConfig
 
 
 class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -62,7 +45,7 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.nest.map_structure(reduce_one, value)
 
 
-def _cross_device_ops() -> tf.distribute.CrossDeviceOps | None:
+def _cross_device_ops(devices: tuple[str, ...]) -> tf.distribute.CrossDeviceOps | None:
     """ReductionToOneDevice for logical CPUs, TensorFlow's default (NCCL) for GPUs.
 
     On CPUs the default all-reduce uses collective ops whose instance keys
@@ -70,24 +53,24 @@ def _cross_device_ops() -> tf.distribute.CrossDeviceOps | None:
     next seed of --runs, or a test after another) then fails with "Shape
     mismatch in the collective instance".
     """
-    devices = DEVICES.value or [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices = devices or tuple(d.name for d in tf.config.list_logical_devices("GPU"))
     if not devices or all("cpu" in d.lower() for d in devices):
         return tf.distribute.ReductionToOneDevice()
     return None
 
 
-def make() -> tf.distribute.Strategy:
+def make(cfg: StrategyConfig) -> tf.distribute.Strategy:
     """The strategy chosen by --strategy (and --devices)."""
-    if STRATEGY.value == "mirrored":
+    if cfg.name == "mirrored":
         try:
-            return tf.distribute.MirroredStrategy(DEVICES.value or None,
-                                                  cross_device_ops=_cross_device_ops())
+            return tf.distribute.MirroredStrategy(list(cfg.devices) or None,
+                                                  cross_device_ops=_cross_device_ops(cfg.devices))
         except (ValueError, RuntimeError) as error:
             available = [d.name for d in tf.config.list_logical_devices()]
             raise app.UsageError(
-                f"--devices={','.join(DEVICES.value)} cannot be mirrored ({error}); "
+                f"--devices={','.join(cfg.devices)} cannot be mirrored ({error}); "
                 f"available devices: {', '.join(available)}.") from error
-    if STRATEGY.value == "multi_worker":
+    if cfg.name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             logging.warning("--strategy=multi_worker without TF_CONFIG runs one local "
                             "worker; set TF_CONFIG on every machine (README).")

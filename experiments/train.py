@@ -8,7 +8,7 @@ writes results.json with every trial and the mean and std over them:
 
 - ``finished`` (true), ``command`` ("train"), ``spec`` (the network),
   ``dataset``
-- ``trials``: one dict per seed (`training.train_trial`): ``seed``, ``dir``,
+- ``trials``: one dict per seed (`trial.train_trial`): ``seed``, ``dir``,
   ``spec``, ``parameters``, ``epochs``, ``loss``, ``accuracy``,
   ``test_accuracy`` (mean of the last 5 epochs), ``test_accuracy_last``,
   ``test_loss``, ``num_bundles``, ``bundle_entropy``, ``max_accuracy``,
@@ -24,15 +24,23 @@ writes results.json with every trial and the mean and std over them:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import tensorflow as tf
 from absl import app, flags
 
-from experiments import config, console, model_flags, rundir, strategy, training
+from experiments import command, console, recipe, trial
+from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.rundir import RunDir
+from experiments.options import model as model_flags
+from experiments.options import run as run_flags
+from experiments.options import strategy as strategy_flags
+from experiments.options import training as training_flags
 
-flags.adopt_module_key_flags(rundir)
-flags.adopt_module_key_flags(strategy)
-flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(run_flags)
+flags.adopt_module_key_flags(strategy_flags)
+flags.adopt_module_key_flags(training_flags)
 flags.adopt_module_key_flags(model_flags)
 
 AGGREGATED = ("test_accuracy", "accuracy", "loss", "num_bundles", "bundle_entropy",
@@ -51,36 +59,51 @@ SUMMARY_COLUMNS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `train` say."""
+
+    run: RunConfig
+    strategy: StrategyConfig
+    training: TrainConfig
+    spec: dict[str, Any]
+
+
+def read_flags() -> Config:
+    """The flags of `train`, read once."""
+    return Config(run_flags.run_config("train", __name__), strategy_flags.strategy_config(),
+                  training_flags.training_config(), model_flags.model_spec())
+
+
+def train(run_dir: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Train (or resume) every seed of the network; the results dict (module docstring)."""
+    trials = [trial.train_trial(directory, cfg.spec, cfg.training, seed=seed, strategy=dist,
+                                label=f"[seed {seed}]" if cfg.training.runs > 1 else "")
+              for seed, directory in trial.trial_dirs(run_dir, "", cfg.training)]
+    return {
+        "command": "train", "spec": cfg.spec, "dataset": cfg.training.dataset,
+        "trials": trials, **trial.mean_std(trials, AGGREGATED),
+        "conflicting_trials": sum(bool(t["conflicting"]) for t in trials),
+    }
+
+
 def summary_table(results: dict[str, Any]) -> str:
     """The trials of a train run as a table, with mean and std rows for several."""
     rows = list(results["trials"])
     if len(rows) > 1:
         for stat in ("mean", "std"):
             rows.append({"seed": stat, **{k: results[f"{k}_{stat}"] for k in AGGREGATED}})
-    return f"{training.spec_name(results['spec'])} on {results['dataset']}\n" + \
+    return f"{recipe.spec_name(results['spec'])} on {results['dataset']}\n" + \
         console.table(rows, SUMMARY_COLUMNS)
 
 
 def main(argv: list[str]) -> None:
     """Train (or resume) the run given by the flags and print its summary."""
-    if len(argv) > 1:
-        raise app.UsageError(f"train takes no positional arguments, got {argv[1:]}.")
-    dist = strategy.make()
-    spec = model_flags.model_spec()
-    cfg = config.training_config()
-    run = rundir.open_run("train", f"{training.spec_name(spec)}_{cfg.dataset}", __name__,
-                          writer=strategy.is_chief(dist))
-    results = run.results
-    if results is None:
-        trials = [training.train_trial(trial, spec, cfg, seed=seed, strategy=dist,
-                                       label=f"[seed {seed}]" if cfg.runs > 1 else "")
-                  for seed, trial in training.trial_dirs(run, "", cfg)]
-        results = run.finish({
-            "command": "train", "spec": spec, "dataset": cfg.dataset,
-            "trials": trials, **training.mean_std(trials, AGGREGATED),
-            "conflicting_trials": sum(bool(t["conflicting"]) for t in trials),
-        })
-    print(summary_table(results), run.size_line(), sep="\n", flush=True)
+    command.no_arguments("train", argv)
+    cfg = read_flags()
+    command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
+                    lambda run_dir, dist: train(run_dir, cfg, dist), summary_table,
+                    cfg.strategy)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,12 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import data
-from experiments import (config, evaluate, fnn_map, model_flags, rundir, strategy, train,
-                         training)
+from experiments import evaluate, fnn_map, rundir, strategy, train
+from experiments.options import model as model_flags
+from experiments.options import strategy as strategy_flags
+from experiments.options import training as training_flags
+from experiments.recipe import compile_model
+from experiments.trial import entropy_integral, train_trial
 
 FLAGS = flags.FLAGS
 FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
@@ -156,7 +160,7 @@ def test_mirrored_strategy_trains_several_seeds_on_two_devices(
             "--seed=5", "--strategy=mirrored", f"--devices={','.join(cpu_devices)}",
             "--noexport", f"--run_dir={run_dir}"]
     parse(train, *argv)
-    assert strategy.make().num_replicas_in_sync == 2
+    assert strategy.make(strategy_flags.strategy_config()).num_replicas_in_sync == 2
     run(parse, train, *argv)
     results = json.loads((run_dir / "results.json").read_text())
     assert [t["seed"] for t in results["trials"]] == [5, 6]
@@ -203,7 +207,7 @@ def test_errors_of_main_say_what_to_do(parse, tmp_path):
 def test_flagfiles_hold_valid_configurations_with_the_papers_hyperparameters(parse, path):
     module = fnn_map if path.name.startswith("fnn_map") else train
     parse(module, f"--flagfile={path}")
-    cfg = config.training_config()
+    cfg = training_flags.training_config()
     assert (cfg.batch_size, cfg.learning_rate, cfg.measure_samples) == (64, 1e-3, 512)
     if module is train:
         assert model_flags.model_spec()["model"] in ("fnn", "vgg", "resnet")
@@ -217,9 +221,9 @@ def test_a_trial_directory_refuses_another_network(parse, tmp_path):
     trial.write_json(rundir.STATE_FILE, {"spec": {"model": "fnn", "depth": 3, "width": 8},
                                          "seed": 0, "completed_epochs": 1, "history": []})
     with pytest.raises(rundir.RunDirError, match="use another directory"):
-        training.train_trial(trial, {"model": "fnn", "depth": 2, "width": 8},
-                             config.training_config(), seed=0,
-                             strategy=tf.distribute.get_strategy())
+        train_trial(trial, {"model": "fnn", "depth": 2, "width": 8},
+                    training_flags.training_config(), seed=0,
+                    strategy=tf.distribute.get_strategy())
 
 
 # -- the run directory module ------------------------------------------------
@@ -275,15 +279,15 @@ def test_entropy_integral_is_the_mean_over_the_scheduled_measurements_from_epoch
     def history(*entropies):
         return [{"epoch": e, "bundle_entropy": h} for e, h in enumerate(entropies)]
 
-    assert training.entropy_integral(history(0.4, 0.2, 0.0, 0.2), every=1) == \
+    assert entropy_integral(history(0.4, 0.2, 0.0, 0.2), every=1) == \
         pytest.approx(0.2)
     # every 2: measured at epochs 0 and 2; the unmeasured epochs hold None
-    assert training.entropy_integral(history(0.4, None, 0.1, None), every=2) == \
+    assert entropy_integral(history(0.4, None, 0.1, None), every=2) == \
         pytest.approx(0.25)
-    assert training.entropy_integral(history(None, 0.2, 0.2), every=1) is None  # no epoch 0
-    assert training.entropy_integral(history(0.1, None, 0.2), every=1) is None  # diverged
-    assert training.entropy_integral(history(0.1, 0.2), every=0) is None  # never measured
-    assert training.entropy_integral([], every=1) is None
+    assert entropy_integral(history(None, 0.2, 0.2), every=1) is None  # no epoch 0
+    assert entropy_integral(history(0.1, None, 0.2), every=1) is None  # diverged
+    assert entropy_integral(history(0.1, 0.2), every=0) is None  # never measured
+    assert entropy_integral([], every=1) is None
 
 
 @pytest.mark.parametrize("optimizer", ["paper", "adam"])
@@ -291,7 +295,7 @@ def test_a_compiled_model_traces_its_train_step_once(optimizer):
     # Optimizer or metric variables that `fit` creates inside the first trace
     # of the train step make TensorFlow trace the whole step again.
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    training.compile_model(model, SimpleNamespace(optimizer=optimizer, learning_rate=1e-3))
+    compile_model(model, SimpleNamespace(optimizer=optimizer, learning_rate=1e-3))
     traces, train_step = [], model.train_step
 
     def counted_train_step(batch):

@@ -25,7 +25,9 @@ from absl import flags
 
 import cb_keras
 from cb_keras import data, models
-from experiments import auto_tune, config, evaluate, rundir, train, trained, training
+from experiments import auto_tune, evaluate, rundir, serving, train
+from experiments.options import training as training_flags
+from experiments.trial import train_trial
 
 FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,17 +64,17 @@ class StopAfter(keras.callbacks.Callback):
 
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path, capsys):
     parse(train, *TINY, "--epochs=4", "--progress=none")
-    cfg, spec = config.training_config(), {"model": "fnn", "depth": 2, "width": 8}
+    cfg, spec = training_flags.training_config(), {"model": "fnn", "depth": 2, "width": 8}
     trial = rundir.RunDir(tmp_path / "trial")
     with pytest.raises(KeyboardInterrupt):  # killed in epoch 4: epochs 1-3 committed
-        training.train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy(),
-                             callbacks=[StopAfter(4)])
+        train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy(),
+                    callbacks=[StopAfter(4)])
     assert list(trial.checkpoints()) == [2, 3]  # the newest plus one fallback (default)
     newest = trial.checkpoints()[3]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, e.g. by a full disk
 
-    result = training.train_trial(trial, spec, cfg, seed=0,
-                                  strategy=tf.distribute.get_strategy())
+    result = train_trial(trial, spec, cfg, seed=0,
+                         strategy=tf.distribute.get_strategy())
     out = capsys.readouterr().out
     assert "epoch_0003.weights.h5 does not load" in out
     assert "Resuming from the checkpoint of epoch 2 instead" in out
@@ -86,7 +88,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path
     state.update(finished=False, completed_epochs=4)
     trial.write_json(rundir.STATE_FILE, state)
     with pytest.raises(rundir.RunDirError, match="No older checkpoint .* loads either"):
-        training.train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy())
+        train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy())
 
 
 # -- items: read-only finished runs, disk use --------------------------------
@@ -120,7 +122,7 @@ def test_reading_a_finished_run_writes_nothing_and_the_summary_gives_its_size(
 def test_saved_keras_files_load_with_plain_keras_without_cb_keras(tmp_path):
     model = models.build("resnet", (8, 8, 1), 10, blocks=[1, 1, 1, 1])
     path = tmp_path / "final.keras"
-    trained.save_keras(model, path)
+    serving.save_keras(model, path)
     x = np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     script = textwrap.dedent(f"""

@@ -11,7 +11,12 @@ import pytest
 from absl import flags
 
 from cb_keras import data, models
-from experiments import config, fnn_map, lesion, model_flags, prune, rundir, train, training
+from experiments import fnn_map, lesion, prune, rundir, train
+from experiments.config import TrainConfig
+from experiments.options import model as model_flags
+from experiments.options import run as run_flags
+from experiments.options import training as training_flags
+from experiments.recipe import load_data
 
 FLAGS = flags.FLAGS
 FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
@@ -67,7 +72,7 @@ def test_prune_flagfiles_train_the_reference_120_layer_resnet(parse, dataset):
     assert spec["model"] == "resnet" and spec["blocks"] == [3, 12, 41, 3]
     assert sum(spec["blocks"]) == 59
     assert models.paper_blocks(120) == [3, 12, 41, 3]
-    cfg = config.training_config()
+    cfg = training_flags.training_config()
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.optimizer, cfg.augment) == (
         120, 64, 1e-3, "paper", True)
     assert cfg.measure_samples == 64  # the reference's conflicting_samples_size
@@ -81,7 +86,7 @@ def test_lesion_flagfiles_use_the_reference_k_ranges_on_the_pruned_runs_network(
     assert (lesion.K_RULE.value, lesion.DRAWS.value) == ("reference", 15)
     assert FLAGS.source_run == f"runs/prune_{dataset}/train"
     parse(prune, f"--flagfile={FLAGFILES / f'prune_{dataset}.cfg'}")
-    assert rundir.NAME.value == f"prune_{dataset}"
+    assert run_flags.NAME.value == f"prune_{dataset}"
 
 
 @pytest.mark.parametrize("name, module, buffer", [
@@ -90,13 +95,13 @@ def test_lesion_flagfiles_use_the_reference_k_ranges_on_the_pruned_runs_network(
     ("train_vgg_cifar10.cfg", train, data.SHUFFLE_BUFFER)])
 def test_mnist_flagfiles_shuffle_like_the_reference(parse, name, module, buffer):
     parse(module, f"--flagfile={FLAGFILES / name}")
-    assert config.training_config().shuffle_buffer == buffer
+    assert training_flags.training_config().shuffle_buffer == buffer
 
 
 def test_shuffle_buffer_reaches_the_data_pipeline(parse):
     parse(train, "--dataset=digits", "--shuffle_buffer=1", "--batch_size=479")
-    cfg = config.training_config()
-    train_batches, _, _ = training.load_data(cfg, augment=False, shuffle_seed=5)
+    cfg = training_flags.training_config()
+    train_batches, _, _ = load_data(cfg, augment=False, shuffle_seed=5)
     in_order, _, _ = data.load("digits", batch_size=479, augment=False, shuffle_seed=5,
                                shuffle_buffer=1)
     shuffled, _, _ = data.load("digits", batch_size=479, augment=False, shuffle_seed=5)
@@ -107,9 +112,9 @@ def test_shuffle_buffer_reaches_the_data_pipeline(parse):
 
 def test_runs_recorded_before_the_shuffle_buffer_flag_still_load(parse):
     parse(train, "--dataset=digits")
-    saved = dataclasses.asdict(config.training_config())
+    saved = dataclasses.asdict(training_flags.training_config())
     del saved["shuffle_buffer"]
-    assert training.TrainConfig.from_flags(saved).shuffle_buffer == data.SHUFFLE_BUFFER
+    assert TrainConfig.from_flags(saved).shuffle_buffer == data.SHUFFLE_BUFFER
     del saved["epochs"]
     with pytest.raises(rundir.RunDirError, match=r"lacks the training flags \['epochs'\]"):
-        training.TrainConfig.from_flags(saved)
+        TrainConfig.from_flags(saved)

@@ -2,7 +2,7 @@
 
 A *spec* names a network completely: ``{"model": "fnn", "depth": 5, "width": 50}``
 or ``{"model": "vgg" | "resnet", "blocks": [3, 6, 12, 3]}``. Trial state and
-results store it, and `training.build_model` rebuilds the network from it.
+results store it, and `experiments.recipe.build_model` rebuilds the network from it.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import config, training
+from cb_keras import models
+from experiments.options.parsers import define_int_list
+
+PAPER_DEPTHS = ', '.join(map(str, sorted(models.PAPER_BLOCKS)))
 
 MODEL = flags.DEFINE_enum(
-    "model", "fnn", list(training.MODELS),
+    "model", "fnn", list(models.KINDS),
     "fnn: Dense+ReLU layers; vgg: plain conv blocks; resnet: residual blocks.")
 DEPTH = flags.DEFINE_integer(
     "depth", None,
     "fnn: number of hidden layers. vgg/resnet: a depth of the papers' table "
-    f"({', '.join(map(str, training.PAPER_DEPTHS))}), or give --blocks instead.",
+    f"({PAPER_DEPTHS}), or give --blocks instead.",
     lower_bound=1)
-BLOCKS = config.define_int_list(
+BLOCKS = define_int_list(
     "blocks", None, "vgg/resnet: blocks per stage, four integers, e.g. 3,6,12,3.", __name__)
 WIDTH = flags.DEFINE_integer("width", 50, "fnn: units per hidden layer.", lower_bound=1)
 
@@ -47,10 +50,10 @@ def model_spec() -> dict[str, Any]:
     if (DEPTH.value is None) == (not BLOCKS.value):
         raise app.UsageError(
             f"--model={MODEL.value} needs either --depth (a depth of the papers' table: "
-            f"{', '.join(map(str, training.PAPER_DEPTHS))}) or --blocks=b1,b2,b3,b4, "
+            f"{PAPER_DEPTHS}) or --blocks=b1,b2,b3,b4, "
             "not both.")
     try:
-        blocks = BLOCKS.value or training.paper_blocks(DEPTH.value)
+        blocks = BLOCKS.value or models.paper_blocks(DEPTH.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     return {"model": MODEL.value, "blocks": blocks}

@@ -1,9 +1,9 @@
 """Resumable training of one network (a *trial*), shared by the commands.
 
-Flag-free: every function takes plain values, so `train`, `fnn_map` and the
-later commands (`lesion`, `prune`, `auto_tune`) call it the same way:
+Flag-free: every function takes plain values, so `train`, `fnn_map`, `prune`
+and `auto_tune` call it the same way, with the `TrainConfig` their `main`
+read from the flags:
 
-    cfg = config.training_config()                      # flags -> TrainConfig
     result = train_trial(run.sub("cell_a"), spec, cfg, seed=cfg.seed,
                          strategy=strategy, label="[a]")
 
@@ -25,41 +25,27 @@ one.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import shutil
 from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from cb_keras import data, models, optimizers
 from cb_keras.callback import ConflictingBundles, bundle_logs
 from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
-from experiments import console
-from experiments.console import CommandError
+from experiments import console, serving
 from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
                                    TestEvaluation, number, write_metrics)
+from experiments.config import TrainConfig
+from experiments.recipe import build_model, compile_model, load_data, measurement_sampler
 from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
 
-DATASETS = data.NAMES
-MODELS = models.KINDS
-paper_blocks = models.paper_blocks
-PAPER_DEPTHS = sorted(models.PAPER_BLOCKS)
-
-OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
-    "paper": optimizers.paper_optimizer,
-    "radam": optimizers.RAdam,
-    "adam": keras.optimizers.Adam,
-    "sgd": keras.optimizers.SGD,
-}
 # before_training(untrained model, logs measured at initialization) -> do not train
 BeforeTraining = Callable[[keras.Model, dict[str, Any]], bool]
 CONFLICTS_FILE = "conflicts.csv"
 CONFLICTS_PLOT = "conflicts.png"
-EXPORT_DIR = "export"
 TENSORBOARD_DIR = "tensorboard"
 # Bundle metrics of a^L that the callback adds to the logs: (key, label, format).
 BUNDLE_FIELDS = (
@@ -67,72 +53,6 @@ BUNDLE_FIELDS = (
     ("bundle_entropy", "H", ".4f"),
     ("max_accuracy", "max_acc", ".3f"),
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train and measure one network (the training flags as data)."""
-
-    dataset: str
-    data_dir: str | None
-    augment: bool
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    optimizer: str
-    seed: int
-    runs: int
-    test_every: int
-    measure_every: int
-    measure_layers: str  # "last" or "all"
-    measure_samples: int
-    keep_checkpoints: int
-    export: bool
-    progress: str  # "line", "bar" or "none"
-    shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
-    measure_sample: str = "fixed"  # or "augmented" (see measurement_sampler)
-
-    @classmethod
-    def from_flags(cls, values: dict[str, Any]) -> "TrainConfig":
-        """The config of a run from its flags.json (fields with a default may be absent)."""
-        fields = dataclasses.fields(cls)
-        names = [field.name for field in fields if field.name in values]
-        missing = [field.name for field in fields
-                   if field.name not in values and field.default is dataclasses.MISSING]
-        if missing:
-            raise RunDirError(
-                f"flags.json lacks the training flags {missing}: the run was not made "
-                "by a training command (train, fnn_map, ...).")
-        return cls(**{name: values[name] for name in names})
-
-
-def spec_name(spec: dict[str, Any]) -> str:
-    """A short readable name of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
-    if spec["model"] == "fnn":
-        return f"fnn-d{spec['depth']}-w{spec['width']}"
-    return f"{spec['model']}-" + "-".join(str(b) for b in spec["blocks"])
-
-
-def build_model(spec: dict[str, Any], input_shape: Sequence[int],
-                num_classes: int) -> keras.Model:
-    """The (uncompiled) network described by `spec` (see `model_flags`)."""
-    return models.build(spec["model"], input_shape, num_classes,
-                        **{k: v for k, v in spec.items() if k != "model"})
-
-
-def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
-    """Compile with the configured optimizer and the papers' loss (logits)."""
-    model.compile(
-        optimizer=OPTIMIZERS[cfg.optimizer](cfg.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"])
-    # Create the optimizer and metric variables now: `fit` (without a
-    # distribution strategy) creates them inside the first trace of the train
-    # step, and TensorFlow then traces the whole step a second time.
-    model.optimizer.build(model.trainable_variables)
-    model.compute_metrics(None, np.zeros(1, "int32"),
-                          np.zeros((1,) + tuple(model.output_shape[1:]), "float32"))
-    model.reset_metrics()
 
 
 def restore(model: keras.Model, checkpoint: os.PathLike) -> None:
@@ -199,24 +119,12 @@ def data_seed(seed: int, epoch: int) -> int:
 def write_conflicts(trial: RunDir, model: keras.Model, x: np.ndarray, y: np.ndarray,
                     *, num_classes: int, cfg: TrainConfig) -> ConflictReport:
     """Measure every layer of `model`; write conflicts.csv and conflicts.png."""
-    report = measure(model, x, y, num_classes=num_classes,
-                     learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+    report = measure(model, x, y, num_classes=num_classes, **cfg.metric_step,
                      layers="auto", samples=cfg.measure_samples)
     if trial.writer:
         report.save_csv(trial.file(CONFLICTS_FILE))
         report.plot(trial.file(CONFLICTS_PLOT))
     return report
-
-
-def export(trial: RunDir, model: keras.Model) -> None:
-    """Export `model` as a SavedModel to export/, replacing an older export."""
-    if not trial.writer:
-        return
-    tmp, target = trial.file(f".tmp-{EXPORT_DIR}"), trial.file(EXPORT_DIR)
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.export(str(tmp), verbose=False)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
 
 
 def summarize(history: list[dict[str, Any]], report: ConflictReport,
@@ -293,9 +201,8 @@ def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.
     """
     logs: dict[str, Any] = {}
     if cfg.measure_every:
-        last = measure(model, x, y, num_classes=num_classes, learning_rate=cfg.learning_rate,
-                       batch_size=cfg.batch_size, layers="last",
-                       samples=cfg.measure_samples).last
+        last = measure(model, x, y, num_classes=num_classes, **cfg.metric_step,
+                       layers="last", samples=cfg.measure_samples).last
         logs.update(bundle_logs(last))
     stop = bool(before_training and before_training(model, logs))
     state["history"] = [{"epoch": 0, **{k: number(v) for k, v in logs.items()}}]
@@ -373,7 +280,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
     report = write_conflicts(trial, model, *sample(seed, state["completed_epochs"]),
                              num_classes=info.num_classes, cfg=cfg)
     if cfg.export:
-        export(trial, model)
+        serving.export(trial, model)
     state["result"] = {
         "seed": seed, "spec": spec, "dir": str(trial.path),
         "parameters": int(model.count_params()),
@@ -384,36 +291,6 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
     return state["result"]
 
 
-def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
-    """``(train, test, info)`` of the configured data set (`cb_keras.data.load`).
-
-    Raises:
-        CommandError: the flags do not fit the data set (e.g. --batch_size
-            larger than the training split).
-    """
-    try:
-        return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
-                         data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
-                         shuffle_buffer=cfg.shuffle_buffer)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
-
-
-def measurement_sampler(cfg: TrainConfig) -> data.Sampler:
-    """``sample(seed, epochs) -> (x, y)``: what the trial measures after `epochs` epochs.
-
-    ``cfg.measure_sample == "fixed"``: always `cb_keras.data.measurement_sample`
-    (reproducible, no augmentation); ``"augmented"``: the first
-    ``cfg.measure_samples`` examples of the shuffled, augmented training
-    batches, drawn anew for every measurement and seeded by the trial's seed
-    and the epoch, as the reference measured (`cb_keras.data.sampler`).
-    """
-    return data.sampler(cfg.dataset, cfg.measure_samples,
-                        augmented=cfg.measure_sample == "augmented",
-                        batch_size=cfg.batch_size, data_dir=cfg.data_dir,
-                        shuffle_buffer=cfg.shuffle_buffer)
-
-
 def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes: int,
                         cfg: TrainConfig) -> list[keras.callbacks.Callback]:
     """The ConflictingBundles callback of the config (none if measure_every is 0)."""
@@ -421,8 +298,7 @@ def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes
         return []
     every_layer = cfg.measure_layers == "all"
     return [ConflictingBundles(
-        x, y, num_classes=num_classes, learning_rate=cfg.learning_rate,
-        batch_size=cfg.batch_size, every=cfg.measure_every,
+        x, y, num_classes=num_classes, **cfg.metric_step, every=cfg.measure_every,
         layers="auto" if every_layer else "last", samples=cfg.measure_samples,
         log_dir=str(trial.file(TENSORBOARD_DIR)) if every_layer and trial.writer else None)]
 

@@ -1,0 +1,100 @@
+"""The skeleton every command's `main` shares: run directory, resume, results, summary.
+
+A command reads its flags once, at the top of `main`, into a frozen config
+(records of `experiments.config` and its own), and hands its work to
+`execute`:
+
+    def main(argv):
+        command.no_arguments("train", argv)
+        cfg = read_flags()
+        command.execute(cfg.run, readable, lambda run, dist: work(run, cfg, dist),
+                        summary_table, cfg.strategy)
+
+`execute` makes the tf.distribute strategy, locates the run directory, locks
+an unfinished run, records or checks its flags, does the work unless
+results.json marks the run finished, writes results.json, and prints the
+summary with the directory's size.
+Errors a user can fix are `console.CommandError`s (a `rundir.RunDirError`
+for the run directory), which ``python -m experiments`` prints as one line.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable, Mapping
+
+import tensorflow as tf
+from absl import app
+
+from experiments import strategy
+from experiments.config import RunConfig, StrategyConfig
+from experiments.rundir import RESULTS_FILE, RunDir, default_name
+
+Work = Callable[[RunDir, tf.distribute.Strategy], Mapping[str, Any]]
+
+
+def no_arguments(command: str, argv: list[str]) -> None:
+    """Refuse positional arguments: every command takes flags only.
+
+    Raises:
+        app.UsageError: `argv` holds more than the program name.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"{command} takes no positional arguments, got {argv[1:]}.")
+
+
+def locate(cfg: RunConfig, readable: str) -> pathlib.Path:
+    """The run directory named by --run_dir, else --runs_root/--name, else derived."""
+    if cfg.run_dir:
+        return pathlib.Path(cfg.run_dir)
+    name = cfg.name or default_name(cfg.command, readable, cfg.flag_values)
+    return pathlib.Path(cfg.runs_root) / name
+
+
+def open_run(cfg: RunConfig, readable: str, *, writer: bool = True) -> RunDir:
+    """Locate the run and start or resume it (see `RunDir.start`).
+
+    Args:
+        cfg: the command, its flags and the run location.
+        readable: short description for the default run name (e.g. the network).
+        writer: False on non-chief workers.
+
+    A finished run is returned as is (check ``run.results``) and nothing is
+    written to it, so it may sit on read-only storage. An unfinished run is
+    locked for this process first (`RunDir.lock`).
+    """
+    run = RunDir(locate(cfg, readable), writer=writer)
+    finished = run.results is not None
+    if writer and not finished:
+        run.lock()
+    resumed = run.start(cfg.flag_values, record=not finished)
+    if finished:
+        print(f"{cfg.command}: {run.path} is already finished; its results are in "
+              f"{run.file(RESULTS_FILE)}.", flush=True)
+    else:
+        print(f"{cfg.command}: {'resuming' if resumed else 'starting'} {run.path}",
+              flush=True)
+    return run
+
+
+def execute(cfg: RunConfig, readable: str, work: Work,
+            summary: Callable[[dict[str, Any]], str],
+            placement: StrategyConfig = StrategyConfig("none")) -> dict[str, Any]:
+    """Open the run, do `work` unless it is finished, print its summary; its results.
+
+    Args:
+        cfg: the command, its flags and the run location.
+        readable: short description for the default run name.
+        work: ``work(run, strategy) -> results`` of an unfinished (new or
+            resumed) run; it resumes whatever the run directory holds of an
+            earlier attempt.
+        summary: the text printed for the results (also of a finished run).
+        placement: the strategy to make; only its chief worker writes files.
+    """
+    dist = strategy.make(placement)
+    run = open_run(cfg, readable, writer=strategy.is_chief(dist))
+    results = run.results
+    if results is None:
+        results = run.finish(work(run, dist))
+    print(summary(results), run.size_line(), sep="\n", flush=True)
+    return results

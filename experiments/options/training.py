@@ -1,0 +1,79 @@
+"""The flags of every command that trains networks, and the `TrainConfig` they make.
+
+Defaults are the papers' hyperparameters (batch 64, learning rate 1e-3,
+Lookahead(RAdam), 120 epochs, 512 measurement samples) on the offline
+``digits`` data set; the flagfiles in flags/ set the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from cb_keras import data
+from experiments import rundir
+from experiments.config import TrainConfig
+from experiments.recipe import OPTIMIZERS
+
+DATASET = flags.DEFINE_enum(
+    "dataset", "digits", list(data.NAMES),
+    "Data set: digits (scikit-learn) or mnist5k (cb_keras[mnist5k]), both offline, or a "
+    "TensorFlow Datasets name of the papers (imagenette/<config>: another Imagenette release).")
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "TensorFlow Datasets folder (default: TFDS's own, ~/tensorflow_datasets).")
+AUGMENT = flags.DEFINE_bool(
+    "augment", True, "Augment training batches as the papers do (docs/method.md §5).")
+EPOCHS = flags.DEFINE_integer("epochs", 120, "Training epochs.", lower_bound=1)
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 64, "Global training batch size (also the bundle metric's bs).",
+    lower_bound=1)
+LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", 1e-3, "Learning rate (also the bundle metric's lr), > 0.")
+OPTIMIZER = flags.DEFINE_enum(
+    "optimizer", "paper", list(OPTIMIZERS),
+    "paper: Lookahead(RAdam(eps 1e-6, weight decay 1e-2)) of the papers; radam: RAdam "
+    "alone; adam / sgd: Keras's own.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed of the first run; run k uses seed + k.")
+RUNS = flags.DEFINE_integer(
+    "runs", 1, "Independent trainings (seeds) per network, for mean and std.", lower_bound=1)
+TEST_EVERY = flags.DEFINE_integer(
+    "test_every", 1,
+    "Evaluate the test split every k epochs (and always in the last 5, whose mean is "
+    "the reported test accuracy).", lower_bound=1)
+MEASURE_EVERY = flags.DEFINE_integer(
+    "measure_every", 1, "Measure bundles every k epochs (0: never during training).",
+    lower_bound=0)
+MEASURE_LAYERS = flags.DEFINE_enum(
+    "measure_layers", "last", ["last", "all"],
+    "Layers measured every epoch: last (a^L) or all (per-layer report of each epoch).")
+MEASURE_SAMPLES = flags.DEFINE_integer(
+    "measure_samples", 512, "Training samples for the bundle metric (see --measure_sample).",
+    lower_bound=1)
+MEASURE_SAMPLE = flags.DEFINE_enum(
+    "measure_sample", "fixed", ["fixed", "augmented"],
+    "fixed: the same training examples without augmentation at every measurement "
+    "(reproducible); augmented: the first examples of the shuffled, augmented training "
+    "batches, new at every measurement, as the reference measured.")
+SHUFFLE_BUFFER = flags.DEFINE_integer(
+    "shuffle_buffer", data.SHUFFLE_BUFFER,
+    "Training examples in the shuffle buffer (the reference: 10 for mnist, 10000 for the "
+    "others).", lower_bound=1)
+KEEP_CHECKPOINTS = flags.DEFINE_integer(
+    "keep_checkpoints", 2,
+    "Checkpoints of the last epochs to keep: 2 = the newest plus one to fall back to if the "
+    "newest is damaged. evaluate averages test accuracy over the kept ones (the papers: 5).",
+    lower_bound=1)
+EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedModel (export/).")
+PROGRESS = flags.DEFINE_enum(
+    "progress", "line", ["line", "bar", "none"],
+    "Per-epoch output: one compact line, Keras's progress bar, or nothing.")
+flags.register_validator(LEARNING_RATE, lambda value: value > 0,
+                         "--learning_rate must be > 0, e.g. 1e-3 (the papers' value).")
+rundir.operational(DATA_DIR, KEEP_CHECKPOINTS, EXPORT, PROGRESS)
+
+
+def training_config() -> TrainConfig:
+    """The training configuration given by the flags above."""
+    return TrainConfig.from_flags({field.name: flags.FLAGS[field.name].value
+                                   for field in dataclasses.fields(TrainConfig)})

@@ -1,0 +1,85 @@
+"""What a `TrainConfig` and a network spec make: the network, its optimizer, its data.
+
+A *spec* names a network completely: ``{"model": "fnn", "depth": 5, "width": 50}``
+or ``{"model": "vgg" | "resnet", "blocks": [3, 6, 12, 3]}`` (see
+`experiments.options.model`). The learning rate and batch size come from the
+one `TrainConfig` (its ``metric_step`` gives the bundle metric the same ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+
+from cb_keras import data, models, optimizers
+from experiments.config import TrainConfig
+from experiments.console import CommandError
+
+# --optimizer: name -> the optimizer of that learning rate.
+OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
+    "paper": optimizers.paper_optimizer,
+    "radam": optimizers.RAdam,
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+}
+
+
+def spec_name(spec: dict[str, Any]) -> str:
+    """A short readable name of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
+    if spec["model"] == "fnn":
+        return f"fnn-d{spec['depth']}-w{spec['width']}"
+    return f"{spec['model']}-" + "-".join(str(b) for b in spec["blocks"])
+
+
+def build_model(spec: dict[str, Any], input_shape: Sequence[int],
+                num_classes: int) -> keras.Model:
+    """The (uncompiled) network described by `spec` (module docstring)."""
+    return models.build(spec["model"], input_shape, num_classes,
+                        **{k: v for k, v in spec.items() if k != "model"})
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
+    """Compile with the configured optimizer and the papers' loss (logits)."""
+    model.compile(
+        optimizer=OPTIMIZERS[cfg.optimizer](cfg.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    # Create the optimizer and metric variables now: `fit` (without a
+    # distribution strategy) creates them inside the first trace of the train
+    # step, and TensorFlow then traces the whole step a second time.
+    model.optimizer.build(model.trainable_variables)
+    model.compute_metrics(None, np.zeros(1, "int32"),
+                          np.zeros((1,) + tuple(model.output_shape[1:]), "float32"))
+    model.reset_metrics()
+
+
+def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
+    """``(train, test, info)`` of the configured data set (`cb_keras.data.load`).
+
+    Raises:
+        CommandError: the flags do not fit the data set (e.g. --batch_size
+            larger than the training split).
+    """
+    try:
+        return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
+                         data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
+                         shuffle_buffer=cfg.shuffle_buffer)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
+def measurement_sampler(cfg: TrainConfig) -> data.Sampler:
+    """``sample(seed, epochs) -> (x, y)``: what the trial measures after `epochs` epochs.
+
+    ``cfg.measure_sample == "fixed"``: always `cb_keras.data.measurement_sample`
+    (reproducible, no augmentation); ``"augmented"``: the first
+    ``cfg.measure_samples`` examples of the shuffled, augmented training
+    batches, drawn anew for every measurement and seeded by the trial's seed
+    and the epoch, as the reference measured (`cb_keras.data.sampler`).
+    """
+    return data.sampler(cfg.dataset, cfg.measure_samples,
+                        augmented=cfg.measure_sample == "augmented",
+                        batch_size=cfg.batch_size, data_dir=cfg.data_dir,
+                        shuffle_buffer=cfg.shuffle_buffer)

@@ -1,0 +1,103 @@
+"""A trained network as it is shipped and served: files, sizes, latency, test accuracy.
+
+`prune`, `auto_tune` and the trials export with `export` (SavedModel) and
+`save_keras` (.keras that plain Keras loads); `latencies_ms` times inference
+calls of several networks in turns.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cb_keras import files, pruning
+from cb_keras.taps import strip_taps
+from experiments.rundir import RunDir
+
+EXPORT_DIR = "export"
+
+
+def export(trial: RunDir, model: keras.Model) -> None:
+    """Export `model` as a SavedModel to export/, replacing an older export."""
+    if not trial.writer:
+        return
+    tmp, target = trial.file(f".tmp-{EXPORT_DIR}"), trial.file(EXPORT_DIR)
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.export(str(tmp), verbose=False)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def export_size(model: keras.Model, run: RunDir | None = None) -> int:
+    """Export a SavedModel to ``run/export`` (`export`); returns its bytes.
+
+    Without `run` the export goes to a temporary folder that is deleted.
+    """
+    if run is None:
+        with tempfile.TemporaryDirectory() as folder:
+            return export_size(model, RunDir(folder))
+    export(run, model)
+    return sum(f.stat().st_size for f in run.file(EXPORT_DIR).rglob("*")
+               if f.is_file())
+
+
+def save_keras(model: keras.Model, path: pathlib.Path) -> int:
+    """Save `model`'s architecture and weights as .keras, atomically; returns bytes.
+
+    Without optimizer and without the probe's marker layers
+    (`cb_keras.taps.strip_taps`), so plain ``keras.models.load_model`` loads
+    it without importing cb_keras.
+    """
+    temporary = path.with_name(f".tmp-{path.name}")  # Keras wants the .keras suffix
+    strip_taps(model).save(temporary)
+    files.sync(temporary)
+    os.replace(temporary, path)
+    return path.stat().st_size
+
+
+def describe(model: keras.Model, blocks: int) -> dict[str, Any]:
+    """``blocks`` (residual blocks left), ``weight_layers`` (Conv/Dense), ``parameters``."""
+    return {"blocks": blocks, "weight_layers": pruning.weight_layers(model),
+            "parameters": int(model.count_params())}
+
+
+def accuracy(model: keras.Model, test: tf.data.Dataset) -> float:
+    """Fraction of the test split whose arg-max output is the label, in [0, 1]."""
+    labels = np.concatenate([y.numpy() for _, y in test])
+    outputs = model.predict(test.map(lambda x, y: x), verbose=0)
+    return float(np.mean(np.argmax(outputs, axis=-1) == labels))
+
+
+def latency_ms(model: keras.Model, batch: tf.Tensor, repeats: int) -> float:
+    """Median wall time of one inference call of `model` on `batch`, in ms (`latencies_ms`)."""
+    return latencies_ms([model], batch, repeats)[0]
+
+
+def latencies_ms(models: Sequence[keras.Model], batch: tf.Tensor, repeats: int) -> list[float]:
+    """Median wall time of one inference call on `batch` per model, in milliseconds.
+
+    Each call is a traced ``tf.function`` of ``model(batch, training=False)``
+    that waits for its result; every model is warmed up once, then the
+    models take turns for `repeats` rounds, so load from other processes
+    affects all of them alike.
+    """
+    serves = [tf.function(lambda images, model=model: model(images, training=False))
+              for model in models]
+    times: list[list[float]] = [[] for _ in models]
+    for round_ in range(repeats + 1):
+        for serve, samples in zip(serves, times):
+            start = time.perf_counter()
+            serve(batch).numpy()
+            if round_:  # round 0 traces and warms up
+                samples.append(time.perf_counter() - start)
+    return [1000.0 * statistics.median(samples) for samples in times]
