@@ -177,7 +177,7 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
     if result["epochs"] < request.epochs:
         directory.prune_checkpoints(keep=1, protect=result["epochs"])
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
-                                 lambda: trained.load_trial(directory.path).model)
+                                lambda: trained.load_trial(directory.path).model)
 
 
 def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any], cfg: Config,

@@ -4,7 +4,7 @@ A trial (`experiments.trial.train_trial`) passes them to `fit` in this
 order, after `cb_keras.ConflictingBundles` where noted, so each sees the
 numbers of the ones before it in the epoch's logs:
 
-1. `TestEvaluation` adds ``test_loss`` and ``test_accuracy``;
+1. `cb_keras.evaluation.TestEvaluation` adds ``test_loss`` and ``test_accuracy``;
 2. ``ConflictingBundles`` adds the bundle metrics of a^L;
 3. `EpochCommit` saves the checkpoint, metrics.csv and state.json;
 4. `ScalarSummaries` writes the numbers for TensorBoard.
@@ -23,34 +23,8 @@ from tensorflow.core.framework import summary_pb2
 
 from experiments.rundir import STATE_FILE, RunDir
 
-LAST_EPOCHS = 5  # the reported test accuracy is the mean over the last 5 epochs
 METRICS_FILE = "metrics.csv"
 _FIRST_COLUMNS = ("epoch", "loss", "accuracy", "test_loss", "test_accuracy")
-
-
-class TestEvaluation(keras.callbacks.Callback):
-    """Adds ``test_loss`` and ``test_accuracy`` to the logs of some epochs.
-
-    Tests every `every` epochs and in each of the last `LAST_EPOCHS` epochs
-    (their mean is the reported test accuracy). Place it before callbacks
-    that read the test numbers.
-
-    Args:
-        test: the test split, a batched `tf.data.Dataset` of (x, y).
-        every: test every k epochs.
-        epochs: the total number of epochs of the training.
-    """
-
-    def __init__(self, test: tf.data.Dataset, every: int, epochs: int):
-        super().__init__()
-        self.test, self.every, self.epochs = test, every, epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        done = epoch + 1
-        if logs is not None and (done % self.every == 0 or done > self.epochs - LAST_EPOCHS):
-            values = self.model.evaluate(self.test, verbose=0, return_dict=True)
-            logs["test_loss"] = values["loss"]
-            logs["test_accuracy"] = values["accuracy"]
 
 
 class EpochCommit(keras.callbacks.Callback):

@@ -35,13 +35,14 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from experiments import callbacks, command, console, recipe, rundir, strategy, trial
+from cb_keras import evaluation
+from experiments import command, console, recipe, rundir, strategy, trial
 from experiments.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
 
 LAST_EPOCHS = flags.DEFINE_integer(
-    "last_epochs", callbacks.LAST_EPOCHS,
+    "last_epochs", evaluation.LAST_EPOCHS,
     "Average the test accuracy over the checkpoints of this many last epochs.", lower_bound=1)
 SAMPLES = flags.DEFINE_integer(
     "samples", None, "Training samples for the per-layer bundle metrics (default: the "

@@ -27,10 +27,9 @@ OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
 
 
 def spec_name(spec: dict[str, Any]) -> str:
-    """A short readable name of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
-    if spec["model"] == "fnn":
-        return f"fnn-d{spec['depth']}-w{spec['width']}"
-    return f"{spec['model']}-" + "-".join(str(b) for b in spec["blocks"])
+    """`cb_keras.models.spec_label` of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
+    return models.spec_label(spec["model"], spec.get("blocks"), depth=spec.get("depth"),
+                             width=spec.get("width"))
 
 
 def build_model(spec: dict[str, Any], input_shape: Sequence[int],

@@ -33,11 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
+from cb_keras.evaluation import TestEvaluation, in_last_epochs
 from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
 from experiments import console, serving
-from experiments.callbacks import (LAST_EPOCHS, EpochCommit, ScalarSummaries,
-                                   TestEvaluation, number, write_metrics)
+from experiments.callbacks import EpochCommit, ScalarSummaries, number, write_metrics
 from experiments.config import TrainConfig
 from experiments.recipe import build_model, compile_model, load_data, measurement_sampler
 from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
@@ -142,7 +142,7 @@ def summarize(history: list[dict[str, Any]], report: ConflictReport,
     """
     last = history[-1]
     tested = [r for r in history if r.get("test_accuracy") is not None]
-    recent = [r["test_accuracy"] for r in tested if r["epoch"] > last["epoch"] - LAST_EPOCHS]
+    recent = [r["test_accuracy"] for r in tested if in_last_epochs(r["epoch"], last["epoch"])]
     return {
         "epochs": last["epoch"],
         "loss": last.get("loss"),
