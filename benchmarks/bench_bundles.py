@@ -13,16 +13,13 @@ warm-up (tracing and XLA compilation) and is not timed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import cb_keras  # noqa: E402
-from benchmarks.reference_bundles import reference_bundles  # noqa: E402
+import cb_keras
+from benchmarks.reference_bundles import reference_bundles
 
 FEATURES = (10, 4096, 16384)
 SETTINGS = dict(num_classes=10, weight_amplitude=0.5, learning_rate=1e-3, batch_size=64)

@@ -38,12 +38,10 @@ import tempfile
 import time
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-import keras  # noqa: E402
-from keras.src.backend.tensorflow.trainer import TensorFlowTrainer  # noqa: E402
-
-from cb_keras import data, models, optimizers  # noqa: E402
+from cb_keras import data, models, optimizers
 
 BLOCKS = (3, 6, 12, 3)
 BATCH_SIZE = 64

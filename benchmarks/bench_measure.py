@@ -19,17 +19,14 @@ each, and the ratio measure / predict. Goal: warm ratio <= 1.5.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import cb_keras  # noqa: E402
-from cb_keras import models  # noqa: E402
-from cb_keras.probe import tap_names  # noqa: E402
+import cb_keras
+from cb_keras import models
+from cb_keras.probe import tap_names
 
 BLOCKS = (3, 6, 12, 3)
 NUM_CLASSES = 10

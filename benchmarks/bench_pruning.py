@@ -14,15 +14,12 @@ affects both alike.
 from __future__ import annotations
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from cb_keras import models, pruning  # noqa: E402
-from experiments.serving import latencies_ms  # noqa: E402
+from cb_keras import models, pruning
+from experiments.serving import latencies_ms
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

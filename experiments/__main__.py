@@ -17,9 +17,6 @@ import tempfile
 
 from absl import app, flags
 
-# TensorFlow's C++ INFO and WARNING lines (oneDNN, CUDA probing, XLA) print
-# before absl's logging is set up; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Start-up lines TensorFlow's C++ code prints whatever that level says; the
 # failed CUDA initialisation only matters on a machine with an NVIDIA GPU.
 _STARTUP_NOISE = re.compile(

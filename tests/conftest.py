@@ -8,7 +8,8 @@ runtime, so it happens here at import time; tests of
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import experiments  # noqa: F401  TensorFlow's process defaults, before TensorFlow
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
