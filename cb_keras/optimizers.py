@@ -87,13 +87,25 @@ class RAdam(keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables):
         """No-op: `update_step` applies the decay in the reference's order."""
 
-    def update_step(self, gradient, variable, learning_rate):
-        """One RAdam step of one variable (see the class docstring)."""
-        dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(gradient, dtype)
-        index = self._get_variable_index(variable)
-        m, v = self._momentums[index], self._velocities[index]
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """Update every variable; the step's scalars are built once per dtype and device.
+
+        A deep network has hundreds of variables, and building the ~20 scalar
+        operations of `_step_scalars` for each of them made tracing and graph
+        optimisation of the train step slow. The values are the same either
+        way (the same operations on the same inputs).
+        """
+        self._scalars_of_step = {}
+        try:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._scalars_of_step = None
+
+    def _step_scalars(self, dtype, device: str, learning_rate) -> dict:
+        """The scalars of this step in `dtype` (see the class docstring), cached per step."""
+        cache = getattr(self, "_scalars_of_step", None)
+        if cache is not None and (dtype, device) in cache:
+            return cache[(dtype, device)]
         beta_1 = ops.cast(self.beta_1, dtype)
         beta_2 = ops.cast(self.beta_2, dtype)
         step = ops.cast(self.iterations + 1, dtype)
@@ -102,25 +114,43 @@ class RAdam(keras.optimizers.Optimizer):
         inverse_bias_2 = 1.0 / (1.0 - beta_2_power)
         rho_inf = 2.0 / (1.0 - beta_2) - 1.0
         rho_t = rho_inf - 2.0 * step * beta_2_power * inverse_bias_2
-        rectifier = ops.sqrt(
-            (rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) / (rho_inf - 2.0)
-            * rho_inf / rho_t)
+        scalars = {
+            "lr": ops.cast(learning_rate, dtype),
+            "beta_1": beta_1, "one_minus_beta_1": 1.0 - beta_1,
+            "beta_2": beta_2, "one_minus_beta_2": 1.0 - beta_2,
+            "inverse_bias_1": 1.0 / (1.0 - beta_1_power),
+            "inverse_bias_2": inverse_bias_2,
+            "rectify": rho_t >= RECTIFICATION_THRESHOLD,
+            "rectifier": ops.sqrt(
+                (rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) / (rho_inf - 2.0)
+                * rho_inf / rho_t),
+            "epsilon": ops.cast(self.epsilon, dtype),
+            "weight_decay": ops.cast(self.weight_decay or 0.0, dtype),
+        }
+        if cache is not None:
+            cache[(dtype, device)] = scalars
+        return scalars
 
-        self.assign(m, beta_1 * m + (1.0 - beta_1) * gradient)
-        self.assign(v, beta_2 * v + (1.0 - beta_2) * ops.square(gradient))
-        m_hat = m * (1.0 / (1.0 - beta_1_power))
-        epsilon = ops.cast(self.epsilon, dtype)
+    def update_step(self, gradient, variable, learning_rate):
+        """One RAdam step of one variable (see the class docstring)."""
+        c = self._step_scalars(variable.dtype, variable.device, learning_rate)
+        gradient = ops.cast(gradient, variable.dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign(m, c["beta_1"] * m + c["one_minus_beta_1"] * gradient)
+        self.assign(v, c["beta_2"] * v + c["one_minus_beta_2"] * ops.square(gradient))
+        m_hat = m * c["inverse_bias_1"]
         # A select, not a conditional: a per-variable `cond` made tracing and
         # graph optimisation of a deep network's train step slow, and the
         # rectified step is computed anyway at every step after the 5th. While
         # rho_t < 5 the rectifier is NaN; the select then takes m_hat.
         update = ops.where(
-            rho_t >= RECTIFICATION_THRESHOLD,
-            rectifier * m_hat / (ops.sqrt(v * inverse_bias_2) + epsilon),
+            c["rectify"],
+            c["rectifier"] * m_hat / (ops.sqrt(v * c["inverse_bias_2"]) + c["epsilon"]),
             m_hat)
         if self.weight_decay and self._use_weight_decay(variable):
-            update = update + ops.cast(self.weight_decay, dtype) * variable
-        self.assign_sub(variable, lr * update)
+            update = update + c["weight_decay"] * variable
+        self.assign_sub(variable, c["lr"] * update)
 
     def get_config(self) -> dict:
         config = super().get_config()
