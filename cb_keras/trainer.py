@@ -78,6 +78,23 @@ class TrainOutcome:
 Trainer = Callable[[TrainRequest], TrainOutcome]
 
 
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    """Compile with `optimizer`, the papers' loss (on logits) and accuracy, ready to fit.
+
+    Also creates the optimizer's and the metrics' variables now: ``fit``
+    (without a distribution strategy) would create them inside the first
+    trace of the train step, and TensorFlow would then trace the whole step
+    a second time, which costs as much as the first for a deep network.
+    """
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    model.compute_metrics(None, np.zeros(1, "int32"),
+                          np.zeros((1,) + tuple(model.output_shape[1:]), "float32"))
+    model.reset_metrics()
+
+
 def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classes: int,
                 verbose: int = 1) -> Trainer:
     """A plain in-memory trainer: ``model.fit`` with the papers' optimizer and loss.
@@ -107,9 +124,7 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
                 "batched with drop_remainder=True.")
         keras.utils.set_random_seed(request.seed)
         model = models.build(request.kind, input_shape, num_classes, blocks=request.blocks)
-        model.compile(optimizer=optimizers.paper_optimizer(request.learning_rate),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+        compile_model(model, optimizers.paper_optimizer(request.learning_rate))
         if request.before_training is not None and request.before_training(model, {}):
             return TrainOutcome(0, None, {"parameters": int(model.count_params())},
                                 lambda: model)

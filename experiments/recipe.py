@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import keras
-import numpy as np
 
-from cb_keras import data, models, optimizers
+from cb_keras import data, models, optimizers, trainer
 from experiments.config import TrainConfig
 from experiments.console import CommandError
 
@@ -40,18 +39,8 @@ def build_model(spec: dict[str, Any], input_shape: Sequence[int],
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
-    """Compile with the configured optimizer and the papers' loss (logits)."""
-    model.compile(
-        optimizer=OPTIMIZERS[cfg.optimizer](cfg.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"])
-    # Create the optimizer and metric variables now: `fit` (without a
-    # distribution strategy) creates them inside the first trace of the train
-    # step, and TensorFlow then traces the whole step a second time.
-    model.optimizer.build(model.trainable_variables)
-    model.compute_metrics(None, np.zeros(1, "int32"),
-                          np.zeros((1,) + tuple(model.output_shape[1:]), "float32"))
-    model.reset_metrics()
+    """`cb_keras.trainer.compile_model` with the configured optimizer and learning rate."""
+    trainer.compile_model(model, OPTIMIZERS[cfg.optimizer](cfg.learning_rate))
 
 
 def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):

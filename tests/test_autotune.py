@@ -133,3 +133,27 @@ def test_the_trainer_trains_with_the_learning_rate_and_batch_size_the_search_mea
     with pytest.raises(ValueError, match="batches hold 64 examples but the search measures "
                                          "with batch_size=32"):
         trainer(dataclasses.replace(request, batch_size=32))
+
+
+def test_the_trainer_traces_its_train_step_once():
+    # Optimizer or metric variables created inside the first trace of the
+    # train step make TensorFlow trace the whole step again (it did before
+    # fit_trainer compiled with trainer.compile_model).
+    train, test, info = data.load("digits", batch_size=64, augment=False, shuffle_seed=0)
+    traces = []
+
+    def count_traces(model, measured):
+        train_step = model.train_step
+
+        def counted_train_step(batch):
+            traces.append(batch)
+            return train_step(batch)
+        model.train_step = counted_train_step
+        return False
+
+    trainer = fit_trainer(train.take(2), test.take(1), input_shape=info.input_shape,
+                          num_classes=10, verbose=0)
+    trainer(TrainRequest(run=0, kind="vgg", blocks=(1, 0, 0, 0), epochs=2, seed=0,
+                         learning_rate=1e-3, batch_size=64, callbacks=(),
+                         before_training=count_traces))
+    assert len(traces) == 1
