@@ -41,7 +41,7 @@ from typing import Callable
 import keras
 from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-from cb_keras import data, models, optimizers
+from cb_keras import data, models, optimizers, trainer
 
 BLOCKS = (3, 6, 12, 3)
 BATCH_SIZE = 64
@@ -70,8 +70,7 @@ def train_times(make_optimizer: Callable[[], keras.optimizers.Optimizer],
     train, _, info = data.load("digits", batch_size=BATCH_SIZE, shuffle_seed=0)
     keras.utils.set_random_seed(0)
     model = models.vgg(BLOCKS, info.input_shape, info.num_classes)
-    model.compile(optimizer=make_optimizer(), metrics=["accuracy"],
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.compile_model(model, make_optimizer())  # as the commands compile
     epoch_seconds, later_steps, clock = [], [], _StepTimes()
     for epoch in range(epochs):
         model.fit(train, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[clock])

@@ -17,10 +17,12 @@ import tempfile
 
 from absl import app, flags
 
-# Start-up lines TensorFlow's C++ code prints whatever that level says; the
-# failed CUDA initialisation only matters on a machine with an NVIDIA GPU.
+# Start-up lines TensorFlow's C++ code prints whatever TF_CPP_MIN_LOG_LEVEL
+# says; oneDNN is on by our default (experiments/__init__.py); the failed CUDA
+# initialisation only matters on a machine with an NVIDIA GPU.
 _STARTUP_NOISE = re.compile(
     r"All log messages before absl::InitializeLog|cudart_stub\.cc|cpu_feature_guard\.cc"
+    r"|oneDNN custom operations are on"
     r"|^To enable the following instructions|Unable to register cu\w+ factory"
     + ("" if os.path.exists("/dev/nvidiactl") else r"|failed call to cuInit"))
 
