@@ -1,3 +1,8 @@
-"""Benchmarks: ``python -m benchmarks.bench_*``; each states its goal as a ratio of one run."""
+"""Benchmarks: ``python -m benchmarks.bench_*``; each states its goal as a ratio of one run.
 
-import experiments  # noqa: F401  TensorFlow's process defaults, set before it is imported
+They run with the commands' TensorFlow process defaults (experiments/__init__.py).
+"""
+
+import experiments
+
+experiments.configure_tensorflow()

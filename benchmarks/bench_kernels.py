@@ -1,18 +1,20 @@
-"""TensorFlow's CPU kernels for the main job's network: oneDNN on or off, XLA on or off.
+"""TensorFlow's CPU kernels for the main job's network: oneDNN, XLA and Grappler on or off.
 
 Run: ``python -m benchmarks.bench_kernels [--optimizer paper|adamw] [--steps 5]``
 
 TensorFlow uses its oneDNN kernels by default only on CPUs with AVX-512
-VNNI/BF16 or AMX; the commands, benchmarks and tests turn them on everywhere
-(``TF_ENABLE_ONEDNN_OPTS=1``, experiments/__init__.py). This benchmark shows
-what that buys on the machine it runs on. Each of the four settings runs in a
-fresh process (TensorFlow reads the variable when it starts): it builds the
-main job's start network (50-layer VGG, blocks 3,6,12,3, digits), compiles it
-as the commands do (`cb_keras.trainer.compile_model`, with ``jit_compile``
-set for XLA), and times the first train step on one batch of 64 (tracing,
+VNNI/BF16 or AMX, and optimises every graph with Grappler; the commands and
+benchmarks turn oneDNN on and Grappler off (``TF_ENABLE_ONEDNN_OPTS=1``,
+``CB_KERAS_GRAPPLER=0``, experiments/__init__.py). This benchmark shows what
+each buys on the machine it runs on, and what XLA would. Each setting runs
+in a fresh process with those two variables set (TensorFlow reads the first
+when it starts): it builds the main job's start network (50-layer VGG,
+blocks 3,6,12,3, digits), compiles it as the commands do
+(`cb_keras.trainer.compile_model`, with ``jit_compile`` set for XLA), and
+times the first train step on one batch of 64 (tracing,
 graph optimisation and XLA compilation included) and the median of
 ``--steps`` later steps. It prints seconds and the ratio of each setting's
-later step to that of the package default (oneDNN on, no XLA).
+later step to that of the commands' default (oneDNN on, no XLA, Grappler off).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import subprocess
 import sys
 import time
 
-SETTINGS = (("1", False), ("0", False), ("1", True), ("0", True))  # (oneDNN, XLA)
+# (oneDNN, XLA, Grappler); the first is the commands' default, the third TensorFlow's.
+SETTINGS = (("1", False, "0"), ("1", False, "1"), ("0", False, "1"), ("1", True, "1"),
+            ("0", True, "1"))
 BLOCKS = (3, 6, 12, 3)
 BATCH_SIZE = 64
 
@@ -64,20 +68,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1:
         parser.error("--steps must be >= 1.")
     if args.one:  # a child: one setting, in this process
-        print(json.dumps(step_times(args.optimizer, args.steps, args.jit)))
+        times = step_times(args.optimizer, args.steps, args.jit)
+        print(json.dumps(times))
         return
     print(f"vgg {','.join(map(str, BLOCKS))} on digits, batch {BATCH_SIZE}, {args.optimizer} "
           f"optimizer; seconds; one process per setting")
-    print(f"{'oneDNN':>7} {'XLA':>4} {'first step':>11} {'later step':>11} {'later / default':>16}")
+    print(f"{'oneDNN':>7} {'XLA':>4} {'Grappler':>8} {'first step':>11} {'later step':>11} "
+          f"{'later / default':>16}")
     default = None
-    for onednn, jit in SETTINGS:
+    for onednn, jit, grappler in SETTINGS:
         command = [sys.executable, "-m", "benchmarks.bench_kernels", "--one",
                    f"--optimizer={args.optimizer}", f"--steps={args.steps}"]
         child = subprocess.run(command + ["--jit"] * jit, capture_output=True, text=True,
-                               env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}, check=True)
+                               env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn,
+                                    "CB_KERAS_GRAPPLER": grappler}, check=True)
         times = json.loads(child.stdout.strip().splitlines()[-1])
         default = default or times["later step"]
         print(f"{'on' if onednn == '1' else 'off':>7} {'on' if jit else 'off':>4} "
+              f"{'on' if grappler == '1' else 'off':>8} "
               f"{times['first step']:11.2f} {times['later step']:11.3f} "
               f"{times['later step'] / default:16.2f}", flush=True)
 

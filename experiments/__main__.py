@@ -17,6 +17,8 @@ import tempfile
 
 from absl import app, flags
 
+import experiments
+
 # Start-up lines TensorFlow's C++ code prints whatever TF_CPP_MIN_LOG_LEVEL
 # says; oneDNN is on by our default (experiments/__init__.py); the failed CUDA
 # initialisation only matters on a machine with an NVIDIA GPU.
@@ -61,6 +63,7 @@ def main(argv: list[str]) -> int:
         print(f"Unknown command {command!r}.\n\n{command_list()}", file=sys.stderr)
         return 2
     _import_tensorflow_quietly()
+    experiments.configure_tensorflow()
     module = importlib.import_module(COMMANDS[command][0])
     flags.adopt_module_key_flags(module)  # --helpshort shows the command's flags
     app.run(_messages_without_traceback(command, module.main),

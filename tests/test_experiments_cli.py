@@ -36,6 +36,24 @@ def test_without_a_command_it_lists_the_commands():
     assert "Unknown command 'trian'" in wrong.stderr and "fnn_map" in wrong.stderr
 
 
+@pytest.mark.parametrize("grappler, disabled", [(None, True), ("0", True), ("1", False)])
+def test_commands_run_tensorflow_with_onednn_and_without_grappler_unless_told(
+        grappler, disabled):
+    # What experiments/__init__.py promises the commands and benchmarks; a
+    # value the user set wins.
+    env = {k: v for k, v in ENV.items() if k not in ("CB_KERAS_GRAPPLER", "TF_ENABLE_ONEDNN_OPTS")}
+    if grappler is not None:
+        env["CB_KERAS_GRAPPLER"] = grappler
+    code = ("import json, os, experiments, tensorflow as tf; experiments.configure_tensorflow(); "
+            "print(json.dumps([os.environ['TF_ENABLE_ONEDNN_OPTS'], "
+            "tf.config.optimizer.get_experimental_options().get('disable_meta_optimizer', "
+            "False)]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["1", disabled]
+
+
 def test_helpfull_documents_every_flag_of_the_command():
     out = experiments("train", "--helpfull", check_rc=1).stdout  # absl exits 1 after help
     for name in ("model", "depth", "blocks", "width", "dataset", "data_dir", "augment",
