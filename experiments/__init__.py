@@ -30,8 +30,15 @@ os.environ.setdefault("CB_KERAS_GRAPPLER", "0")
 
 
 def configure_tensorflow() -> None:
-    """Apply the defaults above that need TensorFlow: call before any tf.function runs."""
+    """Apply the defaults above that need TensorFlow: call before any tf.function runs.
+
+    Exits with a one-line message when ``CB_KERAS_GRAPPLER`` is not 0 or 1.
+    """
+    grappler = os.environ["CB_KERAS_GRAPPLER"]
+    if grappler not in ("0", "1"):
+        raise SystemExit(f"CB_KERAS_GRAPPLER must be 0 (Grappler off, the default) or 1 (on), "
+                         f"got {grappler!r}; unset it or set one of those.")
     import tensorflow as tf
 
-    if os.environ["CB_KERAS_GRAPPLER"] == "0":
+    if grappler == "0":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

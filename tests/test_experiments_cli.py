@@ -54,6 +54,16 @@ def test_commands_run_tensorflow_with_onednn_and_without_grappler_unless_told(
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["1", disabled]
 
 
+def test_a_wrong_grappler_setting_is_one_clear_line():
+    done = subprocess.run([sys.executable, "-m", "experiments", "train", "--help"], cwd=ROOT,
+                          env={**ENV, "CB_KERAS_GRAPPLER": "off"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "CB_KERAS_GRAPPLER must be 0 (Grappler off, the default) or 1 (on), got 'off'; "
+        "unset it or set one of those."]
+
+
 def test_helpfull_documents_every_flag_of_the_command():
     out = experiments("train", "--helpfull", check_rc=1).stdout  # absl exits 1 after help
     for name in ("model", "depth", "blocks", "width", "dataset", "data_dir", "augment",
