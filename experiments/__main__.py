@@ -97,10 +97,11 @@ def _import_tensorflow_quietly() -> None:
 def _messages_without_traceback(command: str, command_main):
     """`command_main`, printing the errors a user can fix as their message alone.
 
-    absl's `app.run` prints the flag help before a `app.UsageError` (kept
-    for flag mistakes); a `CommandError` (e.g. a run directory that cannot
-    be used) or a missing TFDS data set prints just its message and exits
-    with status 1; Ctrl-C says how to resume and exits with status 130.
+    A flag combination the command refuses (`app.UsageError`, which absl's
+    `app.run` would answer with the whole flag help), a `CommandError` (e.g.
+    a run directory that cannot be used) or a missing TFDS data set prints
+    just its message and exits with status 1; Ctrl-C says how to resume and
+    exits with status 130. A flag absl cannot parse stays absl's two lines.
     """
     from cb_keras.data import DatasetNotPreparedError
     from experiments.console import CommandError
@@ -108,6 +109,8 @@ def _messages_without_traceback(command: str, command_main):
     def run(argv: list[str]) -> None:
         try:
             command_main(argv)
+        except app.UsageError as error:
+            sys.exit(_message(command, f"error: {error} (--helpshort lists the flags)", 1))
         except (CommandError, DatasetNotPreparedError) as error:
             sys.exit(_message(command, f"error: {error}", 1))
         except KeyboardInterrupt:

@@ -54,6 +54,13 @@ def test_commands_run_tensorflow_with_onednn_and_without_grappler_unless_told(
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["1", disabled]
 
 
+def test_a_refused_flag_combination_is_one_line_not_the_flag_help(tmp_path):
+    done = experiments("evaluate", f"--run_dir={tmp_path}", check_rc=1)
+    assert done.stderr.strip().splitlines() == [
+        f"evaluate: error: {tmp_path} holds no run (no flags.json); pass the directory a "
+        "train or fnn_map command wrote. (--helpshort lists the flags)"]
+
+
 def test_a_wrong_grappler_setting_is_one_clear_line():
     done = subprocess.run([sys.executable, "-m", "experiments", "train", "--help"], cwd=ROOT,
                           env={**ENV, "CB_KERAS_GRAPPLER": "off"}, capture_output=True,
