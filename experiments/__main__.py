@@ -44,6 +44,8 @@ COMMANDS = {
               "remove the conflicting blocks of a trained resnet, export the smaller net"),
     "auto_tune": ("experiments.auto_tune",
                   "architecture search: shrink a deep net at its conflicting blocks, restart"),
+    "compare": ("experiments.compare",
+                "auto_tune vs fixed depths vs Keras Tuner: accuracy, cost, several seeds"),
 }
 
 

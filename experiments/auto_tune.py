@@ -139,19 +139,32 @@ def read_flags() -> Config:
         app.UsageError: a network that is not a block network, or --runs.
         ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
     """
-    spec, training = model_flags.model_spec(), training_flags.training_config()
+    training = training_flags.training_config()
+    if training.runs != 1:
+        raise app.UsageError(
+            f"auto_tune trains one network per run; got --runs={training.runs}. Drop --runs "
+            "(repeat the search with other --seed values instead).")
+    return config_from_flags(run_flags.run_config("auto_tune", __name__), training)
+
+
+def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
+    """The search given by the model and search flags, with this run and training.
+
+    Also the `compare` command's auto-tune contestant (one per seed).
+
+    Raises:
+        app.UsageError: a network that is not a block network.
+        ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
+    """
+    spec = model_flags.model_spec()
     if spec["model"] not in rules.KINDS:
         raise app.UsageError(
             f"auto_tune shrinks block networks, so --model must be one of "
             f"{list(rules.KINDS)}, got --model={spec['model']}; the papers start from "
             "--model=vgg --depth=120.")
-    if training.runs != 1:
-        raise app.UsageError(
-            f"auto_tune trains one network per run; got --runs={training.runs}. Drop --runs "
-            "(repeat the search with other --seed values instead).")
-    cfg = Config(run_flags.run_config("auto_tune", __name__), strategy_flags.strategy_config(),
-                 training, spec, PRUNE_RULE.value, CHECK_WINDOW.value, CHECK_AT_INIT.value,
-                 MAX_RESTARTS.value, FINAL_EPOCHS.value, source_flags.LATENCY_REPEATS.value)
+    cfg = Config(run, strategy_flags.strategy_config(), training, spec, PRUNE_RULE.value,
+                 CHECK_WINDOW.value, CHECK_AT_INIT.value, MAX_RESTARTS.value,
+                 FINAL_EPOCHS.value, source_flags.LATENCY_REPEATS.value)
     cfg.search_config  # checks the search settings before a run directory is made
     return cfg
 
@@ -177,7 +190,7 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
     if result["epochs"] < request.epochs:
         directory.prune_checkpoints(keep=1, protect=result["epochs"])
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
-                                lambda: trained.load_trial(directory.path).model)
+                                lambda: trained.load_trial(directory.path, cfg).model)
 
 
 def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any], cfg: Config,

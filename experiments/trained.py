@@ -72,20 +72,25 @@ def trial_path(path: str | os.PathLike) -> pathlib.Path:
     return trials[0]
 
 
-def load_trial(path: str | os.PathLike) -> Trained:
+def load_trial(path: str | os.PathLike, cfg: TrainConfig | None = None) -> Trained:
     """The final network of the trial at `path` (see `trial_path`) and its data.
+
+    Args:
+        path: a trial directory, or a run directory holding one trial.
+        cfg: the trial's training settings; default: its run's flags.json
+            (in the trial directory or its parent).
 
     Raises:
         rundir.RunDirError: not a finished trial of a training run.
     """
     trial = rundir.RunDir(trial_path(path), writer=False)
     state = trial.read_json(rundir.STATE_FILE)
-    saved = rundir.RunDir(_run_root(trial.path)).read_json(rundir.FLAGS_FILE)
+    saved = cfg or rundir.RunDir(_run_root(trial.path)).read_json(rundir.FLAGS_FILE)
     if not state.get("finished") or saved is None:
         raise rundir.RunDirError(
             f"{trial.path} has not finished training; finish it first by rerunning its "
             "train command.")
-    cfg = TrainConfig.from_flags(saved)
+    cfg = cfg or TrainConfig.from_flags(saved)
     _, test, info = recipe.load_data(cfg, augment=False)
     x, y = recipe.measurement_sampler(cfg)(state["seed"], state["completed_epochs"])
     model = recipe.build_model(state["spec"], info.input_shape, info.num_classes)

@@ -1,0 +1,294 @@
+"""compare: auto-tune against the fixed depths of the papers' table and Keras Tuner.
+
+    python -m experiments compare --flagfile=flags/compare_digits.cfg
+
+For each of --runs seeds (--seed, --seed + 1, ...) it trains every contestant
+of --contestants with the same training flags:
+
+- ``auto_tune``: the `auto_tune` command's search from the network of
+  --model and --blocks/--depth, with its flags (--prune_rule, ...);
+- ``fixed``: every depth of --fixed_depths of the papers' table, one
+  network each (``vgg-d4``, ``vgg-d10``, ...), trained once for --epochs;
+- ``keras_tuner``: Keras Tuner's random search over blocks per stage, the
+  networks auto-tune can reach from its start (`experiments.tuner`), with a
+  budget of --tuner_budget epochs, each trial trained for --epochs;
+- ``keras_tuner_check``: the same search, but every trial runs auto-tune's
+  a^L check and stops when a^L conflicts in its first epochs (scored 0).
+
+Every contestant reports the test accuracy of the network it ends with
+(mean of the last 5 epochs of its training), that network's parameters and
+latency, the epochs it trained in all and its wall time. auto_tune never
+looks at the test split; the fixed depths and Keras Tuner are judged on it
+(the best fixed depth is chosen by its test accuracy, Keras Tuner scores its
+trials with it), which favours them.
+
+Run directory (besides flags.json):
+
+- ``<contestant>/seed<k>/``: the contestant's run (an auto_tune run
+  directory, a `train` trial, or a tuner directory with ``tuner/`` and
+  ``trials/``) and ``cell.json``, its result once finished. Rerunning the
+  command skips finished cells and resumes the unfinished one after its
+  last committed epoch (a resumed cell's ``wall_seconds`` counts only the
+  attempt that finished it, and its ``resumed`` is true).
+- ``cells.csv``: one row per contestant and seed (`CELL_COLUMNS`).
+- ``compare.csv``: one row per contestant (`ROW_COLUMNS`): mean and std of
+  the test accuracy over seeds, the networks found, their mean parameters
+  and latency (median of --latency_repeats calls on one test batch of
+  --batch_size images, measured after all training), mean epochs and wall time.
+- ``compare.png``: test accuracy (mean, std as error bar) against wall time
+  and against parameters.
+- ``results.json``: ``finished``, ``command`` ("compare"), ``dataset``,
+  ``seeds``, ``start_blocks``, ``tuner_budget``, ``cells`` and ``rows``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from cb_keras import files, models
+from experiments import auto_tune, command, console, recipe, serving, trial, tuner
+from experiments.config import RunConfig, TrainConfig
+from experiments.options import run as run_flags
+from experiments.options import training as training_flags
+from experiments.options.parsers import define_int_list
+from experiments.rundir import RunDir
+
+CONTESTANTS = ("auto_tune", "fixed", "keras_tuner", "keras_tuner_check")
+CONTESTANTS_FLAG = flags.DEFINE_list(
+    "contestants", list(CONTESTANTS),
+    "What to compare, comma-separated: auto_tune, fixed (every --fixed_depths), keras_tuner, "
+    "keras_tuner_check (Keras Tuner stopping trials whose a^L conflicts early).")
+FIXED_DEPTHS = define_int_list(
+    "fixed_depths", [4, 10, 20, 30],
+    "Depths of the papers' table trained as fixed networks of --model.", __name__)
+TUNER_BUDGET = flags.DEFINE_integer(
+    "tuner_budget", None,
+    "Epochs each Keras Tuner search trains at least (default: 2 x --epochs); set it to at "
+    "least auto_tune's total epochs.", lower_bound=1)
+flags.register_validator(
+    FIXED_DEPTHS, lambda depths: bool(depths) and set(depths) <= set(models.PAPER_BLOCKS),
+    f"--fixed_depths must be depths of the papers' table: "
+    f"{', '.join(map(str, sorted(models.PAPER_BLOCKS)))}.")
+flags.register_validator(
+    CONTESTANTS_FLAG, lambda names: bool(names) and set(names) <= set(CONTESTANTS),
+    f"--contestants must be a comma-separated list of {', '.join(CONTESTANTS)}.")
+flags.adopt_module_key_flags(auto_tune)
+
+CELL_FILE = "cell.json"
+CELLS_CSV = "cells.csv"
+ROWS_CSV = "compare.csv"
+PLOT_FILE = "compare.png"
+CELL_COLUMNS = ("contestant", "seed", "blocks", "layers", "parameters", "test_accuracy",
+                "epochs", "train_seconds", "wall_seconds", "resumed")
+ROW_COLUMNS = ("contestant", "networks", "layers", "parameters", "latency_ms",
+               "test_accuracy_mean", "test_accuracy_std", "epochs", "train_seconds",
+               "wall_seconds", "seeds")
+TABLE_COLUMNS = (
+    ("contestant", "contestant", ""),
+    ("networks", "networks found", ""),
+    ("parameters", "parameters", ",.0f"),
+    ("latency_ms", "latency_ms", ".2f"),
+    ("epochs", "epochs", ".1f"),
+    ("wall_seconds", "wall_s", ".0f"),
+    ("test_accuracy_mean", "test_acc", ".4f"),
+    ("test_accuracy_std", "std", ".4f"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the flags of `compare` say.
+
+    ``search`` is the auto_tune contestant's config (its training seed is
+    replaced per seed); ``training.runs`` is the number of seeds.
+    """
+
+    run: RunConfig
+    search: auto_tune.Config
+    contestants: tuple[str, ...]
+    fixed_depths: tuple[int, ...]
+    tuner_budget: int
+
+    @property
+    def training(self) -> TrainConfig:
+        return self.search.training
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.training.seed + k for k in range(self.training.runs)]
+
+    @property
+    def cells(self) -> list[str]:
+        """Contestant cells in the order they train (fixed depths expanded)."""
+        names = []
+        for contestant in self.contestants:
+            names += ([f"{self.search.spec['model']}-d{d}" for d in self.fixed_depths]
+                      if contestant == "fixed" else [contestant])
+        return names
+
+
+def read_flags() -> Config:
+    """The flags of `compare`, read once.
+
+    Raises:
+        app.UsageError: a network auto-tune cannot shrink, or a tuner budget
+            below --epochs.
+        console.CommandError: a Keras Tuner contestant without keras-tuner.
+    """
+    training = training_flags.training_config()
+    search = auto_tune.config_from_flags(run_flags.run_config("compare", __name__),
+                                         dataclasses.replace(training, runs=1))
+    budget = TUNER_BUDGET.value or 2 * training.epochs
+    if budget < training.epochs:
+        raise app.UsageError(f"--tuner_budget={budget} is below --epochs={training.epochs}: "
+                             "a tuner trial trains --epochs epochs.")
+    contestants = tuple(c for c in CONTESTANTS if c in CONTESTANTS_FLAG.value)
+    if any(c.startswith("keras_tuner") for c in contestants):
+        tuner.require()
+    return Config(search.run, dataclasses.replace(search, training=training), contestants,
+                  tuple(FIXED_DEPTHS.value), budget)
+
+
+def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
+             seed: int) -> dict[str, Any]:
+    """Train (or resume) one contestant with one seed; its cell (`CELL_COLUMNS`)."""
+    directory = run.sub(name).sub(f"seed{seed}")
+    done = directory.read_json(CELL_FILE)
+    if done:
+        return done
+    resumed = directory.path.exists()
+    print(f"compare: {name}, seed {seed}", flush=True)
+    training = dataclasses.replace(cfg.training, seed=seed, runs=1)
+    label = f"[{name} seed {seed}]"
+    kind = cfg.search.spec["model"]
+    start = time.perf_counter()
+    if name == "auto_tune":
+        found = auto_tune.search(directory, dataclasses.replace(cfg.search, training=training),
+                                 dist)
+        outcome = {"blocks": found["final_blocks"], "parameters": found["final_parameters"],
+                   "test_accuracy": found["test_accuracy"], "epochs": found["total_epochs"],
+                   "train_seconds": found["train_seconds"], "restarts": found["num_restarts"]}
+    elif name.startswith("keras_tuner"):
+        search = cfg.search.search_config
+        outcome = tuner.search(directory, tuner.Search(
+            kind=kind, max_blocks=tuple(cfg.search.spec["blocks"]), budget=cfg.tuner_budget,
+            training=training, check=name == "keras_tuner_check", rule=search.rule,
+            window=search.check_window, at_init=search.check_at_init), dist, label)
+    else:
+        blocks = models.paper_blocks(int(name.rsplit("-d", 1)[1]))
+        result = trial.train_trial(directory, {"model": kind, "blocks": blocks}, training,
+                                   seed=seed, strategy=dist, label=label)
+        outcome = {"blocks": blocks, **{k: result[k] for k in
+                                        ("parameters", "test_accuracy", "epochs",
+                                         "train_seconds")}}
+    cell = {"contestant": name, "seed": seed, **outcome,
+            "layers": models.num_layers(outcome["blocks"]),
+            "wall_seconds": round(time.perf_counter() - start, 1), "resumed": resumed}
+    directory.write_json(CELL_FILE, cell)
+    print(f"compare: {name}, seed {seed}: {recipe.spec_name({'model': kind, **cell})}, test "
+          f"accuracy {console.format_value(cell['test_accuracy'], '.4f')}, "
+          f"{cell['epochs']} epochs, {cell['wall_seconds']} s", flush=True)
+    return cell
+
+
+def blocks_text(blocks: list[int]) -> str:
+    return ",".join(map(str, blocks))
+
+
+def aggregate(cells: list[dict[str, Any]], latency: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per contestant (`ROW_COLUMNS`), in the order of `cells`."""
+    rows = []
+    for name in dict.fromkeys(c["contestant"] for c in cells):
+        mine = [c for c in cells if c["contestant"] == name]
+        accuracy = [c["test_accuracy"] for c in mine if c["test_accuracy"] is not None]
+        networks = list(dict.fromkeys(blocks_text(c["blocks"]) for c in mine))
+        rows.append({
+            "contestant": name, "networks": " | ".join(networks),
+            "layers": " | ".join(str(models.num_layers([int(b) for b in n.split(",")]))
+                                 for n in networks),
+            "parameters": float(np.mean([c["parameters"] for c in mine])),
+            "latency_ms": float(np.mean([latency[blocks_text(c["blocks"])] for c in mine])),
+            "test_accuracy_mean": float(np.mean(accuracy)) if accuracy else None,
+            "test_accuracy_std": float(np.std(accuracy)) if accuracy else None,
+            "epochs": float(np.mean([c["epochs"] for c in mine])),
+            "train_seconds": float(np.mean([c["train_seconds"] for c in mine])),
+            "wall_seconds": float(np.mean([c["wall_seconds"] for c in mine])),
+            "seeds": len(mine),
+        })
+    return rows
+
+
+def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:
+    """Latency (ms) of every network found, by blocks text; untrained weights time the same."""
+    _, test, info = recipe.load_data(cfg.training, augment=False)
+    batch = next(iter(test))[0]
+    out = {}
+    for text in dict.fromkeys(blocks_text(c["blocks"]) for c in cells):
+        spec = {"model": cfg.search.spec["model"], "blocks": [int(b) for b in text.split(",")]}
+        model = recipe.build_model(spec, info.input_shape, info.num_classes)
+        out[text] = serving.latency_ms(model, batch, cfg.search.latency_repeats)
+    return out
+
+
+def compare(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Train every cell (seed by seed), then measure, tabulate and draw; the results."""
+    cells = [run_cell(run, cfg, dist, name, seed) for seed in cfg.seeds for name in cfg.cells]
+    rows = aggregate(cells, latencies(cfg, cells))
+    run.write_csv(CELLS_CSV, [{**c, "blocks": blocks_text(c["blocks"])} for c in cells],
+                  CELL_COLUMNS)
+    run.write_csv(ROWS_CSV, rows, ROW_COLUMNS)
+    results = {"command": "compare", "dataset": cfg.training.dataset, "seeds": cfg.seeds,
+               "start_blocks": list(cfg.search.spec["blocks"]),
+               "tuner_budget": cfg.tuner_budget, "cells": cells, "rows": rows}
+    if run.writer:
+        files.save_png(figure(results), run.file(PLOT_FILE))
+    return results
+
+
+def figure(results: dict[str, Any]):
+    """A matplotlib Figure: test accuracy against wall time and against parameters."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in results["rows"] if r["test_accuracy_mean"] is not None]
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    for axes, key, label in zip(fig.subplots(1, 2), ("wall_seconds", "parameters"),
+                                ("wall time per run (s)", "parameters of the network found")):
+        for row in rows:
+            axes.errorbar(row[key], row["test_accuracy_mean"], yerr=row["test_accuracy_std"],
+                          fmt="o", capsize=3, ms=6,
+                          color="tab:red" if row["contestant"] == "auto_tune" else None)
+            axes.annotate(row["contestant"], (row[key], row["test_accuracy_mean"]),
+                          xytext=(5, 4), textcoords="offset points", fontsize=8)
+        axes.set_xscale("log")
+        axes.set_xlabel(label + " (log scale)")
+        axes.set_ylabel("test accuracy (mean ± std over seeds)")
+        axes.grid(alpha=0.3)
+    fig.suptitle(f"compare on {results['dataset']}: {len(results['seeds'])} seeds, "
+                 f"auto_tune from {blocks_text(results['start_blocks'])}, Keras Tuner budget "
+                 f"{results['tuner_budget']} epochs", fontsize=10)
+    return fig
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """The contestants as a table (means over seeds)."""
+    return (f"compare on {results['dataset']}, seeds {results['seeds']}: means over seeds\n"
+            + console.table(results["rows"], TABLE_COLUMNS))
+
+
+def main(argv: list[str]) -> None:
+    """Run (or resume) the comparison given by the flags and print its table."""
+    command.no_arguments("compare", argv)
+    cfg = read_flags()
+    command.execute(cfg.run, f"{recipe.spec_name(cfg.search.spec)}_{cfg.training.dataset}",
+                    lambda run, dist: compare(run, cfg, dist), summary_table,
+                    cfg.search.strategy)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,218 @@
+"""Keras Tuner over blocks per stage, with an epoch budget and the optional a^L check.
+
+The `compare` command's third contestant: the package keras-tuner
+(``pip install 'cb_keras[tuner]'``) searches the same space auto-tune can
+reach from its start network, every network of the same family (``vgg`` or
+``resnet``) with ``0 .. start[s]`` blocks in stage s and at least one block.
+Its oracle is Keras Tuner's `RandomSearchOracle`; every trial trains one
+network with the `train` command's code (`experiments.trial.train_trial`,
+resumable after each epoch, in ``<directory>/trials/trial_<id>/``), and is
+scored by its test accuracy (mean of its last 5 epochs; the same number
+the fixed depths report).
+
+Budget: a new trial starts while the finished and running trials together
+have trained fewer than `budget` epochs, so the search trains at least
+`budget` epochs (and less than `budget` + one trial's epochs).
+
+With ``check``, every trial runs auto-tune's own check of a^L
+(`cb_keras.check.ConflictCheck`: same window, sample and pruning rule):
+when a^L conflicts in a trial's first epochs and the rule would shrink the
+network, the trial stops there and is scored 0 (a network whose classes
+collapse into shared bundles), and the epochs it saved go to further
+trials. No tuner does this by itself.
+
+Keras Tuner keeps its own state in ``<directory>/tuner/`` (oracle and
+trials); rerunning the search with the same directory resumes it: the
+running trial continues after its last committed epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from cb_keras import check
+from experiments import console, recipe, trial
+from experiments.config import TrainConfig
+from experiments.rundir import STATE_FILE, RunDir
+
+EXTRA = "pip install 'cb_keras[tuner]'"
+OBJECTIVE = "test_accuracy"
+CONFLICT_SCORE = 0.0  # score of a trial stopped by the a^L check
+MAX_TRIALS = 100  # the budget ends a search long before
+
+
+def require() -> None:
+    """Fail with the install command when keras-tuner is missing.
+
+    Raises:
+        console.CommandError: keras_tuner cannot be imported.
+    """
+    if importlib.util.find_spec("keras_tuner") is None:
+        raise console.CommandError(
+            f"The Keras Tuner contestants need the optional package keras-tuner: {EXTRA} "
+            "(or drop keras_tuner and keras_tuner_check from --contestants).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """One tuner search: the space, its budget, the training and the check.
+
+    Attributes:
+        kind: ``"vgg"`` or ``"resnet"``.
+        max_blocks: the largest blocks per stage (auto-tune's start network).
+        budget: epochs the search trains at least (see the module docstring).
+        training: training of every trial (its ``seed`` seeds the oracle and
+            every trial's network).
+        check: run auto-tune's a^L check in every trial.
+        rule, window, at_init: the check's pruning rule and schedule
+            (`cb_keras.rules.VERSIONS`).
+    """
+
+    kind: str
+    max_blocks: tuple[int, ...]
+    budget: int
+    training: TrainConfig
+    check: bool
+    rule: str
+    window: int
+    at_init: bool
+
+
+def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
+           label: str = "") -> dict[str, Any]:
+    """Run (or resume) the search in `directory`; its best network and what it cost.
+
+    Returns:
+        ``blocks`` and ``parameters`` of the best trial, its ``test_accuracy``,
+        ``epochs`` (all trials), ``train_seconds`` (all trials), ``trials``
+        (one dict per trial: ``trial``, ``blocks``, ``epochs``, ``score``,
+        ``stopped_by_check``) and ``stopped_trials``.
+
+    Raises:
+        console.CommandError: keras-tuner is missing, or what a trial raised.
+    """
+    require()
+    import keras_tuner
+
+    trials_dir = directory.sub("trials")
+
+    def spent() -> int:
+        """Epochs the trials trained so far (from their committed state)."""
+        states = [trials_dir.sub(p.name).read_json(STATE_FILE)
+                  for p in sorted(trials_dir.path.glob("trial_*"))]
+        return sum(s["completed_epochs"] for s in states if s)
+
+    space = keras_tuner.HyperParameters()
+    for stage, most in enumerate(cfg.max_blocks, start=1):
+        space.Int(f"stage{stage}", 0, most)
+    oracle = _budget_oracle(keras_tuner)(
+        lambda: spent() >= cfg.budget, objective=keras_tuner.Objective(OBJECTIVE, "max"),
+        max_trials=MAX_TRIALS, seed=cfg.training.seed, hyperparameters=space)
+    num_classes = recipe.load_data(cfg.training, augment=False)[2].num_classes
+    tuner = _tuner(keras_tuner)(oracle, directory=str(directory.path), project_name="tuner",
+                               run=lambda hp, trial_id: _run_trial(
+                                   trials_dir.sub(f"trial_{trial_id}"), hp, cfg, num_classes,
+                                   strategy, f"{label}[trial {trial_id}]"))
+    try:
+        tuner.search(verbose=0)
+    except keras_tuner.errors.FatalError as error:
+        raise error.__cause__ or error from None
+    done = [t for t in oracle.trials.values() if t.score is not None]
+    if not done:
+        raise console.CommandError(f"{directory.path}: the tuner finished no trial.")
+    records = [_trial_record(trials_dir.sub(f"trial_{t.trial_id}"), t, cfg) for t in
+               sorted(done, key=lambda t: t.trial_id)]
+    best = max(records, key=lambda r: (r["score"], -r["trial"]))
+    return {
+        "blocks": best["blocks"], "parameters": best["parameters"],
+        "test_accuracy": best["test_accuracy"],
+        "epochs": sum(r["epochs"] for r in records),
+        "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+        "trials": records, "stopped_trials": sum(r["stopped_by_check"] for r in records),
+    }
+
+
+def _blocks(values: dict[str, Any], stages: int) -> list[int]:
+    return [int(values[f"stage{s}"]) for s in range(1, stages + 1)]
+
+
+def _trial_record(directory: RunDir, kt_trial: Any, cfg: Search) -> dict[str, Any]:
+    """What one finished trial trained and scored (from its state.json)."""
+    result = directory.read_json(STATE_FILE)["result"]
+    return {"trial": int(kt_trial.trial_id),
+            "blocks": _blocks(kt_trial.hyperparameters.values, len(cfg.max_blocks)),
+            "epochs": result["epochs"], "score": float(kt_trial.score),
+            "test_accuracy": result["test_accuracy"], "parameters": result["parameters"],
+            "train_seconds": result["train_seconds"],
+            "stopped_by_check": result["epochs"] < cfg.training.epochs}
+
+
+def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_classes: int,
+               strategy: tf.distribute.Strategy, label: str) -> float:
+    """Train the trial's network (resumably); its score (module docstring)."""
+    blocks = _blocks(values, len(cfg.max_blocks))
+    spec = {"model": cfg.kind, "blocks": blocks}
+    callbacks, before = [], None
+    if cfg.check:
+        sample = recipe.measurement_sampler(cfg.training)
+        conflict = check.ConflictCheck(
+            lambda epochs: sample(cfg.training.seed, epochs),
+            num_classes=num_classes, **cfg.training.metric_step,
+            run=0, blocks=blocks, kind=cfg.kind, rule=cfg.rule, window=cfg.window,
+            on_restart=lambda restart: None, at_init=cfg.at_init,
+            log=lambda line: print(f"{label} {line}", flush=True))
+        callbacks, before = [conflict], conflict.before_training
+    result = trial.train_trial(directory, spec, cfg.training, seed=cfg.training.seed,
+                               strategy=strategy, label=f"{label} {recipe.spec_name(spec)}",
+                               callbacks=callbacks, before_training=before)
+    stopped = result["epochs"] < cfg.training.epochs
+    score = CONFLICT_SCORE if stopped else result["test_accuracy"]
+    print(f"{label} {recipe.spec_name(spec)}: "
+          + (f"stopped by the a^L check after epoch {result['epochs']}, score 0" if stopped
+             else f"test accuracy {console.format_value(score, '.4f')}"), flush=True)
+    return float(score)
+
+
+def _budget_oracle(keras_tuner) -> type:
+    """`RandomSearchOracle` that stops when `exhausted()` and never proposes zero blocks."""
+
+    class BudgetOracle(keras_tuner.oracles.RandomSearchOracle):
+        def __init__(self, exhausted: Callable[[], bool], **kwargs):
+            super().__init__(**kwargs)
+            self.exhausted = exhausted
+
+        def populate_space(self, trial_id):
+            if self.exhausted():
+                return {"status": "STOPPED", "values": None}
+            for _ in range(100):
+                response = super().populate_space(trial_id)
+                if response["values"] is None or any(response["values"].values()):
+                    return response
+            return {"status": "STOPPED", "values": None}
+
+    return BudgetOracle
+
+
+def _tuner(keras_tuner) -> type:
+    """`BaseTuner` whose trial is `run(hyperparameter values, trial id) -> score`.
+
+    An exception of a trial ends the search (Keras Tuner would record the
+    trial as failed and go on); it is raised as it was.
+    """
+
+    class BlockTuner(keras_tuner.engine.base_tuner.BaseTuner):
+        def __init__(self, oracle, *, run, **kwargs):
+            self._run = run
+            super().__init__(oracle, **kwargs)
+
+        def run_trial(self, trial, *args, **kwargs):
+            try:
+                return {OBJECTIVE: self._run(trial.hyperparameters.values, trial.trial_id)}
+            except Exception as error:
+                raise keras_tuner.errors.FatalError(str(error)) from error
+
+    return BlockTuner

@@ -1,0 +1,140 @@
+"""`python -m experiments compare` and its Keras Tuner contestant, on tiny settings.
+
+The full comparison lives in flags/compare_digits.cfg; here every network
+trains 1-2 epochs on digits, which tests the machinery: cells, budget,
+the a^L check stopping tuner trials, aggregation, files and resuming.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from cb_keras import models
+from experiments import compare, console, strategy, tuner
+from experiments.config import StrategyConfig, TrainConfig
+from experiments.rundir import RunDir
+
+FLAGS = flags.FLAGS
+ARGV = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--runs=1",
+        "--fixed_depths=4", "--tuner_budget=3", "--measure_samples=64", "--test_every=1",
+        "--check_window=2", "--noexport", "--latency_repeats=2", "--progress=none"]
+
+
+@pytest.fixture
+def parse():
+    """Parse argv for the compare module; flags are reset after the test."""
+    def _parse(*argv: str) -> list[str]:
+        FLAGS.unparse_flags()
+        return FLAGS([compare.__name__, *argv])
+    yield _parse
+    FLAGS.unparse_flags()
+
+
+def test_compare_trains_every_contestant_tabulates_and_resumes(parse, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    compare.main(parse(*ARGV, f"--run_dir={run_dir}"))
+    results = json.loads((run_dir / "results.json").read_text())
+    cells = {c["contestant"]: c for c in results["cells"]}
+    assert list(cells) == ["auto_tune", "vgg-d4", "keras_tuner", "keras_tuner_check"]
+    assert [r["contestant"] for r in results["rows"]] == list(cells)
+    for row in results["rows"]:  # one seed: the mean is the cell, the std 0
+        cell = cells[row["contestant"]]
+        assert row["test_accuracy_mean"] == pytest.approx(cell["test_accuracy"])
+        assert row["test_accuracy_std"] == 0.0 and row["seeds"] == 1
+        assert row["networks"] == ",".join(map(str, cell["blocks"]))
+        assert row["latency_ms"] > 0
+        assert 0.0 <= cell["test_accuracy"] <= 1.0
+    fixed = cells["vgg-d4"]
+    assert fixed["blocks"] == [1, 0, 0, 0] and fixed["epochs"] == 2 and fixed["layers"] == 4
+    assert fixed["parameters"] == models.build("vgg", (8, 8, 1), 10, depth=4).count_params()
+    for name in ("keras_tuner", "keras_tuner_check"):
+        trials = json.loads((run_dir / name / "seed0" / "cell.json").read_text())["trials"]
+        assert 3 <= sum(t["epochs"] for t in trials) == cells[name]["epochs"] < 3 + 2
+        assert all(0 < sum(t["blocks"]) and all(b <= m for b, m in zip(t["blocks"], (1, 1, 0, 0)))
+                   for t in trials)
+        best = max(trials, key=lambda t: t["score"])
+        assert cells[name]["test_accuracy"] == best["test_accuracy"]
+    with open(run_dir / "cells.csv") as handle:
+        assert [row["contestant"] for row in csv.DictReader(handle)] == list(cells)
+    assert (run_dir / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "keras_tuner_check" in table and "test_acc" in table
+
+    compare.main(parse(*ARGV, f"--run_dir={run_dir}"))  # finished: trains nothing
+    assert "already finished" in capsys.readouterr().out
+
+    # A run killed inside a cell: rerunning finishes that cell from its trial.
+    (run_dir / "results.json").unlink()
+    (run_dir / "vgg-d4" / "seed0" / "cell.json").unlink()
+    compare.main(parse(*ARGV, f"--run_dir={run_dir}"))
+    again = json.loads((run_dir / "results.json").read_text())
+    redone = {c["contestant"]: c for c in again["cells"]}["vgg-d4"]
+    assert redone["resumed"] and redone["test_accuracy"] == fixed["test_accuracy"]
+    assert "finished earlier" in capsys.readouterr().out
+
+
+def test_the_a_l_check_stops_conflicting_tuner_trials_and_scores_them_zero(tmp_path):
+    # At initialization a^L of vgg networks with many blocks in stage 2 is one
+    # bundle on digits (6,6,0,0: a^L of stage2_block4 on is conflicting; the
+    # oracle of seed 0 draws 2,4 then 2,12), so the check at init stops those
+    # trials before their first epoch.
+    training = TrainConfig(
+        dataset="digits", data_dir=None, augment=False, epochs=1, batch_size=64,
+        learning_rate=1e-3, optimizer="paper", seed=0, runs=1, test_every=1,
+        measure_every=1, measure_layers="last", measure_samples=64, keep_checkpoints=1,
+        export=False, progress="none")
+    search = tuner.Search(kind="vgg", max_blocks=(6, 12, 0, 0), budget=2, training=training,
+                          check=True, rule="first_conflict", window=1, at_init=True)
+    found = tuner.search(RunDir(tmp_path), search, strategy.make(StrategyConfig("none")))
+    trials = found["trials"]
+    stopped = [t for t in trials if t["stopped_by_check"]]
+    trained = [t for t in trials if not t["stopped_by_check"]]
+    assert stopped and trained, trials
+    assert all(t["epochs"] == 0 and t["score"] == 0.0 for t in stopped)
+    assert all(t["epochs"] == 1 and t["score"] == t["test_accuracy"] for t in trained)
+    assert len(trained) == 2 and found["epochs"] == 2  # stopped trials cost no epoch
+    assert found["stopped_trials"] == len(stopped)
+    assert found["blocks"] == max(trained, key=lambda t: t["score"])["blocks"]
+    # The stop is auto-tune's check: a stopped network's a^L conflicts at init.
+    from cb_keras import data, measurement
+    x, y = data.measurement_sample("digits", 64)
+    keras.utils.set_random_seed(0)
+    model = models.build("vgg", (8, 8, 1), 10, blocks=stopped[0]["blocks"])
+    last = measurement.measure(model, x, y, num_classes=10, learning_rate=1e-3, batch_size=64,
+                               layers="last", samples=64).last
+    assert last.bundle_entropy > 0
+
+
+def test_aggregate_means_over_seeds_and_lists_the_networks():
+    cells = [
+        {"contestant": "a", "seed": 0, "blocks": [1, 0, 0, 0], "layers": 4, "parameters": 10,
+         "test_accuracy": 0.8, "epochs": 30, "train_seconds": 5.0, "wall_seconds": 6.0},
+        {"contestant": "a", "seed": 1, "blocks": [2, 0, 0, 0], "layers": 6, "parameters": 20,
+         "test_accuracy": 0.6, "epochs": 40, "train_seconds": 7.0, "wall_seconds": 8.0},
+    ]
+    row, = compare.aggregate(cells, {"1,0,0,0": 1.0, "2,0,0,0": 3.0})
+    assert row["networks"] == "1,0,0,0 | 2,0,0,0" and row["layers"] == "4 | 6"
+    assert row["test_accuracy_mean"] == pytest.approx(0.7)
+    assert row["test_accuracy_std"] == pytest.approx(0.1)
+    assert (row["parameters"], row["latency_ms"], row["epochs"]) == (15.0, 2.0, 35.0)
+    assert (row["wall_seconds"], row["seeds"]) == (7.0, 2)
+
+
+def test_keras_tuner_contestants_without_the_package_name_the_extra(monkeypatch):
+    monkeypatch.setattr(tuner.importlib.util, "find_spec",
+                        lambda name: None if name == "keras_tuner" else np)
+    with pytest.raises(console.CommandError, match=r"cb_keras\[tuner\]"):
+        tuner.require()
+
+
+def test_tuner_budget_below_the_epochs_is_refused(parse):
+    from absl import app
+    parse(*ARGV, "--tuner_budget=1")
+    with pytest.raises(app.UsageError, match="--tuner_budget=1 is below --epochs=2"):
+        compare.read_flags()
