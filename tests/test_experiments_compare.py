@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 
 import keras
 import numpy as np
@@ -21,6 +22,7 @@ from experiments.config import StrategyConfig, TrainConfig
 from experiments.rundir import RunDir
 
 FLAGS = flags.FLAGS
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGV = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--runs=1",
         "--fixed_depths=4", "--tuner_budget=3", "--measure_samples=64", "--test_every=1",
         "--check_window=2", "--noexport", "--latency_repeats=2", "--progress=none"]
@@ -138,3 +140,15 @@ def test_tuner_budget_below_the_epochs_is_refused(parse):
     parse(*ARGV, "--tuner_budget=1")
     with pytest.raises(app.UsageError, match="--tuner_budget=1 is below --epochs=2"):
         compare.read_flags()
+
+
+def test_the_digits_flagfile_compares_the_main_job_with_three_seeds(parse):
+    parse(f"--flagfile={ROOT / 'flags' / 'compare_digits.cfg'}")
+    cfg = compare.read_flags()
+    assert cfg.seeds == [0, 1, 2] and cfg.tuner_budget == 60
+    assert cfg.cells == ["auto_tune", "vgg-d4", "vgg-d10", "vgg-d20", "vgg-d30",
+                         "keras_tuner", "keras_tuner_check"]
+    search = cfg.search.search_config
+    assert (search.start_blocks, search.epochs, search.rule, search.samples) == (
+        (3, 6, 12, 3), 30, "first_conflict", 64)
+    assert cfg.training.runs == 3 and cfg.search.training.runs == 3
