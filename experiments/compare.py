@@ -35,8 +35,9 @@ Run directory (besides flags.json):
   the test accuracy over seeds, the networks found, their mean parameters
   and latency (median of --latency_repeats calls on one test batch of
   --batch_size images, measured after all training), mean epochs and wall time.
-- ``compare.png``: test accuracy (mean, std as error bar) against wall time
-  and against parameters.
+- ``compare.png``: test accuracy (mean, std as error bar) against the epochs
+  trained (a cost that does not depend on the machine or its load) and
+  against parameters.
 - ``results.json``: ``finished``, ``command`` ("compare"), ``dataset``,
   ``seeds``, ``start_blocks``, ``tuner_budget``, ``cells`` and ``rows``.
 """
@@ -252,13 +253,14 @@ def compare(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str,
 
 
 def figure(results: dict[str, Any]):
-    """A matplotlib Figure: test accuracy against wall time and against parameters."""
+    """A matplotlib Figure: test accuracy against epochs trained and against parameters."""
     from matplotlib.figure import Figure
 
     rows = [r for r in results["rows"] if r["test_accuracy_mean"] is not None]
     fig = Figure(figsize=(11, 4.6), layout="constrained")
-    for axes, key, label in zip(fig.subplots(1, 2), ("wall_seconds", "parameters"),
-                                ("wall time per run (s)", "parameters of the network found")):
+    for axes, key, label in zip(fig.subplots(1, 2), ("epochs", "parameters"),
+                                ("training epochs per run, all networks tried",
+                                 "parameters of the network found")):
         for row in rows:
             axes.errorbar(row[key], row["test_accuracy_mean"], yerr=row["test_accuracy_std"],
                           fmt="o", capsize=3, ms=6,
