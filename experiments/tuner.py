@@ -4,7 +4,8 @@ The `compare` command's third contestant: the package keras-tuner
 (``pip install 'cb_keras[tuner]'``) searches the same space auto-tune can
 reach from its start network, every network of the same family (``vgg`` or
 ``resnet``) with ``0 .. start[s]`` blocks in stage s and at least one block.
-Its oracle is Keras Tuner's `RandomSearchOracle`; every trial trains one
+Its oracle is Keras Tuner's `RandomSearchOracle` (seeded, so a search with
+and one without the check draw the same networks in the same order); every trial trains one
 network with the `train` command's code (`experiments.trial.train_trial`,
 resumable after each epoch, in ``<directory>/trials/trial_<id>/``), and is
 scored by its test accuracy (mean of its last 5 epochs; the same number
@@ -111,7 +112,7 @@ def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
         space.Int(f"stage{stage}", 0, most)
     oracle = _budget_oracle(keras_tuner)(
         lambda: spent() >= cfg.budget, objective=keras_tuner.Objective(OBJECTIVE, "max"),
-        max_trials=MAX_TRIALS, seed=cfg.training.seed, hyperparameters=space)
+        max_trials=MAX_TRIALS, seed=oracle_seed(cfg.training.seed), hyperparameters=space)
     num_classes = recipe.load_data(cfg.training, augment=False)[2].num_classes
     tuner = _tuner(keras_tuner)(oracle, directory=str(directory.path), project_name="tuner",
                                run=lambda hp, trial_id: _run_trial(
@@ -134,6 +135,15 @@ def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
         "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
         "trials": records, "stopped_trials": sum(r["stopped_by_check"] for r in records),
     }
+
+
+def oracle_seed(seed: int) -> int:
+    """The oracle's seed for a search of training seed `seed`: ``seed + 1``.
+
+    Keras Tuner reads seed 0 (or None) as "draw a random seed", so the
+    oracle of training seed 0 would draw other networks on every run.
+    """
+    return seed + 1
 
 
 def _blocks(values: dict[str, Any], stages: int) -> list[int]:
