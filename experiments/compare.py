@@ -40,6 +40,11 @@ Run directory (besides flags.json):
   against parameters.
 - ``results.json``: ``finished``, ``command`` ("compare"), ``dataset``,
   ``seeds``, ``start_blocks``, ``tuner_budget``, ``cells`` and ``rows``.
+
+With --partial it trains nothing and tabulates the cells finished so far
+into ``cells_partial.csv``, ``compare_partial.csv`` and
+``compare_partial.png`` (rows then may have fewer seeds; see their ``seeds``),
+also while the comparison runs in another process.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files, models
-from experiments import auto_tune, command, console, recipe, serving, trial, tuner
+from experiments import auto_tune, command, console, recipe, rundir, serving, trial, tuner
 from experiments.config import RunConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import training as training_flags
@@ -72,6 +77,12 @@ TUNER_BUDGET = flags.DEFINE_integer(
     "tuner_budget", None,
     "Epochs each Keras Tuner search trains at least (default: 2 x --epochs); set it to at "
     "least auto_tune's total epochs.", lower_bound=1)
+PARTIAL = flags.DEFINE_bool(
+    "partial", False,
+    "Train nothing: tabulate the cells finished so far, e.g. while the comparison runs in "
+    "another process (writes cells_partial.csv, compare_partial.csv and compare_partial.png; "
+    "the seeds column says how many seeds each row has).")
+rundir.operational(PARTIAL)
 flags.register_validator(
     FIXED_DEPTHS, lambda depths: bool(depths) and set(depths) <= set(models.PAPER_BLOCKS),
     f"--fixed_depths must be depths of the papers' table: "
@@ -99,6 +110,7 @@ TABLE_COLUMNS = (
     ("wall_seconds", "wall_s", ".0f"),
     ("test_accuracy_mean", "test_acc", ".4f"),
     ("test_accuracy_std", "std", ".4f"),
+    ("seeds", "seeds", "d"),
 )
 
 
@@ -115,6 +127,7 @@ class Config:
     contestants: tuple[str, ...]
     fixed_depths: tuple[int, ...]
     tuner_budget: int
+    partial: bool = False
 
     @property
     def training(self) -> TrainConfig:
@@ -153,7 +166,7 @@ def read_flags() -> Config:
     if any(c.startswith("keras_tuner") for c in contestants):
         tuner.require()
     return Config(search.run, dataclasses.replace(search, training=training), contestants,
-                  tuple(FIXED_DEPTHS.value), budget)
+                  tuple(FIXED_DEPTHS.value), budget, PARTIAL.value)
 
 
 def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
@@ -240,16 +253,45 @@ def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:
 def compare(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train every cell (seed by seed), then measure, tabulate and draw; the results."""
     cells = [run_cell(run, cfg, dist, name, seed) for seed in cfg.seeds for name in cfg.cells]
+    return tabulate(run, cfg, cells)
+
+
+def tabulate(run: RunDir, cfg: Config, cells: list[dict[str, Any]],
+             suffix: str = "") -> dict[str, Any]:
+    """Latencies, rows, cells.csv, compare.csv and compare.png (names + `suffix`); the results."""
     rows = aggregate(cells, latencies(cfg, cells))
-    run.write_csv(CELLS_CSV, [{**c, "blocks": blocks_text(c["blocks"])} for c in cells],
+
+    def name(file: str) -> str:
+        return file.replace(".", f"{suffix}.")
+
+    run.write_csv(name(CELLS_CSV), [{**c, "blocks": blocks_text(c["blocks"])} for c in cells],
                   CELL_COLUMNS)
-    run.write_csv(ROWS_CSV, rows, ROW_COLUMNS)
+    run.write_csv(name(ROWS_CSV), rows, ROW_COLUMNS)
     results = {"command": "compare", "dataset": cfg.training.dataset, "seeds": cfg.seeds,
                "start_blocks": list(cfg.search.spec["blocks"]),
                "tuner_budget": cfg.tuner_budget, "cells": cells, "rows": rows}
     if run.writer:
-        files.save_png(figure(results), run.file(PLOT_FILE))
+        files.save_png(figure(results), run.file(name(PLOT_FILE)))
     return results
+
+
+def report_partial(cfg: Config, readable: str) -> str:
+    """`--partial`: tabulate the finished cells of the run the flags name, train nothing.
+
+    Raises:
+        console.CommandError: no run with these flags there, or no finished cell yet.
+    """
+    run = RunDir(command.locate(cfg.run, readable))
+    if not run.start(cfg.run.flag_values, record=False):
+        raise console.CommandError(f"{run.path} holds no compare run yet; start it without "
+                                   "--partial.")
+    cells = [cell for seed in cfg.seeds for name in cfg.cells
+             if (cell := run.sub(name).sub(f"seed{seed}").read_json(CELL_FILE))]
+    if not cells:
+        raise console.CommandError(f"{run.path} has no finished cell yet; try again later.")
+    results = tabulate(run, cfg, cells, "_partial")
+    return (f"{len(cells)} of {len(cfg.seeds) * len(cfg.cells)} cells finished "
+            f"(files *_partial.* in {run.path})\n" + summary_table(results))
 
 
 def figure(results: dict[str, Any]):
@@ -287,9 +329,12 @@ def main(argv: list[str]) -> None:
     """Run (or resume) the comparison given by the flags and print its table."""
     command.no_arguments("compare", argv)
     cfg = read_flags()
-    command.execute(cfg.run, f"{recipe.spec_name(cfg.search.spec)}_{cfg.training.dataset}",
-                    lambda run, dist: compare(run, cfg, dist), summary_table,
-                    cfg.search.strategy)
+    readable = f"{recipe.spec_name(cfg.search.spec)}_{cfg.training.dataset}"
+    if cfg.partial:
+        print(report_partial(cfg, readable), flush=True)
+        return
+    command.execute(cfg.run, readable, lambda run, dist: compare(run, cfg, dist),
+                    summary_table, cfg.search.strategy)
 
 
 if __name__ == "__main__":

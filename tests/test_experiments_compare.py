@@ -71,6 +71,16 @@ def test_compare_trains_every_contestant_tabulates_and_resumes(parse, tmp_path, 
     compare.main(parse(*ARGV, f"--run_dir={run_dir}"))  # finished: trains nothing
     assert "already finished" in capsys.readouterr().out
 
+    compare.main(parse(*ARGV, f"--run_dir={run_dir}", "--partial"))  # tabulates, trains nothing
+    assert capsys.readouterr().out.startswith(f"4 of 4 cells finished (files *_partial.* in {run_dir})")
+    with open(run_dir / "compare_partial.csv") as handle:
+        partial = list(csv.DictReader(handle))
+    assert [(r["contestant"], float(r["test_accuracy_mean"])) for r in partial] == [
+        (r["contestant"], pytest.approx(r["test_accuracy_mean"])) for r in results["rows"]]
+    assert (run_dir / "compare_partial.png").exists()
+    with pytest.raises(console.CommandError, match="no compare run yet"):
+        compare.main(parse(*ARGV, f"--run_dir={tmp_path / 'none'}", "--partial"))
+
     # A run killed inside a cell: rerunning finishes that cell from its trial.
     (run_dir / "results.json").unlink()
     (run_dir / "vgg-d4" / "seed0" / "cell.json").unlink()
@@ -150,7 +160,7 @@ def test_the_digits_flagfile_compares_the_main_job_with_three_seeds(parse):
     parse(f"--flagfile={ROOT / 'flags' / 'compare_digits.cfg'}")
     cfg = compare.read_flags()
     assert cfg.seeds == [0, 1, 2] and cfg.tuner_budget == 60
-    assert cfg.cells == ["auto_tune", "vgg-d4", "vgg-d10", "vgg-d20", "vgg-d30",
+    assert cfg.cells == ["auto_tune", "vgg-d4", "vgg-d10", "vgg-d20",
                          "keras_tuner", "keras_tuner_check"]
     search = cfg.search.search_config
     assert (search.start_blocks, search.epochs, search.rule, search.samples) == (
