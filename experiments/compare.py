@@ -34,7 +34,8 @@ Run directory (besides flags.json):
 - ``compare.csv``: one row per contestant (`ROW_COLUMNS`): mean and std of
   the test accuracy over seeds, the networks found, their mean parameters
   and latency (median of --latency_repeats calls on one test batch of
-  --batch_size images, measured after all training), mean epochs and wall time.
+  --batch_size images, measured after all training), mean epochs and wall
+  time (over the cells that ran in one attempt; empty if none did).
 - ``compare.png``: test accuracy (mean, std as error bar) against the epochs
   trained (a cost that does not depend on the machine or its load) and
   against parameters.
@@ -232,10 +233,14 @@ def aggregate(cells: list[dict[str, Any]], latency: dict[str, float]) -> list[di
             "test_accuracy_std": float(np.std(accuracy)) if accuracy else None,
             "epochs": float(np.mean([c["epochs"] for c in mine])),
             "train_seconds": float(np.mean([c["train_seconds"] for c in mine])),
-            "wall_seconds": float(np.mean([c["wall_seconds"] for c in mine])),
+            "wall_seconds": _mean([c["wall_seconds"] for c in mine if not c.get("resumed")]),
             "seeds": len(mine),
         })
     return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:

@@ -129,13 +129,16 @@ def test_aggregate_means_over_seeds_and_lists_the_networks():
          "test_accuracy": 0.8, "epochs": 30, "train_seconds": 5.0, "wall_seconds": 6.0},
         {"contestant": "a", "seed": 1, "blocks": [2, 0, 0, 0], "layers": 6, "parameters": 20,
          "test_accuracy": 0.6, "epochs": 40, "train_seconds": 7.0, "wall_seconds": 8.0},
+        {"contestant": "a", "seed": 2, "blocks": [1, 0, 0, 0], "layers": 4, "parameters": 15,
+         "test_accuracy": 0.7, "epochs": 35, "train_seconds": 6.0, "wall_seconds": 1.0,
+         "resumed": True},  # its wall time counts only its last attempt
     ]
-    row, = compare.aggregate(cells, {"1,0,0,0": 1.0, "2,0,0,0": 3.0})
+    row, = compare.aggregate(cells, {"1,0,0,0": 1.0, "2,0,0,0": 4.0})
     assert row["networks"] == "1,0,0,0 | 2,0,0,0" and row["layers"] == "4 | 6"
     assert row["test_accuracy_mean"] == pytest.approx(0.7)
-    assert row["test_accuracy_std"] == pytest.approx(0.1)
+    assert row["test_accuracy_std"] == pytest.approx(np.std([0.8, 0.6, 0.7]))
     assert (row["parameters"], row["latency_ms"], row["epochs"]) == (15.0, 2.0, 35.0)
-    assert (row["wall_seconds"], row["seeds"]) == (7.0, 2)
+    assert (row["wall_seconds"], row["seeds"]) == (7.0, 3)
 
 
 def test_the_oracle_seed_is_never_zero_which_keras_tuner_reads_as_random():
