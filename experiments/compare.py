@@ -304,23 +304,28 @@ def figure(results: dict[str, Any]):
     from matplotlib.figure import Figure
 
     rows = [r for r in results["rows"] if r["test_accuracy_mean"] is not None]
+    others = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown",
+                   "tab:pink", "tab:gray", "tab:olive", "tab:cyan"] * 4)
+    colors = {r["contestant"]: "tab:red" if r["contestant"] == "auto_tune" else next(others)
+              for r in rows}
     fig = Figure(figsize=(11, 4.6), layout="constrained")
-    for axes, key, label in zip(fig.subplots(1, 2), ("epochs", "parameters"),
-                                ("training epochs per run, all networks tried",
-                                 "parameters of the network found")):
+    for axes, key, label, scale in zip(
+            fig.subplots(1, 2), ("epochs", "parameters"),
+            ("training epochs per run, all networks tried", "parameters of the network found"),
+            ("linear", "log")):
         for row in rows:
             axes.errorbar(row[key], row["test_accuracy_mean"], yerr=row["test_accuracy_std"],
-                          fmt="o", capsize=3, ms=6,
-                          color="tab:red" if row["contestant"] == "auto_tune" else None)
-            axes.annotate(row["contestant"], (row[key], row["test_accuracy_mean"]),
-                          xytext=(5, 4), textcoords="offset points", fontsize=8)
-        axes.set_xscale("log")
-        axes.set_xlabel(label + " (log scale)")
+                          fmt="o", capsize=3, ms=6, color=colors[row["contestant"]])
+            axes.annotate(f"{row['contestant']} ({row['seeds']})",
+                          (row[key], row["test_accuracy_mean"]), xytext=(5, 4),
+                          textcoords="offset points", fontsize=8)
+        axes.set_xscale(scale)
+        axes.set_xlabel(label + (" (log scale)" if scale == "log" else ""))
         axes.set_ylabel("test accuracy (mean ± std over seeds)")
         axes.grid(alpha=0.3)
-    fig.suptitle(f"compare on {results['dataset']}: {len(results['seeds'])} seeds, "
-                 f"auto_tune from {blocks_text(results['start_blocks'])}, Keras Tuner budget "
-                 f"{results['tuner_budget']} epochs", fontsize=10)
+    fig.suptitle(f"compare on {results['dataset']}: auto_tune from "
+                 f"{blocks_text(results['start_blocks'])}, Keras Tuner budget "
+                 f"{results['tuner_budget']} epochs; (n) = seeds", fontsize=10)
     return fig
 
 
