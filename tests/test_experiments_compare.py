@@ -14,33 +14,21 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from absl import flags
 
 from cb_keras import models
 from experiments import compare, console, strategy, tuner
 from experiments.config import StrategyConfig, TrainConfig
 from experiments.rundir import RunDir
 
-FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGV = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--runs=1",
         "--fixed_depths=4", "--tuner_budget=3", "--measure_samples=64", "--test_every=1",
         "--check_window=2", "--noexport", "--latency_repeats=2", "--progress=none"]
 
 
-@pytest.fixture
-def parse():
-    """Parse argv for the compare module; flags are reset after the test."""
-    def _parse(*argv: str) -> list[str]:
-        FLAGS.unparse_flags()
-        return FLAGS([compare.__name__, *argv])
-    yield _parse
-    FLAGS.unparse_flags()
-
-
 def test_compare_trains_every_contestant_tabulates_and_resumes(parse, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    compare.main(parse(*ARGV, f"--run_dir={run_dir}"))
+    compare.main(parse(compare, *ARGV, f"--run_dir={run_dir}"))
     results = json.loads((run_dir / "results.json").read_text())
     cells = {c["contestant"]: c for c in results["cells"]}
     assert list(cells) == ["auto_tune", "vgg-d4", "keras_tuner", "keras_tuner_check"]
@@ -68,23 +56,25 @@ def test_compare_trains_every_contestant_tabulates_and_resumes(parse, tmp_path, 
     table = capsys.readouterr().out
     assert "keras_tuner_check" in table and "test_acc" in table
 
-    compare.main(parse(*ARGV, f"--run_dir={run_dir}"))  # finished: trains nothing
+    compare.main(parse(compare, *ARGV, f"--run_dir={run_dir}"))  # finished: trains nothing
     assert "already finished" in capsys.readouterr().out
 
-    compare.main(parse(*ARGV, f"--run_dir={run_dir}", "--partial"))  # tabulates, trains nothing
-    assert capsys.readouterr().out.startswith(f"4 of 4 cells finished (files *_partial.* in {run_dir})")
+    # --partial tabulates the finished cells and trains nothing.
+    compare.main(parse(compare, *ARGV, f"--run_dir={run_dir}", "--partial"))
+    assert capsys.readouterr().out.startswith(
+        f"4 of 4 cells finished (files *_partial.* in {run_dir})")
     with open(run_dir / "compare_partial.csv") as handle:
         partial = list(csv.DictReader(handle))
     assert [(r["contestant"], float(r["test_accuracy_mean"])) for r in partial] == [
         (r["contestant"], pytest.approx(r["test_accuracy_mean"])) for r in results["rows"]]
     assert (run_dir / "compare_partial.png").exists()
     with pytest.raises(console.CommandError, match="no compare run yet"):
-        compare.main(parse(*ARGV, f"--run_dir={tmp_path / 'none'}", "--partial"))
+        compare.main(parse(compare, *ARGV, f"--run_dir={tmp_path / 'none'}", "--partial"))
 
     # A run killed inside a cell: rerunning finishes that cell from its trial.
     (run_dir / "results.json").unlink()
     (run_dir / "vgg-d4" / "seed0" / "cell.json").unlink()
-    compare.main(parse(*ARGV, f"--run_dir={run_dir}"))
+    compare.main(parse(compare, *ARGV, f"--run_dir={run_dir}"))
     again = json.loads((run_dir / "results.json").read_text())
     redone = {c["contestant"]: c for c in again["cells"]}["vgg-d4"]
     assert redone["resumed"] and redone["test_accuracy"] == fixed["test_accuracy"]
@@ -154,13 +144,13 @@ def test_keras_tuner_contestants_without_the_package_name_the_extra(monkeypatch)
 
 def test_tuner_budget_below_the_epochs_is_refused(parse):
     from absl import app
-    parse(*ARGV, "--tuner_budget=1")
+    parse(compare, *ARGV, "--tuner_budget=1")
     with pytest.raises(app.UsageError, match="--tuner_budget=1 is below --epochs=2"):
         compare.read_flags()
 
 
 def test_the_digits_flagfile_compares_the_main_job_with_three_seeds(parse):
-    parse(f"--flagfile={ROOT / 'flags' / 'compare_digits.cfg'}")
+    parse(compare, f"--flagfile={ROOT / 'flags' / 'compare_digits.cfg'}")
     cfg = compare.read_flags()
     assert cfg.seeds == [0, 1, 2] and cfg.tuner_budget == 60
     assert cfg.cells == ["auto_tune", "vgg-d4", "vgg-d10", "vgg-d20",
