@@ -222,3 +222,65 @@ def test_step_has_a_fixed_number_of_conditionals_whatever_the_variables(make, ex
     # Lookahead's start and synchronisation one conditional each per step.
     assert _conditionals_in_step(make(), 1) == expected
     assert _conditionals_in_step(make(), 12) == expected
+
+
+def _kernel_inputs(rectify: bool):
+    """Weights, moments and gradients over many magnitudes, and one step's scalars (float32)."""
+    rng = np.random.default_rng(1)
+    shape = (257, 129)
+
+    def spread(scale_low, scale_high):
+        return (rng.normal(size=shape)
+                * 10.0 ** rng.uniform(scale_low, scale_high, size=shape)).astype(np.float32)
+
+    arrays = {"gradient": spread(-7, 0), "m": spread(-7, -1), "v": np.abs(spread(-12, -2)),
+              "variable": spread(-3, 0)}
+    scalars = {name: np.float32(value) for name, value in {
+        "beta_1": 0.9, "one_minus_beta_1": 1 - np.float32(0.9), "beta_2": 0.999,
+        "one_minus_beta_2": 1 - np.float32(0.999), "inverse_bias_1": 1.53,
+        "inverse_bias_2": 41.7, "rectifier": 0.37 if rectify else np.nan, "epsilon": 1e-6,
+        "weight_decay": 1e-2, "lr": 1e-3}.items()}
+    scalars["rectify"] = np.bool_(rectify)
+    return arrays, scalars
+
+
+def _radam_step_in_numpy(a: dict, c: dict, decay: bool):
+    """One RAdam step with every float32 operation rounded on its own (no fused multiply-add)."""
+    m = c["beta_1"] * a["m"] + c["one_minus_beta_1"] * a["gradient"]
+    v = c["beta_2"] * a["v"] + c["one_minus_beta_2"] * np.square(a["gradient"])
+    m_hat = m * c["inverse_bias_1"]
+    if c["rectify"]:
+        update = c["rectifier"] * m_hat / (np.sqrt(v * c["inverse_bias_2"]) + c["epsilon"])
+    else:
+        update = m_hat
+    if decay:
+        update = update + c["weight_decay"] * a["variable"]
+    return m, v, a["variable"] - c["lr"] * update
+
+
+@pytest.mark.parametrize("decay", [True, False], ids=["decay", "no-decay"])
+@pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
+def test_fused_updates_round_every_operation_like_separate_kernels(rectify, decay):
+    # The updates are compiled with XLA into one pass; XLA would turn a
+    # multiply followed by an add into a fused multiply-add (one rounding
+    # instead of two) and leave the reference's trajectories. Bit equality
+    # with float32 NumPy, which rounds every operation, checks that it does not.
+    arrays, scalars = _kernel_inputs(rectify)
+    step = tf.Variable(7, dtype=tf.int64)  # as in a train step: a run-time value
+
+    @tf.function
+    def fused():
+        c = {name: tf.constant(value) for name, value in scalars.items()}
+        radam = optimizers._radam_kernel(*(tf.constant(arrays[k]) for k in
+                                           ("gradient", "m", "v", "variable")),
+                                         c, step.read_value(), decay)
+        lookahead = optimizers._lookahead_kernel(
+            tf.constant(arrays["variable"]), tf.constant(arrays["m"]), tf.constant(np.float32(0.5)),
+            step.read_value())
+        return radam, lookahead
+
+    (m, v, variable), slow = fused()
+    for got, expected in zip((m, v, variable), _radam_step_in_numpy(arrays, scalars, decay)):
+        np.testing.assert_array_equal(got.numpy(), expected)
+    np.testing.assert_array_equal(
+        slow.numpy(), arrays["m"] + np.float32(0.5) * (arrays["variable"] - arrays["m"]))
