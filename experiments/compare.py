@@ -315,14 +315,16 @@ def figure(results: dict[str, Any]):
             ("linear", "log")):
         for row in rows:
             axes.errorbar(row[key], row["test_accuracy_mean"], yerr=row["test_accuracy_std"],
-                          fmt="o", capsize=3, ms=6, color=colors[row["contestant"]])
-            axes.annotate(f"{row['contestant']} ({row['seeds']})",
-                          (row[key], row["test_accuracy_mean"]), xytext=(5, 4),
-                          textcoords="offset points", fontsize=8)
+                          fmt="o", capsize=3, ms=6, color=colors[row["contestant"]],
+                          label=f"{row['contestant']} ({row['seeds']})")
         axes.set_xscale(scale)
         axes.set_xlabel(label + (" (log scale)" if scale == "log" else ""))
         axes.set_ylabel("test accuracy (mean ± std over seeds)")
         axes.grid(alpha=0.3)
+    # One legend below both panels: labels next to the points overlapped
+    # where two contestants landed close together.
+    fig.legend(*axes.get_legend_handles_labels(), loc="outside lower center",
+               ncols=min(len(rows), 6), fontsize=8)
     fig.suptitle(f"compare on {results['dataset']}: auto_tune from "
                  f"{blocks_text(results['start_blocks'])}, Keras Tuner budget "
                  f"{results['tuner_budget']} epochs; (n) = seeds", fontsize=10)
