@@ -148,15 +148,24 @@ def draw_sets(groups: dict[str, Sequence[str]], largest: dict[str, int], draws: 
     return rows
 
 
-def evaluate_draws(rows: list[dict[str, Any]],
-                   accuracy: Callable[[list[str]], float]) -> list[dict[str, Any]]:
-    """`rows` with ``test_accuracy`` of each lesion, every distinct set evaluated once."""
+def evaluate_draws(rows: list[dict[str, Any]], accuracy: Callable[[list[str]], float],
+                   log: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+    """`rows` with ``test_accuracy`` of each lesion, every distinct set evaluated once.
+
+    `log` gets one progress line per group and k, when its draws are done.
+    """
     cache: dict[frozenset, float] = {}
-    for row in rows:
+    for i, row in enumerate(rows):
         key = frozenset(row["removed"])
         if key not in cache:
             cache[key] = accuracy(row["removed"])
         row["test_accuracy"] = cache[key]
+        if i + 1 == len(rows) or (rows[i + 1]["group"], rows[i + 1]["k"]) != (row["group"],
+                                                                              row["k"]):
+            done = [r["test_accuracy"] for r in rows[:i + 1]
+                    if (r["group"], r["k"]) == (row["group"], row["k"])]
+            log(f"k={row['k']} {row['group']}: test accuracy {np.mean(done):.4f} over "
+                f"{len(done)} draws ({i + 1}/{len(rows)} lesions)")
     return rows
 
 
@@ -212,7 +221,8 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
               "any": found.names}
     rows = evaluate_draws(
         draw_sets(groups, largest_k(groups, k_rule, max_k), draws, seed),
-        lambda removed: serving.accuracy(lesion.lesion(removed), source.test))
+        lambda removed: serving.accuracy(lesion.lesion(removed), source.test),
+        log=lambda line: print(f"lesion: {line}", flush=True))
     curve_rows = curves(rows)
     intact = serving.accuracy(lesion.lesion([]), source.test)
     pruned = pruning.remove_blocks(source.model, found.conflicting)

@@ -145,6 +145,19 @@ def test_each_distinct_lesion_is_evaluated_once_and_averaged():
                       "test_accuracy_std": pytest.approx(np.std([0.5, 0.8, 0.5]))}]
 
 
+def test_lesion_logs_one_progress_line_per_group_and_k():
+    rows = [{"group": group, "k": k, "draw": d, "removed": [f"b{k}{d}"]}
+            for k in (1, 2) for group in ("non_conflicting", "any") for d in range(2)]
+    lines = []
+    lesion.evaluate_draws(rows, lambda removed: 0.25 if removed[0].endswith("0") else 0.75,
+                          log=lines.append)
+    assert lines == [
+        "k=1 non_conflicting: test accuracy 0.5000 over 2 draws (2/8 lesions)",
+        "k=1 any: test accuracy 0.5000 over 2 draws (4/8 lesions)",
+        "k=2 non_conflicting: test accuracy 0.5000 over 2 draws (6/8 lesions)",
+        "k=2 any: test accuracy 0.5000 over 2 draws (8/8 lesions)"]
+
+
 def test_source_run_with_several_trials_asks_for_one(tmp_path):
     for seed in (0, 1):
         (tmp_path / f"seed{seed}").mkdir()

@@ -89,6 +89,17 @@ def test_lesion_flagfiles_use_the_reference_k_ranges_on_the_pruned_runs_network(
     assert run_flags.NAME.value == f"prune_{dataset}"
 
 
+@pytest.mark.parametrize("prune_name, lesion_name", [
+    ("prune_digits", "lesion_digits"), ("prune_digits_r120", "lesion_digits_r120")])
+def test_digits_lesion_flagfiles_study_the_network_their_prune_flagfile_trains(
+        parse, prune_name, lesion_name):
+    parse(lesion, f"--flagfile={FLAGFILES / f'{lesion_name}.cfg'}")
+    assert FLAGS.source_run == f"runs/{prune_name}/train"
+    assert run_flags.NAME.value == lesion_name
+    parse(prune, f"--flagfile={FLAGFILES / f'{prune_name}.cfg'}")
+    assert run_flags.NAME.value == prune_name
+
+
 @pytest.mark.parametrize("name, module, buffer", [
     ("train_fnn_mnist.cfg", train, 10), ("fnn_map_mnist.cfg", fnn_map, 10),
     ("fnn_map_mnist5k.cfg", fnn_map, data.SHUFFLE_BUFFER),
