@@ -34,6 +34,7 @@ Writes to the run directory:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -155,17 +156,18 @@ def evaluate_draws(rows: list[dict[str, Any]], accuracy: Callable[[list[str]], f
     `log` gets one progress line per group and k, when its draws are done.
     """
     cache: dict[frozenset, float] = {}
-    for i, row in enumerate(rows):
-        key = frozenset(row["removed"])
-        if key not in cache:
-            cache[key] = accuracy(row["removed"])
-        row["test_accuracy"] = cache[key]
-        if i + 1 == len(rows) or (rows[i + 1]["group"], rows[i + 1]["k"]) != (row["group"],
-                                                                              row["k"]):
-            done = [r["test_accuracy"] for r in rows[:i + 1]
-                    if (r["group"], r["k"]) == (row["group"], row["k"])]
-            log(f"k={row['k']} {row['group']}: test accuracy {np.mean(done):.4f} over "
-                f"{len(done)} draws ({i + 1}/{len(rows)} lesions)")
+    done = 0
+    for (group, k), batch in itertools.groupby(rows, key=lambda row: (row["group"], row["k"])):
+        batch = list(batch)
+        for row in batch:
+            key = frozenset(row["removed"])
+            if key not in cache:
+                cache[key] = accuracy(row["removed"])
+            row["test_accuracy"] = cache[key]
+        done += len(batch)
+        log(f"k={k} {group}: test accuracy "
+            f"{np.mean([row['test_accuracy'] for row in batch]):.4f} over {len(batch)} draws "
+            f"({done}/{len(rows)} lesions)")
     return rows
 
 
