@@ -216,11 +216,22 @@ def wait_for_epoch(run_dir: pathlib.Path, process: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child: SIGINT's default action, which Python turns into KeyboardInterrupt.
+
+    A shell without job control starts background commands with SIGINT
+    ignored, and children inherit that: pytest started with ``&`` (as a CI
+    script may be) would otherwise give the command no Ctrl-C to react to.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_second_process_on_a_run_stops_at_once_and_ctrl_c_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     argv = ["train", *TINY, "--epochs=200", f"--run_dir={run_dir}"]
     first = subprocess.Popen([sys.executable, "-m", "experiments", *argv], cwd=ROOT, env=ENV,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         wait_for_epoch(run_dir, first)
         second = experiments(*argv)
