@@ -131,6 +131,7 @@ class RAdam(keras.optimizers.Optimizer):
                 * rho_inf / rho_t),
             "epsilon": ops.cast(self.epsilon, dtype),
             "weight_decay": ops.cast(self.weight_decay or 0.0, dtype),
+            "iterations": tf.convert_to_tensor(self.iterations),  # for `_zero_of`
         }
         if cache is not None:
             cache[(dtype, device)] = scalars
@@ -145,7 +146,7 @@ class RAdam(keras.optimizers.Optimizer):
         tensor = tf.convert_to_tensor
         m_new, v_new, w_new = _radam_kernel(
             tf.cast(tensor(gradient), variable.dtype), tensor(m), tensor(v), tensor(variable),
-            c, tensor(self.iterations), decay)
+            c, decay)
         self.assign(m, m_new)
         self.assign(v, v_new)
         self.assign(variable, w_new)
@@ -345,9 +346,9 @@ def _zero_of(step: tf.Tensor) -> tf.Tensor:
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def _radam_kernel(gradient, m, v, variable, c: dict, step, decay: bool):
+def _radam_kernel(gradient, m, v, variable, c: dict, decay: bool):
     """(m, v, variable) after one RAdam step; `c` holds `RAdam._step_scalars`."""
-    zero = _zero_of(step)
+    zero = _zero_of(c["iterations"])
     m = _rounded(c["beta_1"] * m, zero) + _rounded(c["one_minus_beta_1"] * gradient, zero)
     v = (_rounded(c["beta_2"] * v, zero)
          + _rounded(c["one_minus_beta_2"] * tf.square(gradient), zero))

@@ -271,9 +271,9 @@ def test_fused_updates_round_every_operation_like_separate_kernels(rectify, deca
     @tf.function
     def fused():
         c = {name: tf.constant(value) for name, value in scalars.items()}
+        c["iterations"] = step.read_value()
         radam = optimizers._radam_kernel(*(tf.constant(arrays[k]) for k in
-                                           ("gradient", "m", "v", "variable")),
-                                         c, step.read_value(), decay)
+                                           ("gradient", "m", "v", "variable")), c, decay)
         lookahead = optimizers._lookahead_kernel(
             tf.constant(arrays["variable"]), tf.constant(arrays["m"]), tf.constant(np.float32(0.5)),
             step.read_value())
