@@ -1,4 +1,4 @@
-"""The README's examples run and print what it says; CI runs its test command."""
+"""The examples of the README and docs/ run and print what they say; CI runs the test command."""
 
 import contextlib
 import io
@@ -9,7 +9,12 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+# Pages whose ```python blocks are runnable examples; a block that cannot run
+# offline in seconds is fenced as ```text or ```console instead.
+PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+PYTHON_BLOCKS = [(page, number, block) for page in PAGES
+                 for number, block in enumerate(
+                     re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S))]
 
 
 def expected_output(block: str) -> list[str]:
@@ -21,21 +26,27 @@ def expected_output(block: str) -> list[str]:
     return tail
 
 
-@pytest.mark.parametrize("block", PYTHON_BLOCKS,
-                         ids=[f"block{i}" for i in range(len(PYTHON_BLOCKS))])
-def test_readme_python_example_runs(block, tmp_path, monkeypatch):
+@pytest.mark.parametrize("page, number, block", PYTHON_BLOCKS,
+                         ids=[f"{page}-block{number}" for page, number, _ in PYTHON_BLOCKS])
+def test_python_example_runs(page, number, block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+        exec(compile(block, f"{page} (block {number})", "exec"), {"__name__": "__readme__"})
     printed = [line for line in out.getvalue().splitlines() if line.strip()]
     expected = expected_output(block)
     if expected:  # a block without trailing "# output" lines must just run
         assert printed[-len(expected):] == expected
 
 
-def test_readme_has_examples():
-    assert PYTHON_BLOCKS, "README.md lost its runnable examples"
+def test_readme_and_usage_have_examples():
+    pages = {page for page, _, _ in PYTHON_BLOCKS}
+    assert {"README.md", "docs/usage.md"} <= pages, f"runnable examples only in {pages}"
+
+
+def test_readme_is_a_front_door():
+    lines = len(README.splitlines())
+    assert lines <= 250, f"README.md has {lines} lines; move details to docs/ (at most 250)"
 
 
 def test_ci_runs_the_readme_test_command():
