@@ -47,7 +47,7 @@ from cb_keras.check import ConflictCheck, Restart, Sample
 from cb_keras.rules import VERSIONS, check_kind, check_rule
 from cb_keras.trainer import Trainer, TrainRequest, fit_trainer
 
-# fit_trainer moved to cb_keras.trainer; this README-documented path still works.
+# fit_trainer moved to cb_keras.trainer; the old path still works (CHANGELOG.md, 0.1.0).
 __all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "new_state", "fit_trainer"]
 
 

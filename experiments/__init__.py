@@ -9,17 +9,17 @@ TensorFlow is imported. A variable already set in the environment wins.
   shows them.
 - ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow uses its oneDNN CPU kernels by
   default only on CPUs with AVX-512 VNNI/BF16 or AMX. Elsewhere (e.g. an
-  AVX2-only AMD EPYC) its own kernels made a training step of the main
-  job's 50-layer network 5.7x slower (README, Speed). oneDNN rounds
-  differently from those kernels (other summation orders), so set 0 to
-  compare with runs made without it.
+  AVX2-only AMD EPYC) its own kernels make a training step of the main
+  job's 50-layer network several times slower (docs/performance.md,
+  bench_kernels). oneDNN rounds differently from those kernels (other
+  summation orders), so set 0 to compare with runs made without it.
 - ``CB_KERAS_GRAPPLER=0``: `configure_tensorflow` switches off Grappler,
   TensorFlow's graph optimiser, for the commands and benchmarks (not for
-  the tests of the library, which run TensorFlow's defaults). On the main
-  job's 50-layer network it cut the first train step (building and
-  optimising a new network's graph) by about 40%, with later steps within
-  the noise of repeated runs (README, Speed); the results differ from
-  Grappler's fused kernels in rounding only. 1 turns it back on.
+  the tests of the library, which run TensorFlow's defaults). It makes the
+  first train step of a new network (building and optimising its graph)
+  cheaper, with later steps within the noise of repeated runs
+  (docs/performance.md, bench_kernels); the results differ from Grappler's
+  fused kernels in rounding only. 1 turns it back on.
 """
 
 import os

@@ -73,7 +73,7 @@ def make(cfg: StrategyConfig) -> tf.distribute.Strategy:
     if cfg.name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             logging.warning("--strategy=multi_worker without TF_CONFIG runs one local "
-                            "worker; set TF_CONFIG on every machine (README).")
+                            "worker; set TF_CONFIG on every machine (docs/experiments.md).")
         return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
