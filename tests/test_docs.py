@@ -67,3 +67,18 @@ def test_code_blocks_are_tested_or_marked_as_not_runnable(page):
     untested = [fence for fence in fences if fence in {"py", "python3", "pycon"}]
     assert not untested, f"{page.relative_to(ROOT)}: fence as ```python (runs in the tests) " \
         f"or ```text/```console (does not), not {untested}"
+
+
+def test_docs_named_in_code_and_flagfiles_exist():
+    """Docstrings, messages and flagfile headers point to docs/ pages and headings that exist."""
+    sources = sorted([*ROOT.glob("flags/*.cfg"), *ROOT.glob("cb_keras/**/*.py"),
+                      *ROOT.glob("experiments/**/*.py"), *ROOT.glob("benchmarks/*.py")])
+    named = [(source, target) for source in sources
+             for target in re.findall(r"\bdocs/[\w.]+\.md(?:#[\w-]+)?", source.read_text())]
+    assert any(source.suffix == ".cfg" for source, _ in named)  # it did read the headers
+    broken = []
+    for source, target in named:
+        path, _, fragment = target.partition("#")
+        if not (ROOT / path).exists() or (fragment and fragment not in anchors(ROOT / path)):
+            broken.append(f"{source.relative_to(ROOT)}: {target}")
+    assert not broken, f"these point to docs that do not exist: {broken}"
