@@ -45,7 +45,7 @@ Pattern = list[list[bool]]  # pattern[s][b]: block b+1 of stage s+1 is conflicti
 
 @dataclasses.dataclass(frozen=True)
 class RuleVersion:
-    """One version of the reference's search: a pruning rule and its check schedule.
+    """One version of the search (the papers' or the reference code's): a rule and its checks.
 
     Attributes:
         rule: name of the pruning rule (see `shrink`).

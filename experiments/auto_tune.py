@@ -9,7 +9,7 @@ command's code (`experiments.trial.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
 measured on --measure_samples training images (the papers: 64; see
 --measure_sample); on a conflict the architecture shrinks by --prune_rule (a
-version of the reference's rule, `cb_keras.autotune.VERSIONS`, which also
+version of the rule, `cb_keras.rules.VERSIONS`, docs/reproduction.md, which also
 sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
 
@@ -58,12 +58,13 @@ from experiments.options import training as training_flags
 
 PRUNE_RULE = flags.DEFINE_enum(
     "prune_rule", "first_conflict", list(rules.RULES),
-    "Version of the reference's rule, with its check schedule: first_conflict (Nov 2020, "
-    "the papers' text): remove the first conflicting block and the rest of its stage, "
-    "checks after epochs 1..10; all_non_conflicting (Dec 2020): every stage keeps its "
-    "non-conflicting blocks, checks at initialization and after epochs 1..9; "
-    "non_conflicting (May 2022, last): the first stage with a conflicting block keeps its "
-    "non-conflicting blocks, checks after epochs 1..10.")
+    "Version of the rule, with its check schedule (docs/reproduction.md): first_conflict "
+    "(the papers' text; commit 22556fc coded it off by one block): remove the first "
+    "conflicting block and the rest of its stage, checks after epochs 1..10; "
+    "all_non_conflicting (Dec 2020, 37ea297): every stage keeps its non-conflicting "
+    "blocks, checks at initialization and after epochs 1..9; non_conflicting (8491b7b, Apr "
+    "2022; final form 9c0b9b5, May 2022): the first stage with a conflicting block keeps "
+    "its non-conflicting blocks, checks after epochs 1..10.")
 CHECK_WINDOW = flags.DEFINE_integer(
     "check_window", None,
     "Check a^L after each of the first N epochs of every run (default: the --prune_rule "
