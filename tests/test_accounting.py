@@ -20,7 +20,7 @@ import pytest
 from absl import app
 
 from cb_keras import data, evaluation
-from experiments import evaluate, recipe, rundir, train, trial
+from experiments import auto_tune, evaluate, recipe, rundir, train, trial
 from experiments.config import TrainConfig
 
 
@@ -120,3 +120,31 @@ def test_a_config_trains_the_epochs_asked_for_in_its_accounting():
     assert cfg.trained_epochs == 119
     assert cfg.with_trained_epochs(30).trained_epochs == 30  # an auto_tune run of 30 epochs
     assert dataclasses.replace(cfg, accounting="cb_keras").trained_epochs == 120
+
+
+def test_auto_tune_counts_every_run_in_the_reference_accounting(parse, tmp_path):
+    # lr 1e-7 makes a^L one bundle after epoch 1: one restart, then the final run.
+    run_dir = tmp_path / "search"
+    auto_tune.main(parse(
+        auto_tune, "--accounting=reference", "--epochs=6", "--dataset=digits", "--model=vgg",
+        "--blocks=1,1,0,0", "--check_window=1", "--max_restarts=1", "--learning_rate=1e-7",
+        "--measure_samples=64", "--latency_repeats=2", "--noaugment", "--progress=none",
+        "--noexport", f"--run_dir={run_dir}"))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["accounting"] == "reference" and results["num_restarts"] == 1
+    assert results["total_epochs"] == 1 + 5  # the restarted run's 1, then 6 - 1
+    final = [int(r["epoch"]) for r in read_csv(run_dir / "run01" / "metrics.csv")]
+    assert final == [0, 1, 2, 3, 4, 5]
+    rows = read_csv(run_dir / "run01" / "metrics.csv")
+    assert results["test_accuracy"] == pytest.approx(
+        np.mean([float(r["test_accuracy"]) for r in rows[2:]]))  # epochs 2..5
+
+
+def test_auto_tune_final_epochs_follow_the_accounting(parse):
+    vgg = ("--model=vgg", "--blocks=1,1,0,0", "--accounting=reference", "--epochs=30")
+    parse(auto_tune, *vgg, "--final_epochs=10")
+    search = auto_tune.read_flags().search_config
+    assert (search.epochs, search.final_epochs) == (29, 9)
+    parse(auto_tune, *vgg, "--final_epochs=4")
+    with pytest.raises(app.UsageError, match="--final_epochs=4: .*at least 5 epochs"):
+        auto_tune.read_flags()
