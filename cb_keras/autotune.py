@@ -5,8 +5,8 @@ The search trains a plain (VGG-style) or residual network of the papers
 after each of the first ``check_window`` epochs (and, if ``check_at_init``,
 once before the first epoch); if a^(L) is conflicting it measures every
 block, shrinks the architecture by a *pruning rule* (`cb_keras.rules`, which
-holds the reference's three versions, `VERSIONS`) and restarts training from
-scratch with the smaller network (`cb_keras.check.ConflictCheck` decides,
+holds its three versions, `VERSIONS`: the papers' and two of the reference
+code's) and restarts training from scratch with the smaller network (`cb_keras.check.ConflictCheck` decides,
 and records a `Restart`). It stops when one training run reaches its last
 epoch without a restart. When a^(L) conflicts but the rule cannot shrink the
 network (no block conflicts, or every block would go), the run goes on

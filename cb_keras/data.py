@@ -208,6 +208,7 @@ class _Source:
 
 def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | None = None,
          shuffle_seed: int | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
+         drop_test_remainder: bool = False,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """Training and test batches of a data set, preprocessed as in the papers.
 
@@ -224,13 +225,16 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
             with TensorFlow's global seed; None draws fresh randomness.
         shuffle_buffer: examples in the training shuffle buffer, >= 1
             (default 10,000; the reference used 10 for mnist).
+        drop_test_remainder: drop the test split's last partial batch, as the
+            reference's data loaders did (default False: the whole split).
 
     Returns:
         ``(train, test, info)``. ``train``: batches ``(batch_size, H, W, C)``
         float32 and ``(batch_size,)`` int32, shuffled with a buffer of
         `shuffle_buffer` examples and reshuffled every epoch, the last partial
         batch dropped. ``test``:
-        the whole test split in order, the last batch possibly smaller.
+        the whole test split in order, the last batch possibly smaller (or
+        dropped, with `drop_test_remainder`).
 
     Raises:
         ValueError: unknown name, bad batch size or shuffle buffer, or a
@@ -251,7 +255,8 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
     steps = recipe.train if augment else recipe.test
     train = _training_batches(source.train, steps, recipe.input_shape, batch_size, shuffle_seed,
                               shuffle_buffer)
-    test = _unseeded(source.test, recipe).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    test = (_unseeded(source.test, recipe).batch(batch_size, drop_remainder=drop_test_remainder)
+            .prefetch(tf.data.AUTOTUNE))
     return train, test, info
 
 

@@ -1,19 +1,27 @@
 """The pruning rules of the architecture search (docs/method.md §3): pure functions.
 
-The reference code changed its rule twice; each version is a rule plus its
-check schedule (`VERSIONS`):
+The papers describe one rule and the reference code (GitHub
+``peerdavid/conflicting-bundles``) ran two others; each version is a rule
+plus its check schedule (`VERSIONS`; evidence in docs/reproduction.md):
 
-- ``"first_conflict"`` (Nov 2020, commit 22556fc, the papers' text;
-  default): remove the first conflicting block and all later blocks of its
-  stage; checks after epochs 1..10. ``[3, 12, 41, 3]`` with
-  ``stage3_block5`` first conflicting becomes ``[3, 12, 4, 3]``.
+- ``"first_conflict"`` (the papers' text; default): remove the first
+  conflicting block and all later blocks of its stage; checks after epochs
+  1..10. ``[3, 12, 41, 3]`` with ``stage3_block5`` first conflicting becomes
+  ``[3, 12, 4, 3]``. This is what the papers (and the docstring of
+  ``prune_model`` in commit 22556fc, Nov 2020) describe, not what 22556fc's
+  code did: it judged block i by the entropy of block i + 1, measured 512
+  images with a per-block w_max (the largest mean |w| of the block's
+  weights), and raised an IndexError when no block before the last conflicted.
 - ``"all_non_conflicting"`` (Dec 2020, commit 37ea297, the code when arXiv
   2103.04331 was written): every stage keeps as many blocks as it has
   non-conflicting ones; checks at initialization and after epochs 1..9.
-- ``"non_conflicting"`` (May 2022, commit 9c0b9b5, the last version): in
-  the first stage holding a conflicting block, keep as many blocks as that
-  stage has non-conflicting ones; checks after epochs 1..10. ``stage3``
-  with blocks 5 and 9 conflicting becomes 39 blocks.
+- ``"non_conflicting"`` (first in commit 8491b7b, Apr 2022; final form in
+  commit 9c0b9b5, May 2022, the last version): in the first stage holding a
+  conflicting block, keep as many blocks as that stage has non-conflicting
+  ones; checks after epochs 1..10 (9c0b9b5's schedule; 8491b7b checked at
+  initialization and after epochs 1..9, with learning rate 5e-4 and rows
+  counted equal when 70% of their features are). ``stage3`` with blocks 5
+  and 9 conflicting becomes 39 blocks.
 
 A stage may shrink to zero blocks (the network then skips it). A block is
 conflicting when its measured output is (docs/method.md §2): the block output
@@ -37,13 +45,14 @@ Pattern = list[list[bool]]  # pattern[s][b]: block b+1 of stage s+1 is conflicti
 
 @dataclasses.dataclass(frozen=True)
 class RuleVersion:
-    """One version of the reference's search: a pruning rule and its check schedule.
+    """One version of the search (the papers' or the reference code's): a rule and its checks.
 
     Attributes:
         rule: name of the pruning rule (see `shrink`).
         check_at_init: a^(L) is also checked before the first training epoch.
         check_window: a^(L) is checked after epochs 1..check_window.
-        reference: when and in which commit of the reference code it was used.
+        reference: where the version comes from (papers or commits of the
+            reference code).
     """
 
     rule: str
@@ -53,9 +62,11 @@ class RuleVersion:
 
 
 VERSIONS = {version.rule: version for version in (
-    RuleVersion("first_conflict", False, 10, "Nov 2020, commit 22556fc"),
+    RuleVersion("first_conflict", False, 10,
+                "the papers' text (commit 22556fc, Nov 2020, coded it with an off-by-one)"),
     RuleVersion("all_non_conflicting", True, 9, "Dec 2020, commit 37ea297"),
-    RuleVersion("non_conflicting", False, 10, "May 2022, commit 9c0b9b5"),
+    RuleVersion("non_conflicting", False, 10,
+                "first in commit 8491b7b, Apr 2022; final form commit 9c0b9b5, May 2022"),
 )}
 RULES = tuple(VERSIONS)
 

@@ -11,8 +11,11 @@ no weights and save and load with the model.
   of the block's two convolutions), returns ``branch`` unchanged, and the
   probe measures ``(branch * s2) * s1`` in float32, in that order, with
   ``s_k = 1.0 / sqrt(var(conv_k) + 1e-6)``, the variance taken over all axes
-  of the evaluated forward batch: bit for bit the reference implementation's
-  scaling (docs/method.md §2). `cb_keras.measure` evaluates in forward
+  of the evaluated forward batch: the reference implementation's scaling, the
+  same operations in the same order (``models/residual_block.py`` of
+  GitHub peerdavid/conflicting-bundles, commit 1a4c762; docs/method.md §2).
+  The variance's summation order is TensorFlow's, so the scales agree with
+  an independent float64 computation to float32 rounding (tests/test_probe.py). `cb_keras.measure` evaluates in forward
   batches of the training batch size, so each batch gets its own scales.
 """
 

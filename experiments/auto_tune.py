@@ -9,7 +9,7 @@ command's code (`experiments.trial.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
 measured on --measure_samples training images (the papers: 64; see
 --measure_sample); on a conflict the architecture shrinks by --prune_rule (a
-version of the reference's rule, `cb_keras.autotune.VERSIONS`, which also
+version of the rule, `cb_keras.rules.VERSIONS`, docs/reproduction.md, which also
 sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
 
@@ -32,7 +32,7 @@ Run directory (besides flags.json):
   ``kind``, ``start_blocks``, ``final_blocks``, ``start_layers``,
   ``final_layers``, ``num_restarts``, ``restarts`` (the records),
   ``total_epochs`` (all runs), ``test_accuracy`` (final run, mean of its
-  last 5 epochs), ``start_parameters``, ``final_parameters``,
+  last 5 epochs, 4 with --accounting=reference), ``accounting``, ``start_parameters``, ``final_parameters``,
   ``start_latency_ms``, ``final_latency_ms`` (median of --latency_repeats
   inference calls on one test batch of --batch_size images),
   ``train_seconds`` (all runs), ``runs`` (the search state's runs).
@@ -46,7 +46,7 @@ from typing import Any
 import tensorflow as tf
 from absl import app, flags
 
-from cb_keras import autotune, check, files, models, rules, trainer
+from cb_keras import autotune, check, evaluation, files, models, rules, trainer
 from experiments import command, console, recipe, rundir, serving, trained, trial
 from experiments.callbacks import ScalarSummaries
 from experiments.config import RunConfig, StrategyConfig, TrainConfig
@@ -58,12 +58,13 @@ from experiments.options import training as training_flags
 
 PRUNE_RULE = flags.DEFINE_enum(
     "prune_rule", "first_conflict", list(rules.RULES),
-    "Version of the reference's rule, with its check schedule: first_conflict (Nov 2020, "
-    "the papers' text): remove the first conflicting block and the rest of its stage, "
-    "checks after epochs 1..10; all_non_conflicting (Dec 2020): every stage keeps its "
-    "non-conflicting blocks, checks at initialization and after epochs 1..9; "
-    "non_conflicting (May 2022, last): the first stage with a conflicting block keeps its "
-    "non-conflicting blocks, checks after epochs 1..10.")
+    "Version of the rule, with its check schedule (docs/reproduction.md): first_conflict "
+    "(the papers' text; commit 22556fc coded it off by one block): remove the first "
+    "conflicting block and the rest of its stage, checks after epochs 1..10; "
+    "all_non_conflicting (Dec 2020, 37ea297): every stage keeps its non-conflicting "
+    "blocks, checks at initialization and after epochs 1..9; non_conflicting (8491b7b, Apr "
+    "2022; final form 9c0b9b5, May 2022): the first stage with a conflicting block keeps "
+    "its non-conflicting blocks, checks after epochs 1..10.")
 CHECK_WINDOW = flags.DEFINE_integer(
     "check_window", None,
     "Check a^L after each of the first N epochs of every run (default: the --prune_rule "
@@ -126,9 +127,11 @@ class Config:
         """The settings of `cb_keras.autotune.auto_tune`."""
         return autotune.AutoTuneConfig(
             start_blocks=tuple(self.spec["blocks"]), kind=self.spec["model"],
-            epochs=self.training.epochs, check_window=self.check_window,
+            epochs=self.training.trained_epochs, check_window=self.check_window,
             check_at_init=self.check_at_init, samples=self.training.measure_samples,
-            rule=self.rule, max_restarts=self.max_restarts, final_epochs=self.final_epochs,
+            rule=self.rule, max_restarts=self.max_restarts,
+            final_epochs=None if self.final_epochs is None
+            else self.training.epoch_accounting.trained_epochs(self.final_epochs),
             **self.training.metric_step, seed=self.training.seed)
 
 
@@ -153,7 +156,8 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
     Also the `compare` command's auto-tune contestant (one per seed).
 
     Raises:
-        app.UsageError: a network that is not a block network.
+        app.UsageError: a network that is not a block network, or --final_epochs
+            too small for --accounting=reference.
         ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
     """
     spec = model_flags.model_spec()
@@ -162,6 +166,11 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
             f"auto_tune shrinks block networks, so --model must be one of "
             f"{list(rules.KINDS)}, got --model={spec['model']}; the papers start from "
             "--model=vgg --depth=120.")
+    if FINAL_EPOCHS.value is not None:
+        try:
+            training.epoch_accounting.trained_epochs(FINAL_EPOCHS.value)
+        except ValueError as error:
+            raise app.UsageError(f"--final_epochs={FINAL_EPOCHS.value}: {error}") from error
     cfg = Config(run, strategy_flags.strategy_config(), training, spec, PRUNE_RULE.value,
                  CHECK_WINDOW.value, CHECK_AT_INIT.value, MAX_RESTARTS.value,
                  FINAL_EPOCHS.value, source_flags.LATENCY_REPEATS.value)
@@ -184,7 +193,7 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
     directory = run.sub(f"run{request.run:02d}")
     spec = {"model": request.kind, "blocks": list(request.blocks)}
     result = trial.train_trial(
-        directory, spec, dataclasses.replace(cfg, epochs=request.epochs, export=False),
+        directory, spec, dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
         seed=request.seed, strategy=dist, label=f"[run {request.run} {recipe.spec_name(spec)}]",
         callbacks=request.callbacks, until=until, before_training=request.before_training)
     if result["epochs"] < request.epochs:
@@ -263,7 +272,8 @@ def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dic
                                info.input_shape, info.num_classes)
     batch = next(iter(test))[0]
     results = {
-        "command": "auto_tune", "dataset": cfg.training.dataset, **result.to_dict(),
+        "command": "auto_tune", "dataset": cfg.training.dataset,
+        "accounting": cfg.training.accounting, **result.to_dict(),
         "start_latency_ms": serving.latency_ms(start, batch, cfg.latency_repeats),
         "final_latency_ms": serving.latency_ms(result.model, batch, cfg.latency_repeats),
         "train_seconds": round(sum((r["summary"] or {}).get("train_seconds", 0.0)
@@ -318,7 +328,9 @@ def summary_text(results: dict[str, Any]) -> str:
     accuracy = console.format_value(results["test_accuracy"], ".4f")
     return (f"auto_tune on {results['dataset']}: {results['num_restarts']} restarts, "
             f"{results['total_epochs']} epochs in all ({results['train_seconds']} s of "
-            f"training), test accuracy {accuracy} (final run, mean of its last 5 epochs)\n"
+            f"training), test accuracy {accuracy} (final run, mean of its last "
+            f"{evaluation.accounting(results.get('accounting', 'cb_keras')).last_epochs} "
+            "epochs)\n"
             + (restarts + "\n" if restarts else "") + console.table(rows, SUMMARY_COLUMNS))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from cb_keras import data
+from cb_keras import data, evaluation
 from experiments.rundir import RunDirError
 
 
@@ -68,11 +68,27 @@ class TrainConfig:
     progress: str  # "line", "bar" or "none"
     shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
     measure_sample: str = "fixed"  # or "augmented" (see recipe.measurement_sampler)
+    accounting: str = "cb_keras"  # or "reference" (cb_keras.evaluation.ACCOUNTINGS)
 
     @property
     def metric_step(self) -> dict[str, Any]:
         """``learning_rate`` and ``batch_size`` of a training step: the bundle metric's lr, bs."""
         return {"learning_rate": self.learning_rate, "batch_size": self.batch_size}
+
+    @property
+    def epoch_accounting(self) -> evaluation.Accounting:
+        """How ``epochs`` becomes trained epochs and the reported test accuracy."""
+        return evaluation.accounting(self.accounting)
+
+    @property
+    def trained_epochs(self) -> int:
+        """Epochs a trial trains: ``epochs``, or ``epochs - 1`` with the reference accounting."""
+        return self.epoch_accounting.trained_epochs(self.epochs)
+
+    def with_trained_epochs(self, trained: int) -> "TrainConfig":
+        """This config with ``epochs`` set so that it trains `trained` epochs."""
+        return dataclasses.replace(
+            self, epochs=trained + int(self.epoch_accounting.skips_last_epoch))
 
     @classmethod
     def from_flags(cls, values: Mapping[str, Any]) -> "TrainConfig":

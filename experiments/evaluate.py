@@ -6,7 +6,9 @@ For every trial of a run made by a training command (train, fnn_map, ...),
 as the reference's evaluate.py does:
 
 - test accuracy and loss of each of the last ``--last_epochs`` epochs whose
-  checkpoint exists, and their mean (the papers' reported test accuracy);
+  checkpoint exists, and their mean (the reported test accuracy when the run
+  kept that many checkpoints: 5, or 4 with ``--accounting=reference``, whose
+  test split also drops its last partial batch; by default a run keeps 2);
 - bundle metrics of every layer of the newest checkpoint, written to
   ``evaluation/<trial>/conflicts.csv`` and ``conflicts.png`` (the trial's own
   files from training stay as they are).
@@ -35,15 +37,17 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from cb_keras import evaluation
 from experiments import command, console, recipe, rundir, strategy, trial
 from experiments.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
 
 LAST_EPOCHS = flags.DEFINE_integer(
-    "last_epochs", evaluation.LAST_EPOCHS,
-    "Average the test accuracy over the checkpoints of this many last epochs.", lower_bound=1)
+    "last_epochs", None,
+    "Average the test accuracy over the checkpoints of this many last epochs, of those the "
+    "run kept (--keep_checkpoints, default 2). Default: the run's --accounting, 5 "
+    "(cb_keras) or 4 (reference); the reported number needs that many kept checkpoints.",
+    lower_bound=1)
 SAMPLES = flags.DEFINE_integer(
     "samples", None, "Training samples for the per-layer bundle metrics (default: the "
     "run's --measure_samples).", lower_bound=1)
@@ -72,7 +76,7 @@ class Config:
 
     run: RunConfig
     strategy: StrategyConfig
-    last_epochs: int
+    last_epochs: int | None  # None: the run's accounting decides
     samples: int | None
     output_dir: str | None
 
@@ -150,7 +154,9 @@ def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
         raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
     results = [evaluate_trial(rundir.RunDir(path, writer=False),
                               output.sub(f"{EVALUATION_DIR}/{path.relative_to(run.path)}"),
-                              trained_with, cfg.last_epochs, dist) for path in trials]
+                              trained_with,
+                              cfg.last_epochs or trained_with.epoch_accounting.last_epochs,
+                              dist) for path in trials]
     output.write_json(EVALUATION_FILE, {
         "run": str(run.path), "finished": run.results is not None, "trials": results,
         **trial.mean_std(results, ["test_accuracy"])})

@@ -115,7 +115,7 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
     axes = figure.subplots()
     image = axes.imshow(accuracy, cmap="viridis", vmin=0.0, vmax=1.0, origin="lower",
                         aspect="auto")
-    figure.colorbar(image, ax=axes, label="test accuracy (mean of last 5 epochs)")
+    figure.colorbar(image, ax=axes, label="test accuracy (mean of the last epochs)")
     for (i, j), value in np.ndenumerate(accuracy):
         axes.text(j, i, "-" if np.isnan(value) else f"{value:.2f}", ha="center",
                   va="center", color="white" if value < 0.6 else "black", fontsize=8)

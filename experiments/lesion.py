@@ -7,7 +7,8 @@ Loads the final network of --source_run (see `experiments.trained`),
 measures the residual branch of every block on the run's measurement sample
 and splits the blocks into conflicting (bundle entropy > 0) and
 non-conflicting ones. Then, for each group -- ``conflicting``,
-``non_conflicting`` and ``any`` (all blocks) -- and each k of the group
+``non_conflicting`` and ``any`` (all blocks; with --lesion_k=reference the
+first 58, `lesion_groups`) -- and each k of the group
 (`largest_k`; --lesion_k) it lesions k blocks drawn at random from the group
 (--lesion_draws draws, without replacement within a draw; a group with fewer
 than k blocks is skipped) and measures the test accuracy of the lesioned
@@ -56,8 +57,9 @@ K_RULE = flags.DEFINE_enum(
     "lesion_k", "conflicting", ["conflicting", "reference"],
     "Which numbers k of lesioned blocks each group is studied with. conflicting: k = 1 .. "
     "the number of conflicting blocks in every group, as the paper describes it; "
-    "reference: as the reference code ran it, k = 1 .. n-1 for the n conflicting and the n "
-    "non-conflicting blocks, and k = 1 .. max(both)-1 for any blocks.")
+    "reference: as the reference code ran it (lesion.py, ba6985f), k = 1 .. n-1 for the n "
+    "conflicting and the n non-conflicting blocks, and k = 1 .. max(both)-1 for any blocks, "
+    "drawn from the first 58 blocks only (its range(0, 58); the 120-layer ResNet has 59).")
 MAX_K = flags.DEFINE_integer(
     "lesion_max_k", None,
     "With --lesion_k=conflicting: the largest k instead of the number of conflicting "
@@ -71,6 +73,8 @@ flags.adopt_module_key_flags(run_flags)
 flags.adopt_module_key_flags(source_flags)
 
 GROUPS = ("conflicting", "non_conflicting", "any")
+# The reference's lesion.py (ba6985f) drew its "any" blocks from range(0, 58).
+REFERENCE_ANY_BLOCKS = 58
 DRAWS_FILE = "lesion_draws.csv"
 CURVES_FILE = "lesion.csv"
 PLOT_FILE = "lesion.png"
@@ -105,6 +109,19 @@ def read_flags() -> Config:
             "`python -m experiments train --model=resnet ...` run.")
     return Config(run_flags.run_config("lesion", __name__), source_flags.SOURCE_RUN.value,
                   DRAWS.value, LESION_SEED.value, K_RULE.value, MAX_K.value)
+
+
+def lesion_groups(found: pruning.BlockConflicts, rule: str) -> dict[str, list[str]]:
+    """Block names of the three groups; `rule` as for `largest_k`.
+
+    ``any`` holds every block, except with rule ``"reference"``: the first
+    `REFERENCE_ANY_BLOCKS` (58) blocks, as the reference drew them, which
+    leaves out the last of the 120-layer ResNet's 59.
+    """
+    return {"conflicting": list(found.conflicting),
+            "non_conflicting": list(found.non_conflicting),
+            "any": list(found.names[:REFERENCE_ANY_BLOCKS] if rule == "reference"
+                        else found.names)}
 
 
 def largest_k(groups: dict[str, Sequence[str]], rule: str,
@@ -219,8 +236,7 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
     """
     found = source.conflicts()
     lesion = pruning.Lesion(source.model)
-    groups = {"conflicting": found.conflicting, "non_conflicting": found.non_conflicting,
-              "any": found.names}
+    groups = lesion_groups(found, k_rule)
     rows = evaluate_draws(
         draw_sets(groups, largest_k(groups, k_rule, max_k), draws, seed),
         lambda removed: serving.accuracy(lesion.lesion(removed), source.test),

@@ -53,7 +53,8 @@ def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = Non
     try:
         return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
                          data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
-                         shuffle_buffer=cfg.shuffle_buffer)
+                         shuffle_buffer=cfg.shuffle_buffer,
+                         drop_test_remainder=cfg.epoch_accounting.drop_test_remainder)
     except ValueError as error:
         raise CommandError(str(error)) from error
 

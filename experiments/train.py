@@ -10,12 +10,14 @@ writes results.json with every trial and the mean and std over them:
   ``dataset``
 - ``trials``: one dict per seed (`trial.train_trial`): ``seed``, ``dir``,
   ``spec``, ``parameters``, ``epochs``, ``loss``, ``accuracy``,
-  ``test_accuracy`` (mean of the last 5 epochs), ``test_accuracy_last``,
+  ``test_accuracy`` (mean of the last 5 epochs; --accounting=reference: of
+  the last 4, without the test split's last partial batch), ``test_accuracy_last``,
   ``test_loss``, ``num_bundles``, ``bundle_entropy``, ``max_accuracy``,
   ``conflicting`` (a^L of the final network), ``layers``,
   ``conflicting_layers``, ``first_conflict_epoch`` (0: at initialization),
   ``bundle_entropy_integral`` (mean bundle entropy of a^L over the
-  measurements from initialization to the last epoch), ``train_seconds``
+  measurements from initialization to the last epoch; with
+  --accounting=reference the reference's number), ``train_seconds``
 - ``<metric>_mean`` / ``<metric>_std`` over the trials for ``test_accuracy``,
   ``accuracy``, ``loss``, ``num_bundles``, ``bundle_entropy``, ``max_accuracy``,
   ``bundle_entropy_integral``

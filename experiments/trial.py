@@ -7,11 +7,14 @@ read from the flags:
     result = train_trial(run.sub("cell_a"), spec, cfg, seed=cfg.seed,
                          strategy=strategy, label="[a]")
 
-One trial trains ``spec`` for ``cfg.epochs`` epochs with `keras.Model.fit`,
-measures the bundles of a^L with `cb_keras.ConflictingBundles` every
+One trial trains ``spec`` for ``cfg.trained_epochs`` epochs (``cfg.epochs``,
+or one fewer with the reference accounting, `cb_keras.evaluation`) with
+`keras.Model.fit`, measures the bundles of a^L with
+`cb_keras.ConflictingBundles` at initialization and every
 ``cfg.measure_every`` epochs, tests every ``cfg.test_every`` epochs and in
-each of the last 5, and after every epoch commits a checkpoint (model and
-optimizer state), ``metrics.csv`` and ``state.json`` (see `rundir`). Called
+each of the last 5 (reference accounting: 4), and after every epoch commits
+a checkpoint (model and optimizer state), ``metrics.csv`` and ``state.json``
+(see `rundir`). Called
 again on the same directory it resumes after the last committed epoch, or
 returns the stored result of a finished trial.
 
@@ -33,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
-from cb_keras.evaluation import TestEvaluation, in_last_epochs
+from cb_keras.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
 from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
 from experiments import console, serving
@@ -128,11 +131,12 @@ def write_conflicts(trial: RunDir, model: keras.Model, x: np.ndarray, y: np.ndar
 
 
 def summarize(history: list[dict[str, Any]], report: ConflictReport,
-              measure_every: int) -> dict[str, Any]:
+              measure_every: int, last_epochs: int = LAST_EPOCHS) -> dict[str, Any]:
     """The numbers of a trial: its per-epoch history and the final network's report.
 
     Keys: ``epochs``; ``loss``, ``accuracy`` (training, last epoch);
-    ``test_accuracy`` (mean over the tested epochs among the last 5),
+    ``test_accuracy`` (mean over the tested epochs among the last
+    `last_epochs`, `cb_keras.evaluation.Accounting.last_epochs`),
     ``test_accuracy_last``, ``test_loss``; ``num_bundles``,
     ``bundle_entropy``, ``max_accuracy``, ``conflicting`` (a^L of the final
     network); ``layers`` (measured), ``conflicting_layers`` (their names);
@@ -142,7 +146,8 @@ def summarize(history: list[dict[str, Any]], report: ConflictReport,
     """
     last = history[-1]
     tested = [r for r in history if r.get("test_accuracy") is not None]
-    recent = [r["test_accuracy"] for r in tested if in_last_epochs(r["epoch"], last["epoch"])]
+    recent = [r["test_accuracy"] for r in tested
+              if in_last_epochs(r["epoch"], last["epoch"], last_epochs)]
     return {
         "epochs": last["epoch"],
         "loss": last.get("loss"),
@@ -168,9 +173,10 @@ def entropy_integral(history: list[dict[str, Any]], every: int) -> float | None:
 
     The mean of the bundle entropies (nats) measured at initialization
     (epoch 0) and after every `every`-th epoch up to the last one: with
-    ``every=1`` and E epochs, ``sum(H_0 .. H_E) / (E + 1)``, the reference's
-    ``sum(H_e) / epochs`` over its checkpoints from the untrained network to
-    the last one. None when a scheduled measurement is missing (not
+    ``every=1`` and T trained epochs, ``sum(H_0 .. H_T) / (T + 1)``. The
+    reference's evaluate.py (commit 1a4c762) summed ``H_e / epochs`` over its
+    checkpoints e = 0 .. epochs - 1, after ``epochs - 1`` trained epochs: the
+    same number when T = epochs - 1 (``--accounting=reference``). None when a scheduled measurement is missing (not
     measured at initialization, ``every=0``, or a^L diverged).
 
     Args:
@@ -226,9 +232,10 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         strategy: the tf.distribute strategy for training and measurement.
         label: prefix of the progress lines, e.g. ``"[seed 1]"``.
         callbacks: extra Keras callbacks (e.g. one that stops training).
-        until: train epochs up to this one only (default: ``cfg.epochs``),
-            e.g. to finish a trial that a callback stopped before it was
-            killed; the data seeds and test epochs stay those of ``cfg.epochs``.
+        until: train epochs up to this one only (default:
+            ``cfg.trained_epochs``), e.g. to finish a trial that a callback
+            stopped before it was killed; the data seeds and test epochs stay
+            those of ``cfg.trained_epochs``.
         before_training: called once, with the untrained network and the
             numbers measured at initialization, before the first epoch of a
             new trial (`begin_trial`); True: do not train.
@@ -242,7 +249,8 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         print(f"{label} finished earlier: {trial.path}".strip(), flush=True)
         return state["result"]
     state = state or {"spec": jsonable(spec), "seed": seed, "completed_epochs": 0,
-                      "history": [], "data_seeds": [data_seed(seed, e) for e in range(cfg.epochs)]}
+                      "history": [],
+                      "data_seeds": [data_seed(seed, e) for e in range(cfg.trained_epochs)]}
     if (state["spec"], state["seed"]) != (jsonable(spec), seed):
         raise RunDirError(
             f"{trial.path} holds a trial of {state['spec']} with seed {state['seed']}, not of "
@@ -259,16 +267,17 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
             print(f"{label} resuming {trial.path} after epoch {start}".strip(), flush=True)
     measuring = measuring_callbacks(trial, *sample(seed, start), info.num_classes, cfg)
     epoch_callbacks = [
-        TestEvaluation(test, cfg.test_every, cfg.epochs),
+        TestEvaluation(test, cfg.test_every, cfg.trained_epochs,
+                       cfg.epoch_accounting.last_epochs),
         *measuring,
         *callbacks,
         EpochCommit(trial, state, cfg.keep_checkpoints),
         ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
-        *console.progress_callbacks(cfg.progress, cfg.epochs, label, BUNDLE_FIELDS)]
+        *console.progress_callbacks(cfg.progress, cfg.trained_epochs, label, BUNDLE_FIELDS)]
     stopped = not state["history"] and begin_trial(
         trial, state, model, *sample(seed, 0), num_classes=info.num_classes, cfg=cfg,
         before_training=before_training)
-    for epoch in range(start, 0 if stopped else cfg.epochs if until is None else until):
+    for epoch in range(start, 0 if stopped else cfg.trained_epochs if until is None else until):
         train, _, _ = load_data(cfg, augment=cfg.augment,
                                 shuffle_seed=state["data_seeds"][epoch])
         for callback in measuring:  # it takes its sample once per fit: this epoch's
@@ -284,7 +293,8 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
     state["result"] = {
         "seed": seed, "spec": spec, "dir": str(trial.path),
         "parameters": int(model.count_params()),
-        **summarize(state["history"], report, cfg.measure_every),
+        **summarize(state["history"], report, cfg.measure_every,
+                    cfg.epoch_accounting.last_epochs),
     }
     state["finished"] = True
     trial.write_json(STATE_FILE, state)

@@ -158,7 +158,7 @@ def _trial_record(directory: RunDir, kt_trial: Any, cfg: Search) -> dict[str, An
             "epochs": result["epochs"], "score": float(kt_trial.score),
             "test_accuracy": result["test_accuracy"], "parameters": result["parameters"],
             "train_seconds": result["train_seconds"],
-            "stopped_by_check": result["epochs"] < cfg.training.epochs}
+            "stopped_by_check": result["epochs"] < cfg.training.trained_epochs}
 
 
 def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_classes: int,
@@ -179,7 +179,7 @@ def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_class
     result = trial.train_trial(directory, spec, cfg.training, seed=cfg.training.seed,
                                strategy=strategy, label=f"{label} {recipe.spec_name(spec)}",
                                callbacks=callbacks, before_training=before)
-    stopped = result["epochs"] < cfg.training.epochs
+    stopped = result["epochs"] < cfg.training.trained_epochs
     score = CONFLICT_SCORE if stopped else result["test_accuracy"]
     print(f"{label} {recipe.spec_name(spec)}: "
           + (f"stopped by the a^L check after epoch {result['epochs']}, score 0" if stopped

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,7 +29,10 @@ TINY_LR = 1e-7
 def test_each_rule_checks_on_the_schedule_of_its_reference_version(rule, at_init, window):
     config = autotune.AutoTuneConfig(rule=rule)
     assert (config.check_at_init, config.check_window) == (at_init, window)
-    assert rules.VERSIONS[rule].reference.split(", ")[1].startswith("commit ")
+    reference = rules.VERSIONS[rule].reference
+    assert re.search(r"commit [0-9a-f]{7}\b", reference), reference
+    # The default is the papers' rule, not the code of the commit that first had it.
+    assert reference.startswith("the papers' text") is (rule == "first_conflict")
     changed = autotune.AutoTuneConfig(rule=rule, check_window=3, check_at_init=not at_init)
     assert (changed.check_at_init, changed.check_window) == (not at_init, 3)
 

@@ -10,6 +10,7 @@ conflicting block is then always ``stage1_block1``.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -122,6 +123,17 @@ def test_a_conflict_that_would_remove_every_block_does_not_restart(sample):
     check.on_epoch_end(0, {})
     assert not restarts and not getattr(model, "stop_training", False)
     assert len(lines) == 1 and "cannot shrink" in lines[0] and "stage1_block1" in lines[0]
+
+
+def test_a_conflict_the_rule_cannot_act_on_does_not_restart(sample):
+    # a^L of a ResNet is a block output, blocks are judged by their branches:
+    # a conflicting a^L with no conflicting branch leaves the blocks as they are.
+    restarts, lines = [], []
+    check, model = check_callback(sample, [1, 1, 0, 0], restarts, lines, kind="resnet")
+    check._decide(2, SimpleNamespace(conflicting=["stage2_block1_tap"]))
+    assert not restarts and not getattr(model, "stop_training", False)
+    assert lines == ["epoch 2: a^L conflicts but rule 'first_conflict' cannot shrink blocks "
+                     "[1, 1, 0, 0] (conflicting blocks: none); training goes on."]
 
 
 def test_a_diverged_a_L_is_not_a_conflict(nan_fed_relu_model):

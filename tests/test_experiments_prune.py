@@ -3,6 +3,7 @@
 import csv
 import json
 import pathlib
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -118,6 +119,20 @@ def test_k_ranges_of_the_paper_and_of_the_reference_code():
     assert len(rows) == 15 * (34 + 23 + 34)
     with pytest.raises(ValueError, match="'conflicting' or 'reference'"):
         lesion.largest_k(groups, "paper")
+
+
+def test_the_reference_draws_any_blocks_from_the_first_58_of_59():
+    # lesion.py (ba6985f): all_layers = [i for i in range(0, 58)] on the 59-block ResNet.
+    names = [f"b{i}" for i in range(59)]
+    found = SimpleNamespace(names=names, conflicting=names[:35], non_conflicting=names[35:])
+    reference = lesion.lesion_groups(found, "reference")
+    assert reference["any"] == names[:58] and "b58" not in reference["any"]
+    assert (reference["conflicting"], reference["non_conflicting"]) == (names[:35], names[35:])
+    assert lesion.lesion_groups(found, "conflicting")["any"] == names
+    rows = lesion.draw_sets(reference, lesion.largest_k(reference, "reference"), draws=15,
+                            seed=0)
+    drawn = {block for row in rows if row["group"] == "any" for block in row["removed"]}
+    assert drawn <= set(names[:58]) and len(drawn) == 58
 
 
 def test_lesion_max_k_is_refused_with_the_reference_k_rule():

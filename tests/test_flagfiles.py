@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 
 from cb_keras import data, models
-from experiments import fnn_map, lesion, prune, rundir, train
+from experiments import auto_tune, fnn_map, lesion, prune, rundir, train
 from experiments.config import TrainConfig
 from experiments.options import model as model_flags
 from experiments.options import run as run_flags
@@ -50,6 +50,7 @@ def test_the_paper_flagfiles_are_all_found():
             "fnn_map_mnist.cfg", "train_fnn_mnist.cfg", "train_vgg_imagenette.cfg",
             "train_resnet_svhn.cfg"} <= names
     assert len(names) == 12
+    assert len(ACCOUNTED_FLAGFILES) == 15  # and auto_tune_{cifar10,svhn,imagenette}.cfg
 
 
 @pytest.mark.parametrize("path", PAPER_FLAGFILES, ids=lambda path: path.name)
@@ -63,6 +64,28 @@ def test_paper_flagfiles_state_paper_reference_commit_and_differences(path):
         f"{path.name}: no '# Reference: peerdavid/conflicting-bundles <commit>' line"
     assert re.search(r"^# Differences:\n#   \S", header, flags=re.M), \
         f"{path.name}: no '# Differences:' paragraph"
+
+
+# The paper flagfiles and the auto-tune ones of the papers' data sets.
+ACCOUNTED_FLAGFILES = PAPER_FLAGFILES + sorted(
+    path for path in FLAGFILES.glob("auto_tune_*.cfg") if _dataset(path) in PAPER_DATASETS)
+COMMANDS = {"train": train, "fnn": fnn_map, "prune": prune, "auto": auto_tune}
+
+
+@pytest.mark.parametrize("path", ACCOUNTED_FLAGFILES, ids=lambda path: path.name)
+def test_paper_flagfiles_say_which_accounting_they_use_and_use_it(parse, path):
+    header = _header(path)
+    said = re.search(r"^# Accounting: (?:that of the source run, flags/(\S+)'s\n#\s+)?"
+                     r"--accounting=(\w+)", header, flags=re.M)
+    assert said, f"{path.name}: no '# Accounting: --accounting=...' line"
+    source, accounting = said.groups()
+    if path.name.startswith("lesion_"):
+        assert source == f"prune_{path.name.split('_')[1]}", path.name
+        path = FLAGFILES / source
+    parse(COMMANDS[path.name.split("_")[0]], f"--flagfile={path}")
+    cfg = training_flags.training_config()
+    assert cfg.accounting == accounting == "reference"
+    assert cfg.trained_epochs == cfg.epochs - 1  # the reference's loop skips the last
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "svhn"])

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import flags
+from absl import app, flags
 
-from cb_keras import data
+from cb_keras import data, evaluation
 from experiments import rundir
 from experiments.config import TrainConfig
 from experiments.recipe import OPTIMIZERS
@@ -62,8 +62,17 @@ SHUFFLE_BUFFER = flags.DEFINE_integer(
 KEEP_CHECKPOINTS = flags.DEFINE_integer(
     "keep_checkpoints", 2,
     "Checkpoints of the last epochs to keep: 2 = the newest plus one to fall back to if the "
-    "newest is damaged. evaluate averages test accuracy over the kept ones (the papers: 5).",
+    "newest is damaged. evaluate averages the test accuracy over the kept ones; keep 5 (4 "
+    "with --accounting=reference) for it to recompute the reported test accuracy.",
     lower_bound=1)
+ACCOUNTING = flags.DEFINE_enum(
+    "accounting", "cb_keras", list(evaluation.ACCOUNTINGS),
+    "How --epochs=E is trained and reported (docs/reproduction.md). cb_keras: train E "
+    "epochs, test accuracy = mean of the last 5 on the whole test split. reference: the "
+    "reference code's train.py/evaluate.py (commit 1a4c762): train E-1 epochs, test "
+    "accuracy pooled over the last 4 without the test split's last partial batch; needs "
+    "E >= 5 and --measure_every=1 (a^L at epoch 0 and after every epoch, whose mean is "
+    "bundle_entropy_integral).")
 EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedModel (export/).")
 PROGRESS = flags.DEFINE_enum(
     "progress", "line", ["line", "bar", "none"],
@@ -74,6 +83,20 @@ rundir.operational(DATA_DIR, KEEP_CHECKPOINTS, EXPORT, PROGRESS)
 
 
 def training_config() -> TrainConfig:
-    """The training configuration given by the flags above."""
-    return TrainConfig.from_flags({field.name: flags.FLAGS[field.name].value
-                                   for field in dataclasses.fields(TrainConfig)})
+    """The training configuration given by the flags above.
+
+    Raises:
+        app.UsageError: --accounting=reference with fewer than 5 epochs or
+            with --measure_every other than 1.
+    """
+    cfg = TrainConfig.from_flags({field.name: flags.FLAGS[field.name].value
+                                  for field in dataclasses.fields(TrainConfig)})
+    try:
+        cfg.epoch_accounting.trained_epochs(cfg.epochs)
+    except ValueError as error:
+        raise app.UsageError(f"--accounting={cfg.accounting}: {error}") from error
+    if cfg.epoch_accounting.skips_last_epoch and cfg.measure_every != 1:
+        raise app.UsageError(
+            f"--accounting={cfg.accounting} measures a^L at epoch 0 and after every epoch, "
+            f"as the reference's evaluate.py did; drop --measure_every={cfg.measure_every}.")
+    return cfg
