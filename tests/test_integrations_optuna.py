@@ -7,10 +7,14 @@ window is 2 epochs of 3.
 
 from __future__ import annotations
 
+import glob
 import os
 import pathlib
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 
 import keras
 import pytest
@@ -116,3 +120,44 @@ def test_two_processes_optimize_one_study_in_one_journal_file(tmp_path):
     path = str(tmp_path / "journal.log")
     study = optimize_in_two_processes(workers.optuna_storage(path), path)
     check_two_process_study(study)
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server of its own on 127.0.0.1 (about 5 s to start), as a database URL.
+
+    Skipped, with the reason, without the driver psycopg2 or the server
+    programs (Debian: ``apt-get install postgresql``).
+    """
+    pytest.importorskip("psycopg2", reason="PostgreSQL storage needs psycopg2-binary")
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not found[-1]:
+        pytest.skip("no PostgreSQL server programs (initdb) here: apt-get install postgresql")
+    bin_dir = pathlib.Path(found[-1]).parent
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # not as root
+    home = tempfile.mkdtemp(prefix="cb_keras_pg_")
+    if as_user:
+        shutil.chown(home, "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = os.path.join(home, "data")
+
+    def run(*command: str) -> None:
+        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
+
+    try:
+        run(str(bin_dir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres")
+        run(str(bin_dir / "pg_ctl"), "-D", data, "-w", "-l", os.path.join(home, "log"),
+            "-o", f"-k {home} -p {port} -c listen_addresses=127.0.0.1", "start")
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            "optuna")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate",
+                        "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_processes_optimize_one_study_in_postgresql(postgres_url):
+    check_two_process_study(optimize_in_two_processes(postgres_url, postgres_url))
