@@ -161,3 +161,11 @@ def postgres_url():
 
 def test_two_processes_optimize_one_study_in_postgresql(postgres_url):
     check_two_process_study(optimize_in_two_processes(postgres_url, postgres_url))
+
+
+def test_import_cb_keras_imports_no_search_library():
+    code = ("import sys, cb_keras, cb_keras.integrations, cb_keras.integrations.window; "
+            "print(sorted({'optuna', 'keras_tuner'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip().splitlines()[-1] == "[]"
