@@ -7,26 +7,34 @@ of --contestants with the same training flags:
 
 - ``auto_tune``: the `auto_tune` command's search from the network of
   --model and --blocks/--depth, with its flags (--prune_rule, ...);
+- ``auto_tune_non_conflicting``, ``auto_tune_all_non_conflicting``: the
+  same search with the reference's later rule versions, each with its own
+  check schedule (`cb_keras.rules.VERSIONS`: the second one also checks at
+  initialization);
 - ``fixed``: every depth of --fixed_depths of the papers' table, one
   network each (``vgg-d4``, ``vgg-d10``, ...), trained once for --epochs;
 - ``keras_tuner``: Keras Tuner's random search over blocks per stage, the
   networks auto-tune can reach from its start (`experiments.tuner`), with a
   budget of --tuner_budget epochs, each trial trained for --epochs;
 - ``keras_tuner_check``: the same search, but every trial runs auto-tune's
-  a^L check and stops when a^L conflicts in its first epochs (scored 0).
+  a^L check and stops when a^L conflicts in its first epochs (scored 0);
+- ``optuna_tpe_median``, ``optuna_tpe_check``: the same search space and
+  budget with Optuna's TPE sampler (`experiments.optuna_search`), whose
+  trials are pruned by Optuna's MedianPruner on the training accuracy, or
+  by auto-tune's a^L check; pruned trials are never the result.
 
 Every contestant reports the test accuracy of the network it ends with
 (mean of the last 5 epochs of its training), that network's parameters and
 latency, the epochs it trained in all and its wall time. auto_tune never
-looks at the test split; the fixed depths and Keras Tuner are judged on it
-(the best fixed depth is chosen by its test accuracy, Keras Tuner scores its
-trials with it), which favours them.
+looks at the test split; the fixed depths and the tuners are judged on it
+(the best fixed depth is chosen by its test accuracy, Keras Tuner and
+Optuna score their trials with it), which favours them.
 
 Run directory (besides flags.json):
 
 - ``<contestant>/seed<k>/``: the contestant's run (an auto_tune run
-  directory, a `train` trial, or a tuner directory with ``tuner/`` and
-  ``trials/``) and ``cell.json``, its result once finished. Rerunning the
+  directory, a `train` trial, or a tuner directory with ``trials/`` and
+  ``tuner/`` (Keras Tuner) or ``optuna.journal`` (Optuna)) and ``cell.json``, its result once finished. Rerunning the
   command skips finished cells and resumes the unfinished one after its
   last committed epoch (a resumed cell's ``wall_seconds`` counts only the
   attempt that finished it, and its ``resumed`` is true).
@@ -59,18 +67,24 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files, models
-from experiments import auto_tune, command, console, recipe, rundir, serving, trial, tuner
+from experiments import (auto_tune, command, console, optuna_search, recipe, rundir, serving,
+                         trial, tuner)
 from experiments.config import RunConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
 from experiments.rundir import RunDir
 
-CONTESTANTS = ("auto_tune", "fixed", "keras_tuner", "keras_tuner_check")
+CONTESTANTS = ("auto_tune", "auto_tune_non_conflicting", "auto_tune_all_non_conflicting",
+               "fixed", "keras_tuner", "keras_tuner_check", "optuna_tpe_median",
+               "optuna_tpe_check")
 CONTESTANTS_FLAG = flags.DEFINE_list(
-    "contestants", list(CONTESTANTS),
-    "What to compare, comma-separated: auto_tune, fixed (every --fixed_depths), keras_tuner, "
-    "keras_tuner_check (Keras Tuner stopping trials whose a^L conflicts early).")
+    "contestants", ["auto_tune", "fixed", "keras_tuner", "keras_tuner_check"],
+    "What to compare, comma-separated: auto_tune (--prune_rule), auto_tune_non_conflicting "
+    "and auto_tune_all_non_conflicting (auto_tune with that rule version and its own check "
+    "schedule), fixed (every --fixed_depths), keras_tuner, keras_tuner_check (Keras Tuner "
+    "stopping trials whose a^L conflicts early), optuna_tpe_median (Optuna's TPE with its "
+    "MedianPruner), optuna_tpe_check (Optuna's TPE pruning trials whose a^L conflicts early).")
 FIXED_DEPTHS = define_int_list(
     "fixed_depths", [4, 10, 20, 30],
     "Depths of the papers' table trained as fixed networks of --model.", __name__)
@@ -166,6 +180,8 @@ def read_flags() -> Config:
     contestants = tuple(c for c in CONTESTANTS if c in CONTESTANTS_FLAG.value)
     if any(c.startswith("keras_tuner") for c in contestants):
         tuner.require()
+    if any(c.startswith("optuna") for c in contestants):
+        optuna_search.require()
     return Config(search.run, dataclasses.replace(search, training=training), contestants,
                   tuple(FIXED_DEPTHS.value), budget, PARTIAL.value)
 
@@ -183,18 +199,20 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
     label = f"[{name} seed {seed}]"
     kind = cfg.search.spec["model"]
     start = time.perf_counter()
-    if name == "auto_tune":
-        found = auto_tune.search(directory, dataclasses.replace(cfg.search, training=training),
-                                 dist)
+    if name.startswith("auto_tune"):
+        found = auto_tune.search(directory, auto_tune_config(cfg, name, training), dist)
         outcome = {"blocks": found["final_blocks"], "parameters": found["final_parameters"],
                    "test_accuracy": found["test_accuracy"], "epochs": found["total_epochs"],
                    "train_seconds": found["train_seconds"], "restarts": found["num_restarts"]}
-    elif name.startswith("keras_tuner"):
+    elif name.startswith(("keras_tuner", "optuna")):
         search = cfg.search.search_config
-        outcome = tuner.search(directory, tuner.Search(
+        space = tuner.Search(
             kind=kind, max_blocks=tuple(cfg.search.spec["blocks"]), budget=cfg.tuner_budget,
-            training=training, check=name == "keras_tuner_check", rule=search.rule,
-            window=search.check_window, at_init=search.check_at_init), dist, label)
+            training=training, check=name.endswith("_check"), rule=search.rule,
+            window=search.check_window, at_init=search.check_at_init)
+        outcome = (tuner.search(directory, space, dist, label) if name.startswith("keras_tuner")
+                   else optuna_search.search(directory, space, "median" if name.endswith(
+                       "_median") else None, dist, label))
     else:
         blocks = models.paper_blocks(int(name.rsplit("-d", 1)[1]))
         result = trial.train_trial(directory, {"model": kind, "blocks": blocks}, training,
@@ -210,6 +228,16 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
           f"accuracy {console.format_value(cell['test_accuracy'], '.4f')}, "
           f"{cell['epochs']} epochs, {cell['wall_seconds']} s", flush=True)
     return cell
+
+
+def auto_tune_config(cfg: Config, name: str, training: TrainConfig) -> auto_tune.Config:
+    """The search of an auto_tune contestant: ``auto_tune`` as the flags say,
+    ``auto_tune_<rule>`` with that rule version and its own check schedule
+    (`cb_keras.rules.VERSIONS`)."""
+    if name == "auto_tune":
+        return dataclasses.replace(cfg.search, training=training)
+    return dataclasses.replace(cfg.search, training=training, rule=name[len("auto_tune_"):],
+                               check_window=None, check_at_init=None)
 
 
 def blocks_text(blocks: list[int]) -> str:

@@ -19,8 +19,12 @@ With ``check``, every trial runs auto-tune's own check of a^L
 (`cb_keras.check.ConflictCheck`: same window, sample and pruning rule):
 when a^L conflicts in a trial's first epochs and the rule would shrink the
 network, the trial stops there and is scored 0 (a network whose classes
-collapse into shared bundles), and the epochs it saved go to further
-trials. No tuner does this by itself.
+collapse into shared bundles; the worst score of the objective,
+`cb_keras.integrations.keras_tuner.worst_score`, as the library's
+`ConflictStop` scores it), and the epochs it saved go to further trials.
+No tuner does this by itself. The check here is auto-tune's, rule
+included (a trial stops only when the rule would shrink its network), so
+the search stops the same trials auto-tune would restart.
 
 Keras Tuner keeps its own state in ``<directory>/tuner/`` (oracle and
 trials); rerunning the search with the same directory resumes it: the
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -42,7 +46,6 @@ from experiments.rundir import STATE_FILE, RunDir
 
 EXTRA = "pip install 'cb_keras[tuner]'"
 OBJECTIVE = "test_accuracy"
-CONFLICT_SCORE = 0.0  # score of a trial stopped by the a^L check
 MAX_TRIALS = 100  # the budget ends a search long before
 
 
@@ -99,25 +102,22 @@ def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
     require()
     import keras_tuner
 
+    from cb_keras.integrations.keras_tuner import worst_score
+
     trials_dir = directory.sub("trials")
-
-    def spent() -> int:
-        """Epochs the trials trained so far (from their committed state)."""
-        states = [trials_dir.sub(p.name).read_json(STATE_FILE)
-                  for p in sorted(trials_dir.path.glob("trial_*"))]
-        return sum(s["completed_epochs"] for s in states if s)
-
     space = keras_tuner.HyperParameters()
     for stage, most in enumerate(cfg.max_blocks, start=1):
         space.Int(f"stage{stage}", 0, most)
+    objective = keras_tuner.Objective(OBJECTIVE, "max")
     oracle = _budget_oracle(keras_tuner)(
-        lambda: spent() >= cfg.budget, objective=keras_tuner.Objective(OBJECTIVE, "max"),
+        lambda: spent_epochs(trials_dir) >= cfg.budget, objective=objective,
         max_trials=MAX_TRIALS, seed=oracle_seed(cfg.training.seed), hyperparameters=space)
     num_classes = recipe.load_data(cfg.training, augment=False)[2].num_classes
     tuner = _tuner(keras_tuner)(oracle, directory=str(directory.path), project_name="tuner",
                                run=lambda hp, trial_id: _run_trial(
                                    trials_dir.sub(f"trial_{trial_id}"), hp, cfg, num_classes,
-                                   strategy, f"{label}[trial {trial_id}]"))
+                                   strategy, f"{label}[trial {trial_id}]",
+                                   worst_score(objective)))
     try:
         tuner.search(verbose=0)
     except keras_tuner.errors.FatalError as error:
@@ -161,12 +161,37 @@ def _trial_record(directory: RunDir, kt_trial: Any, cfg: Search) -> dict[str, An
             "stopped_by_check": result["epochs"] < cfg.training.trained_epochs}
 
 
+def spent_epochs(trials_dir: RunDir) -> int:
+    """Epochs the trials in ``trials_dir/trial_*`` trained so far (from their committed state)."""
+    states = [trials_dir.sub(p.name).read_json(STATE_FILE)
+              for p in sorted(trials_dir.path.glob("trial_*"))]
+    return sum(s["completed_epochs"] for s in states if s)
+
+
 def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_classes: int,
-               strategy: tf.distribute.Strategy, label: str) -> float:
-    """Train the trial's network (resumably); its score (module docstring)."""
+               strategy: tf.distribute.Strategy, label: str, conflict_score: float) -> float:
+    """Train the trial's network (resumably); its score (`conflict_score` if stopped)."""
     blocks = _blocks(values, len(cfg.max_blocks))
+    result = train_blocks(directory, blocks, cfg, num_classes, strategy, label)
+    stopped = result["epochs"] < cfg.training.trained_epochs
+    score = conflict_score if stopped else result["test_accuracy"]
+    print(f"{label} {recipe.spec_name({'model': cfg.kind, 'blocks': blocks})}: "
+          + (f"stopped by the a^L check after epoch {result['epochs']}, score {score}" if stopped
+             else f"test accuracy {console.format_value(score, '.4f')}"), flush=True)
+    return float(score)
+
+
+def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, num_classes: int,
+                 strategy: tf.distribute.Strategy, label: str,
+                 callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train one network of the search (resumably), with the check if ``cfg.check``.
+
+    `callbacks` run after the check; the result is `trial.train_trial`'s
+    (its ``epochs`` < ``cfg.training.trained_epochs`` when a callback stopped it).
+    """
     spec = {"model": cfg.kind, "blocks": blocks}
-    callbacks, before = [], None
+    before = None
+    callbacks = list(callbacks)
     if cfg.check:
         sample = recipe.measurement_sampler(cfg.training)
         conflict = check.ConflictCheck(
@@ -175,16 +200,10 @@ def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_class
             run=0, blocks=blocks, kind=cfg.kind, rule=cfg.rule, window=cfg.window,
             on_restart=lambda restart: None, at_init=cfg.at_init,
             log=lambda line: print(f"{label} {line}", flush=True))
-        callbacks, before = [conflict], conflict.before_training
-    result = trial.train_trial(directory, spec, cfg.training, seed=cfg.training.seed,
-                               strategy=strategy, label=f"{label} {recipe.spec_name(spec)}",
-                               callbacks=callbacks, before_training=before)
-    stopped = result["epochs"] < cfg.training.trained_epochs
-    score = CONFLICT_SCORE if stopped else result["test_accuracy"]
-    print(f"{label} {recipe.spec_name(spec)}: "
-          + (f"stopped by the a^L check after epoch {result['epochs']}, score 0" if stopped
-             else f"test accuracy {console.format_value(score, '.4f')}"), flush=True)
-    return float(score)
+        callbacks, before = [conflict, *callbacks], conflict.before_training
+    return trial.train_trial(directory, spec, cfg.training, seed=cfg.training.seed,
+                             strategy=strategy, label=f"{label} {recipe.spec_name(spec)}",
+                             callbacks=callbacks, before_training=before)
 
 
 def _budget_oracle(keras_tuner) -> type:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from cb_keras import models
+from cb_keras import models, rules
 from experiments import compare, console, strategy, tuner
 from experiments.config import StrategyConfig, TrainConfig
 from experiments.rundir import RunDir
@@ -159,3 +159,72 @@ def test_the_digits_flagfile_compares_the_main_job_with_three_seeds(parse):
     assert (search.start_blocks, search.epochs, search.rule, search.samples) == (
         (3, 6, 12, 3), 30, "first_conflict", 64)
     assert cfg.training.runs == 3 and cfg.search.training.runs == 3
+
+
+NEW = ("auto_tune_non_conflicting", "auto_tune_all_non_conflicting", "optuna_tpe_median",
+       "optuna_tpe_check")
+
+
+def test_compare_runs_the_rule_versions_and_the_optuna_contestants(parse, tmp_path):
+    pytest.importorskip("optuna")
+    run_dir = tmp_path / "run"
+    compare.main(parse(compare, *ARGV, f"--run_dir={run_dir}",
+                       f"--contestants={','.join(NEW)}"))
+    results = json.loads((run_dir / "results.json").read_text())
+    cells = {c["contestant"]: c for c in results["cells"]}
+    assert list(cells) == list(NEW)
+    for rule in ("non_conflicting", "all_non_conflicting"):  # the version's own schedule
+        config = json.loads((run_dir / f"auto_tune_{rule}" / "seed0" / "search.json").read_text()
+                            )["config"]
+        version = rules.VERSIONS[rule]
+        assert (config["rule"], config["check_at_init"]) == (rule, version.check_at_init)
+        assert config["check_window"] == version.check_window
+    for name in ("optuna_tpe_median", "optuna_tpe_check"):
+        trials = json.loads((run_dir / name / "seed0" / "cell.json").read_text())["trials"]
+        assert 3 <= sum(t["epochs"] for t in trials) == cells[name]["epochs"] < 3 + 2
+        done = [t for t in trials if t["score"] is not None]
+        assert all(t["epochs"] == 2 for t in done)  # a pruned trial is never a result
+        assert cells[name]["test_accuracy"] == max(t["score"] for t in done)
+        assert (run_dir / name / "seed0" / "optuna.journal").exists()
+
+
+class Killed(keras.callbacks.Callback):
+    """Raises at the start of epoch 2, after epoch 1 was committed: a killed process."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("killed")
+
+
+def test_an_optuna_trial_left_running_by_a_killed_process_is_retried_in_its_directory(
+        tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    from experiments import optuna_search, trial
+    training = TrainConfig(
+        dataset="digits", data_dir=None, augment=False, epochs=2, batch_size=64,
+        learning_rate=1e-3, optimizer="paper", seed=0, runs=1, test_every=1,
+        measure_every=0, measure_layers="last", measure_samples=64, keep_checkpoints=1,
+        export=False, progress="none")
+    search = tuner.Search(kind="vgg", max_blocks=(1, 1, 0, 0), budget=2, training=training,
+                          check=False, rule="first_conflict", window=1, at_init=False)
+    dist = strategy.make(StrategyConfig("none"))
+    # A process began trial 0 (blocks 1,0,0,0) and died after committing epoch 1.
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / optuna_search.JOURNAL)))
+    study = optuna.create_study(study_name="compare", direction="maximize", storage=storage)
+    study.enqueue_trial({"stage1": 1, "stage2": 0, "stage3": 0, "stage4": 0})
+    left = study.ask({f"stage{s}": optuna.distributions.IntDistribution(0, most)
+                      for s, most in enumerate(search.max_blocks, start=1)})
+    left.set_user_attr(optuna_search.DIR_ATTR, "trial_0")
+    trial_dir = RunDir(tmp_path).sub("trials").sub("trial_0")
+    with pytest.raises(RuntimeError, match="killed"):
+        trial.train_trial(trial_dir, {"model": "vgg", "blocks": [1, 0, 0, 0]}, training,
+                          seed=0, strategy=dist, callbacks=[Killed()])
+
+    found = optuna_search.search(RunDir(tmp_path), search, None, dist)
+    assert "resuming" in capsys.readouterr().out  # after epoch 1, in the same directory
+    states = [t.state for t in optuna.load_study(study_name="compare", storage=storage).trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    (record,) = found["trials"]  # the failed attempt is no result; its epoch is not redone
+    assert (record["trial"], record["blocks"], record["epochs"]) == (1, [1, 0, 0, 0], 2)
+    assert found["epochs"] == 2 and found["test_accuracy"] == record["score"]
