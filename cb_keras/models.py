@@ -30,7 +30,9 @@ convolution and 1x1 projection He-normal, and all of them have a bias
 (Keras's default ``use_bias=True``), although BatchNormalization follows
 each. The biases are trainable weights, so they count in the parameter
 counts and in ``w_max`` and get the optimizer's weight decay, as in the
-reference. BatchNormalization uses the Keras defaults, as the reference did.
+reference. BatchNormalization uses the Keras defaults, as the reference did,
+and updates its moving variance as the reference's did
+(`cb_keras.batch_norm.BesselBatchNormalization`).
 
 Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``,
 `block_name` builds it and `parse_block` reads it back from a layer name):
@@ -54,6 +56,7 @@ from collections.abc import Sequence
 import keras
 
 from cb_keras import validation
+from cb_keras.batch_norm import BesselBatchNormalization
 from cb_keras.taps import ScaledBranchTap, Tap
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -229,7 +232,7 @@ def _conv_net(kind, block_fn, blocks, input_shape, num_classes) -> keras.Model:
 def _stem(x, pool: bool):
     """7x7/2 conv (64 filters, default initializer), BN, ReLU, and a 3x3/2 max-pool if `pool`."""
     x = keras.layers.Conv2D(STEM_FILTERS, 7, strides=2, padding="same", name="stem_conv")(x)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = BesselBatchNormalization(name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     if pool:
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
@@ -245,10 +248,10 @@ def _conv(x, filters: int, kernel_size: int, stride: int, name: str):
 def _two_convs(x, filters: int, stride: int, name: str):
     """conv1 (stride) - bn1 - relu1 - conv2 - bn2; returns (bn2, conv1, conv2) outputs."""
     conv1 = _conv(x, filters, 3, stride, f"{name}_conv1")
-    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(conv1)
+    y = BesselBatchNormalization(name=f"{name}_bn1")(conv1)
     y = keras.layers.ReLU(name=f"{name}_relu1")(y)
     conv2 = _conv(y, filters, 3, 1, f"{name}_conv2")
-    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(conv2)
+    y = BesselBatchNormalization(name=f"{name}_bn2")(conv2)
     return y, conv1, conv2
 
 
@@ -266,7 +269,7 @@ def _residual_block(x, filters: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _conv(x, filters, 1, stride, f"{name}_proj_conv")
-        shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = BesselBatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = keras.layers.Add(name=f"{name}{ADD_SUFFIX}")([shortcut, branch])
     y = keras.layers.ReLU(name=f"{name}_out")(y)
     return Tap(name=f"{name}_out_tap")(y)

@@ -1,29 +1,28 @@
 """The papers' optimizer for Keras 3: `RAdam` wrapped in `Lookahead` (docs/method.md §3).
 
-Keras 3 ships neither optimizer, and TF-Addons (which the reference used)
-does not work with Keras 3. Both classes here reproduce TF-Addons 0.23
-``Lookahead(RectifiedAdam(...))`` step by step in float32, including the
-order of the floating-point operations, so that the golden trajectories of
-``tests/data/optimizer_cases.npz`` match to the last bit or so. The
+Keras 3 ships neither optimizer, and TF-Addons (which the reference used,
+version 0.8.3) does not work with Keras 3. Both classes here reproduce
+TF-Addons 0.8.3's ``Lookahead(RectifiedAdam(...))`` step by step in float32,
+including the order of the floating-point operations, so that every weight
+after every step equals, bit for bit, that of the reference's formulas
+computed one float32 operation at a time (tests/test_optimizers.py). The
 element-wise update of each variable is compiled with XLA into one pass over
 its memory, with every operation rounded as a separate TensorFlow kernel
-rounds it (no fused multiply-add), so the results are those of the
-unfused operations bit for bit; this needs TensorFlow with XLA, as the
-standard Linux, macOS and Windows wheels are.
+rounds it (no fused multiply-add; `cb_keras._backend.optimizer_kernels`).
 
-Both are ordinary Keras optimizers: they work in ``model.fit`` (also under
-``tf.distribute.MirroredStrategy`` and mixed precision, where Keras wraps
+Both are ordinary Keras optimizers written with ``keras.ops``: they run on
+the TensorFlow and JAX backends, work in ``model.fit`` (on TensorFlow also
+under ``tf.distribute.MirroredStrategy``; under mixed precision Keras wraps
 them in a ``LossScaleOptimizer``) and save and load with the model, state
 included (``model.save("x.keras")`` / ``keras.models.load_model``).
-`Lookahead` uses ``tf.distribute`` directly and therefore needs the
-TensorFlow backend, as the rest of cb_keras does.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
+
+from cb_keras._backend import optimizer_kernels
 
 PAPER_LEARNING_RATE = 1e-3
 RECTIFICATION_THRESHOLD = 5.0
@@ -31,7 +30,7 @@ RECTIFICATION_THRESHOLD = 5.0
 
 @keras.saving.register_keras_serializable(package="cb_keras")
 class RAdam(keras.optimizers.Optimizer):
-    """Rectified Adam with decoupled weight decay, as TF-Addons' RectifiedAdam.
+    """Rectified Adam with decoupled weight decay, as TF-Addons 0.8.3's RectifiedAdam.
 
     For each variable w with gradient g at step t = 1, 2, ... (all in the
     variable's dtype):
@@ -42,7 +41,9 @@ class RAdam(keras.optimizers.Optimizer):
         step = r_t * m_hat / (v_hat + epsilon)  if rho_t >= 5  else m_hat
         w = w - lr * (step + weight_decay * w)
 
-    with ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``.
+    with ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``,
+    each operation in the order TF-Addons 0.8.3 writes it (later versions
+    multiply by ``1/(1-b^t)`` instead of dividing, which rounds differently).
     The weight decay is applied inside the step (not before it, as Keras's
     base optimizer does) so that float32 rounding matches the reference;
     ``exclude_from_weight_decay`` works as for any Keras optimizer.
@@ -106,32 +107,40 @@ class RAdam(keras.optimizers.Optimizer):
         finally:
             self._scalars_of_step = None
 
-    def _step_scalars(self, dtype, device: str, learning_rate) -> dict:
-        """The scalars of this step in `dtype` (see the class docstring), cached per step."""
+    def _step_scalars(self, dtype, device, learning_rate) -> dict:
+        """The scalars of this step in `dtype` (see the class docstring), cached per step.
+
+        In TF-Addons 0.8.3's order of operations: ``rho_t`` divides by
+        ``1 - b2^t``, and the kernel divides by the bias corrections.
+        """
         cache = getattr(self, "_scalars_of_step", None)
         if cache is not None and (dtype, device) in cache:
             return cache[(dtype, device)]
         beta_1 = ops.cast(self.beta_1, dtype)
         beta_2 = ops.cast(self.beta_2, dtype)
-        step = ops.cast(self.iterations + 1, dtype)
+        iterations = optimizer_kernels.value_of(self.iterations)
+        zero = optimizer_kernels.zero_of(iterations)
+
+        def divide(x, y):  # no reciprocal (`optimizer_kernels.quotient`)
+            return optimizer_kernels.quotient(x, y, zero)
+
+        step = ops.cast(iterations + 1, dtype)
         beta_1_power = ops.power(beta_1, step)
         beta_2_power = ops.power(beta_2, step)
-        inverse_bias_2 = 1.0 / (1.0 - beta_2_power)
-        rho_inf = 2.0 / (1.0 - beta_2) - 1.0
-        rho_t = rho_inf - 2.0 * step * beta_2_power * inverse_bias_2
+        rho_inf = divide(2.0, 1.0 - beta_2) - 1.0
+        rho_t = rho_inf - divide(2.0 * step * beta_2_power, 1.0 - beta_2_power)
+        rectifier_squared = divide(divide(divide(rho_t - 4.0, rho_inf - 4.0) * (rho_t - 2.0),
+                                          rho_inf - 2.0) * rho_inf, rho_t)
         scalars = {
             "lr": ops.cast(learning_rate, dtype),
             "beta_1": beta_1, "one_minus_beta_1": 1.0 - beta_1,
             "beta_2": beta_2, "one_minus_beta_2": 1.0 - beta_2,
-            "inverse_bias_1": 1.0 / (1.0 - beta_1_power),
-            "inverse_bias_2": inverse_bias_2,
+            "bias_1": 1.0 - beta_1_power, "bias_2": 1.0 - beta_2_power,
             "rectify": rho_t >= RECTIFICATION_THRESHOLD,
-            "rectifier": ops.sqrt(
-                (rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) / (rho_inf - 2.0)
-                * rho_inf / rho_t),
+            "rectifier": ops.sqrt(rectifier_squared),
             "epsilon": ops.cast(self.epsilon, dtype),
             "weight_decay": ops.cast(self.weight_decay or 0.0, dtype),
-            "iterations": tf.convert_to_tensor(self.iterations),  # for `_zero_of`
+            "zero": zero,
         }
         if cache is not None:
             cache[(dtype, device)] = scalars
@@ -139,13 +148,14 @@ class RAdam(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         """One RAdam step of one variable (see the class docstring), in one fused pass."""
-        c = self._step_scalars(variable.dtype, variable.device, learning_rate)
+        # Under tf.distribute each device's variable needs its own scalars.
+        c = self._step_scalars(variable.dtype, getattr(variable, "device", None), learning_rate)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
         decay = bool(self.weight_decay and self._use_weight_decay(variable))
-        tensor = tf.convert_to_tensor
-        m_new, v_new, w_new = _radam_kernel(
-            tf.cast(tensor(gradient), variable.dtype), tensor(m), tensor(v), tensor(variable),
+        tensor = optimizer_kernels.value_of
+        m_new, v_new, w_new = optimizer_kernels.radam_step(
+            ops.cast(tensor(gradient), variable.dtype), tensor(m), tensor(v), tensor(variable),
             c, decay)
         self.assign(m, m_new)
         self.assign(v, v_new)
@@ -255,36 +265,18 @@ class Lookahead(keras.optimizers.Optimizer):
             ops.equal((self._iterations + 1) % self.sync_period, 0))
         self._iterations.assign_add(1)
 
-    def _update_slow_weights(self, variables, update_fn, condition) -> None:
-        """If `condition`: ``update_fn(var, slow)`` for every variable, on every device.
-
-        One conditional around all variables' updates, not one per variable:
-        per-variable conditionals made tracing and graph optimisation of a
-        deep network's train step several times slower.
-        """
-        pairs = [(_tf_variable(v), self._slow_weights[self._get_variable_index(v)].value)
-                 for v in variables]
-
-        def update_all(distribution, pairs, condition):
-            def updates():
-                for variable, slow in pairs:
-                    distribution.extended.update(variable, update_fn, args=(slow,),
-                                                 group=False)
-
-            # In a merge call the condition arrives once per replica; all agree.
-            tf.cond(distribution.experimental_local_results(condition)[0], updates,
-                    lambda: None)
-
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            update_all, self._distribution_strategy, pairs, condition)
+    def _update_slow_weights(self, variables, update, condition) -> None:
+        """If `condition`: ``(w, slow) = update(w, slow)`` for every variable."""
+        pairs = [(v, self._slow_weights[self._get_variable_index(v)]) for v in variables]
+        optimizer_kernels.update_if(condition, pairs, update,
+                                    getattr(self, "_distribution_strategy", None))
 
     def _synchronize(self, variable, slow):
         """slow += alpha * (w - slow); w = slow (TF-Addons' order), in one fused pass."""
-        target = _lookahead_kernel(tf.convert_to_tensor(variable), tf.convert_to_tensor(slow),
-                                   tf.cast(self.slow_step_size, variable.dtype),
-                                   tf.convert_to_tensor(self._iterations))
-        slow.assign(target)
-        variable.assign(target)
+        target = optimizer_kernels.lookahead_step(
+            variable, slow, ops.cast(self.slow_step_size, variable.dtype),
+            optimizer_kernels.zero_of(optimizer_kernels.value_of(self._iterations)))
+        return target, target
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
@@ -307,66 +299,7 @@ class Lookahead(keras.optimizers.Optimizer):
 
 def _start_slow_weights(variable, slow):
     """Before the first step: slow = w."""
-    slow.assign(variable)
-
-
-def _tf_variable(variable):
-    """The backing tf.Variable (possibly distributed) of a Keras variable."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-# The updates are element-wise chains of a dozen operations over every weight.
-# Run as separate TensorFlow kernels, each one reads and writes the whole
-# tensor, which made the papers' optimizer 1.2x slower per training step
-# than Keras's AdamW on the main job's 50-layer network (many weights, small
-# images). Compiled with XLA, each update is one pass over memory.
-#
-# XLA's code generator would also contract a multiply followed by an add into
-# one fused multiply-add, which rounds once instead of twice and so leaves the
-# reference's trajectories. `_rounded` prevents that: it passes a product
-# through an integer XOR with a zero the compiler cannot see (it comes from
-# the step counter at run time), so every product is rounded to the
-# variable's dtype before it is added, exactly as separate kernels do.
-# tests/test_optimizers.py checks the result bit for bit against float32
-# NumPy.
-
-_INTEGER_OF_WIDTH = {2: tf.int16, 4: tf.int32, 8: tf.int64}
-
-
-def _rounded(x: tf.Tensor, zero: tf.Tensor) -> tf.Tensor:
-    """`x`, unchanged, behind an operation no compiler folds into a fused multiply-add."""
-    integer = _INTEGER_OF_WIDTH[x.dtype.size]
-    bits = tf.bitwise.bitwise_xor(tf.bitcast(x, integer), tf.cast(zero, integer))
-    return tf.bitcast(bits, x.dtype)
-
-
-def _zero_of(step: tf.Tensor) -> tf.Tensor:
-    """0, computed at run time from the step counter (>= 0), so not a constant to XLA."""
-    return tf.minimum(step, tf.zeros_like(step))
-
-
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _radam_kernel(gradient, m, v, variable, c: dict, decay: bool):
-    """(m, v, variable) after one RAdam step; `c` holds `RAdam._step_scalars`."""
-    zero = _zero_of(c["iterations"])
-    m = _rounded(c["beta_1"] * m, zero) + _rounded(c["one_minus_beta_1"] * gradient, zero)
-    v = (_rounded(c["beta_2"] * v, zero)
-         + _rounded(c["one_minus_beta_2"] * tf.square(gradient), zero))
-    m_hat = _rounded(m * c["inverse_bias_1"], zero)
-    # A select, not a conditional: while rho_t < 5 the rectifier is NaN and
-    # the select takes m_hat.
-    update = tf.where(c["rectify"],
-                      c["rectifier"] * m_hat / (tf.sqrt(v * c["inverse_bias_2"]) + c["epsilon"]),
-                      m_hat)
-    if decay:
-        update = update + _rounded(c["weight_decay"] * variable, zero)
-    return m, v, variable - _rounded(c["lr"] * update, zero)
-
-
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _lookahead_kernel(variable, slow, alpha, step):
-    """slow + alpha * (variable - slow)."""
-    return slow + _rounded(alpha * (variable - slow), _zero_of(step))
+    return variable, variable
 
 
 def paper_optimizer(learning_rate: float = PAPER_LEARNING_RATE) -> Lookahead:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from cb_keras import batch_norm
+
 BRANCH_SCALE_EPSILON = 1e-6
 
 
@@ -76,10 +78,13 @@ class ScaledBranchTap(Tap):
 def strip_taps(model: keras.Model) -> keras.Model:
     """`model` without its `Tap` layers, loadable by plain Keras (no cb_keras import).
 
-    Taps are identities in the forward pass, so the result computes the same
+    Taps are identities in the forward pass, and each
+    `cb_keras.batch_norm.BesselBatchNormalization` becomes a plain
+    ``keras.layers.BatchNormalization`` with a copy of its weights (the same
+    inference; `cb_keras.batch_norm.plain`), so the result computes the same
     outputs; it shares every other layer (and so every weight) with `model`.
     Use it before saving a model as ``.keras`` for serving: a saved model
-    with taps needs ``import cb_keras`` to load.
+    with cb_keras layers needs ``import cb_keras`` to load.
 
     Args:
         model: a functional or Sequential Keras model (e.g. of `cb_keras.models`).
@@ -101,7 +106,11 @@ def strip_taps(model: keras.Model) -> keras.Model:
             return layer.call(args[0])  # the identity on the symbolic inputs
         return layer(*args, **kwargs)
 
-    return keras.models.clone_model(functional, clone_function=lambda layer: layer,
+    def clone_function(layer):
+        return batch_norm.plain(layer) if isinstance(
+            layer, batch_norm.BesselBatchNormalization) else layer
+
+    return keras.models.clone_model(functional, clone_function=clone_function,
                                     call_function=call_function)
 
 
