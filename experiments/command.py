@@ -28,7 +28,7 @@ from absl import app
 
 from experiments import strategy
 from experiments.config import RunConfig, StrategyConfig
-from experiments.rundir import RESULTS_FILE, RunDir, default_name
+from experiments.rundir import RESULTS_FILE, RunDir, RunDirError, default_name
 
 Work = Callable[[RunDir, tf.distribute.Strategy], Mapping[str, Any]]
 
@@ -96,5 +96,27 @@ def execute(cfg: RunConfig, readable: str, work: Work,
     results = run.results
     if results is None:
         results = run.finish(work(run, dist))
-    print(summary(results), run.size_line(), sep="\n", flush=True)
+        text = summary(results)
+    else:
+        text = _summary_of_saved(run, results, summary)
+    print(text, run.size_line(), sep="\n", flush=True)
     return results
+
+
+def _summary_of_saved(run: RunDir, results: dict[str, Any],
+                      summary: Callable[[dict[str, Any]], str]) -> str:
+    """The summary of a finished run's results.json, or a RunDirError if it is not one.
+
+    A results.json edited by hand or written by another tool lacks the
+    numbers the summary shows (KeyError, TypeError, ...): the error says so
+    in one line instead of a traceback.
+    """
+    try:
+        if results.get("finished") is not True:
+            raise KeyError("finished")
+        return summary(results)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        raise RunDirError(
+            f"{run.file(RESULTS_FILE)} is not the results of a finished run "
+            f"({type(error).__name__}: {error}); it was edited or damaged. Restore it, or "
+            "delete it and rerun the same command to redo the run's last step.") from None
