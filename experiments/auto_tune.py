@@ -401,7 +401,8 @@ def main(argv: list[str]) -> None:
     command.no_arguments("auto_tune", argv)
     cfg = read_flags()
     command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
-                    lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy)
+                    lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy,
+                    check=lambda: recipe.check_data(cfg.training))
 
 
 if __name__ == "__main__":

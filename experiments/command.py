@@ -51,13 +51,17 @@ def locate(cfg: RunConfig, readable: str) -> pathlib.Path:
     return pathlib.Path(cfg.runs_root) / name
 
 
-def open_run(cfg: RunConfig, readable: str, *, writer: bool = True) -> RunDir:
+def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
+             check: Callable[[], None] = lambda: None) -> RunDir:
     """Locate the run and start or resume it (see `RunDir.start`).
 
     Args:
         cfg: the command, its flags and the run location.
         readable: short description for the default run name (e.g. the network).
         writer: False on non-chief workers.
+        check: raises a `CommandError` for flags the run cannot use (e.g.
+            more measurement samples than the data set has); called for an
+            unfinished run before anything is written.
 
     A finished run is returned as is (check ``run.results``) and nothing is
     written to it, so it may sit on read-only storage. An unfinished run is
@@ -65,6 +69,8 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True) -> RunDir:
     """
     run = RunDir(locate(cfg, readable), writer=writer)
     finished = run.results is not None
+    if not finished:
+        check()
     if writer and not finished:
         run.lock()
     resumed = run.start(cfg.flag_values, record=not finished)
@@ -79,7 +85,8 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True) -> RunDir:
 
 def execute(cfg: RunConfig, readable: str, work: Work,
             summary: Callable[[dict[str, Any]], str],
-            placement: StrategyConfig = StrategyConfig("none")) -> dict[str, Any]:
+            placement: StrategyConfig = StrategyConfig("none"),
+            check: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Open the run, do `work` unless it is finished, print its summary; its results.
 
     Args:
@@ -90,9 +97,11 @@ def execute(cfg: RunConfig, readable: str, work: Work,
             earlier attempt.
         summary: the text printed for the results (also of a finished run).
         placement: the strategy to make; only its chief worker writes files.
+        check: refuses flags the run cannot use before anything is written
+            (see `open_run`).
     """
     dist = strategy.make(placement)
-    run = open_run(cfg, readable, writer=strategy.is_chief(dist))
+    run = open_run(cfg, readable, writer=strategy.is_chief(dist), check=check)
     results = run.results
     if results is None:
         results = run.finish(work(run, dist))

@@ -346,7 +346,8 @@ def main(argv: list[str]) -> None:
         print(report_partial(cfg, readable), flush=True)
         return
     command.execute(cfg.run, readable, lambda run, dist: compare(run, cfg, dist),
-                    summary_table, cfg.search.strategy)
+                    summary_table, cfg.search.strategy,
+                    check=lambda: recipe.check_data(cfg.training))
 
 
 if __name__ == "__main__":

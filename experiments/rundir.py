@@ -180,28 +180,40 @@ class RunDir:
         """Record the flags of a new run, or check them when resuming.
 
         flags.json is written only when `record` and its content changes
-        (a new run, or other operational flags).
+        (a new run, or other operational flags). A run that was started
+        with other flags but never trained (`never_trained`, e.g. it failed
+        before its first epoch) is cleared and started anew, with one line.
 
         Returns:
             True if the run directory already held this run (resuming).
 
         Raises:
-            RunDirError: the directory holds a run started with other values
-                of flags that affect results.
+            RunDirError: a flag value is a non-finite float (JSON cannot hold
+                it), or the directory holds a run started with other values of
+                flags that affect results.
         """
+        not_finite = [f"--{name}={value}" for name, value in sorted(flag_values.items())
+                      if isinstance(value, float) and not math.isfinite(value)]
+        if not_finite:
+            raise RunDirError(f"{', '.join(not_finite)} is not a finite number; pass one.")
         saved = self.read_json(FLAGS_FILE)
         current = jsonable(dict(flag_values))
+        changed = [] if saved is None else sorted(
+            name for name in set(saved) | set(current)
+            if not is_operational(name) and saved.get(name) != current.get(name))
+        details = ", ".join(
+            f"--{n}={_flag_text(saved.get(n))} (now {_flag_text(current.get(n))})"
+            for n in changed)
+        if changed and record and self.never_trained():
+            print(f"{self.path} was started with other flags ({details}) but never completed "
+                  "an epoch; starting it anew with these.", flush=True)
+            self.clear()
+            saved = None
         if saved is None:
             if record:
                 self.write_json(FLAGS_FILE, current)
             return False
-        changed = sorted(
-            name for name in set(saved) | set(current)
-            if not is_operational(name) and saved.get(name) != current.get(name))
         if changed:
-            details = ", ".join(
-                f"--{n}={_flag_text(saved.get(n))} (now {_flag_text(current.get(n))})"
-                for n in changed)
             raise RunDirError(
                 f"{self.path} holds a run started with other flags: {details}. Resume it "
                 f"with the flags recorded in {self.file(FLAGS_FILE)}, or start a new run "
@@ -209,6 +221,33 @@ class RunDir:
         if record and {**saved, **current} != saved:  # operational flags may change
             self.write_json(FLAGS_FILE, {**saved, **current})
         return True
+
+    def never_trained(self) -> bool:
+        """True if the run holds nothing an epoch or a finished step produced.
+
+        That is: no results.json, and besides ``.lock`` only JSON and CSV files,
+        every trial's state.json at epoch 0 (no checkpoint, no export, no
+        plot). Such a run failed before its first epoch; other flags may
+        start it anew (`clear`).
+        """
+        for path in self.path.rglob("*"):
+            if path.is_dir() or path.name == LOCK_FILE:
+                continue
+            if path.name == RESULTS_FILE or path.suffix not in (".json", ".csv"):
+                return False
+            if path.name == STATE_FILE:
+                state = RunDir(path.parent, writer=False).read_json(STATE_FILE) or {}
+                if state.get("completed_epochs") != 0 or state.get("finished"):
+                    return False
+        return True
+
+    def clear(self) -> None:
+        """Delete everything in the run directory but its lock (see `never_trained`)."""
+        for path in sorted(self.path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.name != LOCK_FILE or path.parent != self.path:
+                path.unlink()
 
     def lock(self) -> None:
         """Hold an exclusive lock on the run directory until this process ends.
