@@ -40,6 +40,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import socket
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -279,6 +280,19 @@ class RunDir:
                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
         handle.flush()
         _LOCKS[key] = handle
+        self.remove_temporaries()
+
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files (and export folders) a killed writer left behind.
+
+        Only called by the lock's holder: no other process writes the run.
+        """
+        for path in sorted(self.path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if files.is_temporary(path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
 
     def size_bytes(self) -> int:
         """Bytes of all files under the run directory."""
@@ -320,11 +334,7 @@ class RunDir:
         relative = f"{CHECKPOINTS}/epoch_{epoch:04d}.weights.h5"
         if self.writer:
             target = self.file(relative)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".tmp-{target.name}")
-            model.save_weights(tmp)
-            files.sync(tmp)  # on disk before state.json can point to it
-            os.replace(tmp, target)
+            files.write_bytes(target, weights_h5(model))  # on disk before state.json
             files.sync(target.parent)
         return relative
 
@@ -336,6 +346,23 @@ class RunDir:
         for epoch, path in epochs[:max(0, len(epochs) - keep)]:
             if epoch != protect:
                 path.unlink(missing_ok=True)
+
+
+def weights_h5(model: Any) -> bytes:
+    """The content of ``model.save_weights("x.weights.h5")`` (model and optimizer), made in memory.
+
+    HDF5 writing to a full disk cannot recover: h5py then fails to close the
+    file and the process dies of a segmentation fault. Made in memory, the
+    file is written by `cb_keras.files`, whose errors are ordinary OSErrors.
+    """
+    from keras.src.saving import saving_lib  # save_weights's own writer, given a buffer
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                           visited_saveables=set())
+    store.close()
+    return buffer.getvalue()
 
 
 def _flag_text(value: Any) -> str:

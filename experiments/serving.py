@@ -33,7 +33,11 @@ def export(trial: RunDir, model: keras.Model) -> None:
         return
     tmp, target = trial.file(f".tmp-{EXPORT_DIR}"), trial.file(EXPORT_DIR)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.export(str(tmp), verbose=False)
+    try:
+        model.export(str(tmp), verbose=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 
@@ -58,10 +62,7 @@ def save_keras(model: keras.Model, path: pathlib.Path) -> int:
     (`cb_keras.taps.strip_taps`), so plain ``keras.models.load_model`` loads
     it without importing cb_keras.
     """
-    temporary = path.with_name(f".tmp-{path.name}")  # Keras wants the .keras suffix
-    strip_taps(model).save(temporary)
-    files.sync(temporary)
-    os.replace(temporary, path)
+    files.save_atomically(path, strip_taps(model).save)  # Keras wants the .keras suffix
     return path.stat().st_size
 
 
