@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 from absl import app
 
-from experiments import strategy
+from experiments import environment, strategy
 from experiments.config import RunConfig, StrategyConfig
 from experiments.rundir import RESULTS_FILE, RunDir, RunDirError, default_name
 
@@ -65,7 +65,9 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
 
     A finished run is returned as is (check ``run.results``) and nothing is
     written to it, so it may sit on read-only storage. An unfinished run is
-    locked for this process first (`RunDir.lock`).
+    locked for this process first (`RunDir.lock`); a new one records the
+    settings that change its numbers, a resumed one warns if they changed
+    (`experiments.environment`).
     """
     run = RunDir(locate(cfg, readable), writer=writer)
     finished = run.results is not None
@@ -80,6 +82,10 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
     else:
         print(f"{cfg.command}: {'resuming' if resumed else 'starting'} {run.path}",
               flush=True)
+        if not resumed:
+            environment.record(run)
+        elif warning := environment.compare(run):
+            print(f"{cfg.command}: {warning}", flush=True)
     return run
 
 

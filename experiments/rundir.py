@@ -3,6 +3,9 @@
 Layout (one *trial* is one training of one network with one seed)::
 
     runs/<name>/flags.json      every flag value of the run (key flags of the command)
+                environment.json  the settings that change its numbers: Python,
+                                Keras backend, versions, oneDNN and Grappler
+                                (`experiments.environment`)
                 results.json    the final numbers; written last, so it marks a
                                 finished run
                 <trial files>   for a single trial, directly in the run directory:

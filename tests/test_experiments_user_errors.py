@@ -86,3 +86,31 @@ def test_a_run_that_never_trained_is_started_anew_by_the_corrected_command(
     (run_dir / "results.json").unlink()  # unfinished, but it trained: kept
     with pytest.raises(CommandError, match="holds a run started with other flags"):
         train.main(parse(train, *TINY, f"--run_dir={run_dir}", "--learning_rate=0.01"))
+
+
+def test_a_run_records_its_environment_and_a_resume_under_another_says_so(
+        parse, tmp_path, capsys):
+    import importlib.metadata
+    import os
+
+    run_dir = tmp_path / "run"
+    train.main(parse(train, *TINY, f"--run_dir={run_dir}"))
+    recorded = json.loads((run_dir / "environment.json").read_text())
+    assert recorded["keras_backend"] == "tensorflow"
+    assert recorded["tensorflow"] == importlib.metadata.version("tensorflow")
+    assert recorded["keras"] == importlib.metadata.version("keras")
+    assert recorded["TF_ENABLE_ONEDNN_OPTS"] == os.environ["TF_ENABLE_ONEDNN_OPTS"]
+    assert recorded["CB_KERAS_GRAPPLER"] == os.environ["CB_KERAS_GRAPPLER"]
+    capsys.readouterr()
+
+    (run_dir / "results.json").unlink()  # unfinished: resumed, not read
+    (run_dir / "environment.json").write_text(json.dumps(
+        {**recorded, "tensorflow": "2.0.0", "TF_ENABLE_ONEDNN_OPTS": "2"}))
+    train.main(parse(train, *TINY, f"--run_dir={run_dir}"))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert warnings == [
+        f"train: warning: {run_dir} was started with TF_ENABLE_ONEDNN_OPTS=2, tensorflow=2.0.0 "
+        f"(now TF_ENABLE_ONEDNN_OPTS={recorded['TF_ENABLE_ONEDNN_OPTS']}, "
+        f"tensorflow={recorded['tensorflow']}); the epochs trained from here on may round "
+        "differently from an uninterrupted run's."]
+    assert (run_dir / "results.json").exists()
