@@ -20,6 +20,7 @@ for the run directory), which ``python -m experiments`` prints as one line.
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any, Callable, Mapping
 
@@ -44,9 +45,19 @@ def no_arguments(command: str, argv: list[str]) -> None:
 
 
 def locate(cfg: RunConfig, readable: str) -> pathlib.Path:
-    """The run directory named by --run_dir, else --runs_root/--name, else derived."""
+    """The run directory named by --run_dir, else --runs_root/--name, else derived.
+
+    Raises:
+        app.UsageError: a --name that is not one folder name (it would escape
+            --runs_root).
+    """
     if cfg.run_dir:
         return pathlib.Path(cfg.run_dir)
+    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name
+                                 or os.sep in cfg.name):
+        raise app.UsageError(
+            f"--name={cfg.name} is not a folder name under --runs_root={cfg.runs_root}; pass "
+            "a name without '/' (or a path with --run_dir).")
     name = cfg.name or default_name(cfg.command, readable, cfg.flag_values)
     return pathlib.Path(cfg.runs_root) / name
 

@@ -35,6 +35,7 @@ flags are operational (`operational`).
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -266,8 +267,11 @@ class RunDir:
         key = self.path.resolve()
         if key in _LOCKS:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.file(LOCK_FILE), "a+", encoding="utf-8")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.file(LOCK_FILE), "a+", encoding="utf-8")
+        except OSError as error:
+            raise RunDirError(self._unwritable(error)) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -284,6 +288,19 @@ class RunDir:
         handle.flush()
         _LOCKS[key] = handle
         self.remove_temporaries()
+
+    def _unwritable(self, error: OSError) -> str:
+        """The message for an unfinished run whose directory or lock cannot be written."""
+        if error.errno == errno.EROFS:
+            return (f"{self.path} is on read-only storage, and an unfinished run must write "
+                    "(its lock, checkpoints and results); copy it to writable storage and "
+                    "pass that --run_dir.")
+        if self.file(LOCK_FILE).is_dir():
+            return (f"{self.file(LOCK_FILE)} is a folder, not the run's lock file; remove it "
+                    "and rerun.")
+        return (f"cannot make or lock the run directory {self.path} ({error.strerror}: "
+                f"{error.filename}; a path above it may be a file or a dangling link); pass "
+                "another --run_dir or --runs_root.")
 
     def remove_temporaries(self) -> None:
         """Delete the temporary files (and export folders) a killed writer left behind.
