@@ -157,3 +157,12 @@ def test_a_checkpoint_that_loads_only_in_part_is_refused_without_keras_warnings(
                                                      "loading for optimizer"):
             restore(other, tmp_path / path)
     assert not [w for w in caught if "Skipping" in str(w.message)]
+
+
+def test_finite_float64_activations_beyond_float32_say_overflow_not_divergence():
+    activations = np.array([[1e39, 0.0], [0.0, 1.0]], np.float64)
+    kwargs = dict(num_classes=2, weight_amplitude=0.5, learning_rate=1.0, batch_size=1)
+    with pytest.raises(ValueError, match=r"finite but overflow float32 \(max \|a\| = 1e\+39"):
+        cb_keras.bundle_metrics(activations, [0, 1], **kwargs)
+    with pytest.raises(ValueError, match="NaN or inf: training diverged"):
+        cb_keras.bundle_metrics(np.array([[np.inf, 0.0], [0.0, 1.0]]), [0, 1], **kwargs)
