@@ -166,3 +166,22 @@ def test_finite_float64_activations_beyond_float32_say_overflow_not_divergence()
         cb_keras.bundle_metrics(activations, [0, 1], **kwargs)
     with pytest.raises(ValueError, match="NaN or inf: training diverged"):
         cb_keras.bundle_metrics(np.array([[np.inf, 0.0], [0.0, 1.0]]), [0, 1], **kwargs)
+
+
+def test_timing_many_networks_logs_no_retracing_warning():
+    import logging
+
+    from experiments import serving
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for width in range(2, 9):
+            model = models.build("fnn", (8, 8, 1), 10, depth=1, width=width)
+            assert serving.latencies_ms([model], np.zeros((4, 8, 8, 1), np.float32), 1)[0] > 0
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m]
