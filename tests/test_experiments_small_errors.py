@@ -6,7 +6,6 @@ In process; ``python -m experiments`` prints a `CommandError` or
 
 from __future__ import annotations
 
-import json
 import pathlib
 import subprocess
 import warnings
