@@ -381,6 +381,19 @@ def divergence_error() -> ValueError:
         "defined. Lower the learning rate or check the input data.")
 
 
+def _float32_overflow(activations: tf.Tensor) -> ValueError | None:
+    """The error for finite activations (e.g. float64) beyond float32's range, else None."""
+    if activations.dtype.size <= 4:
+        return None
+    largest = float(tf.reduce_max(tf.abs(tf.cast(activations, tf.float64))))
+    if not math.isfinite(largest) or largest <= float(np.finfo(np.float32).max):
+        return None
+    return ValueError(
+        f"activations are finite but overflow float32 (max |a| = {largest:.3g}; the largest "
+        f"float32 is {float(np.finfo(np.float32).max):.4g}), the precision of the transform, "
+        "so bundles are not defined. Scale the layer's outputs into float32's range.")
+
+
 @tf.function
 def _layer_metrics(activations, labels, weight_amplitude, learning_rate,
                    inverse_batch_size, num_classes):
@@ -414,7 +427,7 @@ def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
             mismatch, labels out of range, num_classes above 2**31 - 1, a
             learning rate or 1 / batch_size that is not > 0 in float32, a
             weight amplitude or learning rate beyond float32, NaN/inf
-            activations.
+            activations, or finite ones that overflow float32.
 
     Example:
         >>> m = bundle_metrics(np.zeros((4, 3)), [0, 1, 0, 1], num_classes=2,
@@ -435,7 +448,7 @@ def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
     num_bundles, entropy, max_accuracy, is_diverged = _layer_metrics(
         activations, labels, wmax, lr, inverse_bs, columns)
     if is_diverged:
-        raise divergence_error()
+        raise _float32_overflow(activations) or divergence_error()
     return BundleMetrics(int(num_bundles), float(entropy), float(max_accuracy))
 
 

@@ -62,7 +62,8 @@ class ConflictingBundles(keras.callbacks.Callback):
             layer names (see `cb_keras.probe`). Default ``"last"``.
         stop_on_conflict: set ``model.stop_training`` when a^(L) is
             conflicting. Default False.
-        log_dir: directory for the per-epoch report files. Default None.
+        log_dir: directory for the per-epoch report files (made on the first
+            write; a file there is refused). Default None.
         samples: size of the fixed sample. Default 512.
         verbose: 1 prints one line per measurement and when stopping.
             Default 0.
@@ -94,6 +95,9 @@ class ConflictingBundles(keras.callbacks.Callback):
         self.layers = check_layers(layers)
         self.stop_on_conflict = stop_on_conflict
         self.log_dir = None if log_dir is None else pathlib.Path(log_dir)
+        if self.log_dir is not None and self.log_dir.exists() and not self.log_dir.is_dir():
+            raise ValueError(f"log_dir={str(log_dir)!r} is a file, not a folder; pass a "
+                             "folder for the per-epoch report files.")
         self.samples = samples
         self.verbose = verbose
 

@@ -12,6 +12,7 @@ warning about any other function still shows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 # Functions of cb_keras.measurement and cb_keras.bundles traced per network or shape.
 EXPECTED_RETRACING = ("_Measurer._fingerprints", "_layer_metrics", "_hash_rows",
@@ -19,16 +20,26 @@ EXPECTED_RETRACING = ("_Measurer._fingerprints", "_layer_metrics", "_hash_rows",
 
 
 class ExpectedRetracing(logging.Filter):
-    """Drops the "triggered tf.function retracing" warning of `EXPECTED_RETRACING`."""
+    """Drops the "triggered tf.function retracing" warning of the functions `names`.
+
+    Args:
+        names: qualified names of Python functions, as the warning prints
+            them; default `EXPECTED_RETRACING`.
+    """
+
+    def __init__(self, names: Sequence[str] = EXPECTED_RETRACING):
+        super().__init__()
+        self.names = tuple(names)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not ("triggered tf.function retracing" in message
-                    and any(f" {name} " in message for name in EXPECTED_RETRACING))
+                    and any(f" {name} " in message for name in self.names))
 
 
-def quiet_expected_retracing() -> None:
-    """Install `ExpectedRetracing` on TensorFlow's logger (once per process)."""
+def quiet_expected_retracing(names: Sequence[str] = EXPECTED_RETRACING) -> None:
+    """Install `ExpectedRetracing` of `names` on TensorFlow's logger (once per process)."""
     logger = logging.getLogger("tensorflow")
-    if not any(isinstance(f, ExpectedRetracing) for f in logger.filters):
-        logger.addFilter(ExpectedRetracing())
+    if not any(isinstance(f, ExpectedRetracing) and f.names == tuple(names)
+               for f in logger.filters):
+        logger.addFilter(ExpectedRetracing(names))

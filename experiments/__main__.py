@@ -103,7 +103,8 @@ def _messages_without_traceback(command: str, command_main):
     `app.run` would answer with the whole flag help), a `CommandError` (e.g.
     a run directory that cannot be used) or a missing TFDS data set prints
     just its message and exits with status 1; Ctrl-C says how to resume and
-    exits with status 130. A flag absl cannot parse stays absl's two lines.
+    exits with status 130; a full disk says which file did not fit (status 1). A flag
+    absl cannot parse stays absl's two lines.
     """
     from cb_keras.data import DatasetNotPreparedError
     from experiments.console import CommandError
@@ -115,9 +116,32 @@ def _messages_without_traceback(command: str, command_main):
             sys.exit(_message(command, f"error: {error} (--helpshort lists the flags)", 1))
         except (CommandError, DatasetNotPreparedError) as error:
             sys.exit(_message(command, f"error: {error}", 1))
+        except Exception as error:
+            where = _disk_full_file(error)
+            if where is None:
+                raise
+            sys.exit(_message(command, f"error: no space left on device while writing "
+                                       f"{where}; free space and rerun the same command to "
+                                       "resume.", 1))
         except KeyboardInterrupt:
             sys.exit(_message(command, "interrupted; rerun the same command to resume.", 130))
     return run
+
+
+def _disk_full_file(error: BaseException) -> str | None:
+    """The file a write that ran out of disk space was writing, or None for other errors.
+
+    `cb_keras.files` raises OSErrors that name the file; TensorFlow's own
+    writers (TensorBoard events, SavedModel) say "No space left on device".
+    """
+    from cb_keras import files
+
+    if isinstance(error, OSError) and error.errno in files.DISK_FULL:
+        return str(error.filename or "a file")
+    if "No space left on device" in str(error):
+        named = re.search(r"(/[^\s,;:'\"]+)", str(error))
+        return named.group(1) if named else "a file"
+    return None
 
 
 def _message(command: str, text: str, status: int) -> int:

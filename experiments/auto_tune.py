@@ -41,6 +41,7 @@ Run directory (besides flags.json):
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import tensorflow as tf
@@ -227,6 +228,79 @@ def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any], cfg: Config
     return bool(unfinished)
 
 
+def read_search_state(run: rundir.RunDir, cfg: Config) -> dict[str, Any] | None:
+    """search.json, checked against the search settings and the trial directories beside it.
+
+    A search resumes only from a state that an uninterrupted search could
+    have saved: it was saved with these settings, its runs follow one
+    another (every run but the last ended with a restart, or passed the
+    check before the --final_epochs run), and it knows every run whose trial
+    directory ``run<k>/`` exists and every restart whose trial stopped early.
+
+    Returns:
+        The state, or None for a search that has not started (no search.json,
+        no trial directory).
+
+    Raises:
+        rundir.RunDirError: the state is missing, damaged or edited (the
+            message names search.json and what is wrong).
+    """
+    trials = sorted(int(match.group(1)) for path in run.path.glob("run*")
+                    if (match := _TRIAL_DIR.fullmatch(path.name)) and path.is_dir())
+    state = run.read_json(SEARCH_FILE)
+    if state is None and not trials:
+        return None
+    problem = _search_state_problem(run, state, cfg, trials)
+    if problem:
+        raise rundir.RunDirError(
+            f"{run.file(SEARCH_FILE)} {problem}; it was lost, damaged or edited, and resuming "
+            f"from it would not give the search's result. Restore it, or delete {run.path} to "
+            "search anew.")
+    return state
+
+
+_TRIAL_DIR = re.compile(r"run(\d{2,})")
+_RUN_KEYS = ("run", "blocks", "epochs", "final", "restart", "completed_epochs",
+             "test_accuracy", "summary")
+
+
+def _search_state_problem(run: rundir.RunDir, state: dict[str, Any] | None, cfg: Config,
+                          trials: list[int]) -> str | None:
+    """What makes `state` not a state of this search with these trials, or None."""
+    if state is None:
+        return (f"is missing, but the run directory holds the trials "
+                f"{', '.join(f'run{k:02d}' for k in trials)} of a search")
+    if state.get("config") != rundir.jsonable(autotune.new_state(cfg.search_config)["config"]):
+        return "is not a search state of these flags (its 'config' differs or is missing)"
+    runs = state.get("runs")
+    if not isinstance(runs, list) or not runs or not all(
+            isinstance(r, dict) and set(_RUN_KEYS) <= set(r)
+            and isinstance(r["restart"], (dict, type(None))) for r in runs):
+        return f"lacks its runs, or a run lacks one of the fields {list(_RUN_KEYS)}"
+    if [r["run"] for r in runs] != list(range(len(runs))) or \
+            runs[0]["blocks"] != list(cfg.spec["blocks"]):
+        return "does not number its runs 0, 1, ... or does not start from --blocks"
+    for record, following in zip(runs, runs[1:] + [None]):
+        restart = record["restart"]
+        if restart is None and following is not None and not (
+                following["final"] and record["summary"] is not None):
+            return f"has run {following['run']} after run {record['run']}, which did not restart"
+        if restart is not None and following is None:
+            return (f"ends with the restart of run {record['run']} but lacks the run "
+                    f"that restart began (run {record['run'] + 1})")
+        if restart is not None and following["blocks"] != restart.get("blocks_after"):
+            return f"has run {following['run']} with other blocks than its restart gave"
+        ran = run.sub(f"run{record['run']:02d}").read_json(rundir.STATE_FILE) or {}
+        if restart is None and ran.get("finished") and \
+                ran.get("completed_epochs", 0) < record["epochs"]:
+            return (f"lacks the restart of run {record['run']}, whose trial stopped after "
+                    f"epoch {ran['completed_epochs']} of {record['epochs']}")
+    missing = [k for k in trials if k >= len(runs)]
+    if missing:
+        return f"lacks run {missing[0]}, whose trial directory run{missing[0]:02d} exists"
+    return None
+
+
 def restart_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
     """One row of restarts.csv per restart in the search state."""
     records = [r["restart"] for r in state["runs"] if r["restart"]]
@@ -257,7 +331,7 @@ def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dic
         # Only checked runs restart and each restart adds one run: run k's is number k + 1.
         summaries.on_epoch_end(record.run, restart_scalars(record))
 
-    state = run.read_json(SEARCH_FILE)
+    state = read_search_state(run, cfg)
     if state and finish_restarted_runs(run, state, cfg, dist):
         save_state(state)
     result = autotune.auto_tune(
@@ -339,7 +413,8 @@ def main(argv: list[str]) -> None:
     command.no_arguments("auto_tune", argv)
     cfg = read_flags()
     command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
-                    lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy)
+                    lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy,
+                    check=lambda: recipe.check_data(cfg.training))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ also while the comparison runs in another process.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -314,7 +315,8 @@ def report_partial(cfg: Config, readable: str) -> str:
     Raises:
         console.CommandError: no run with these flags there, or no finished cell yet.
     """
-    run = RunDir(command.locate(cfg.run, readable))
+    path = command.locate(cfg.run, readable)
+    run = RunDir(path, writer=not path.is_dir() or os.access(path, os.W_OK))
     if not run.start(cfg.run.flag_values, record=False):
         raise console.CommandError(f"{run.path} holds no compare run yet; start it without "
                                    "--partial.")
@@ -324,7 +326,9 @@ def report_partial(cfg: Config, readable: str) -> str:
         raise console.CommandError(f"{run.path} has no finished cell yet; try again later.")
     results = tabulate(run, cfg, cells, "_partial")
     return (f"{len(cells)} of {len(cfg.seeds) * len(cfg.cells)} cells finished "
-            f"(files *_partial.* in {run.path})\n" + summary_table(results))
+            + (f"(files *_partial.* in {run.path})" if run.writer else
+               f"({run.path} is read-only: no *_partial.* files written)")
+            + "\n" + summary_table(results))
 
 
 def figure(results: dict[str, Any]):
@@ -374,7 +378,8 @@ def main(argv: list[str]) -> None:
         print(report_partial(cfg, readable), flush=True)
         return
     command.execute(cfg.run, readable, lambda run, dist: compare(run, cfg, dist),
-                    summary_table, cfg.search.strategy)
+                    summary_table, cfg.search.strategy,
+                    check=lambda: recipe.check_data(cfg.training))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
     if saved is None:
         raise app.UsageError(f"{run.path} holds no run (no {rundir.FLAGS_FILE}); pass the "
                              "directory a train or fnn_map command wrote.")
+    if output.path.exists() and not output.path.is_dir():
+        raise rundir.RunDirError(f"--output_dir={output.path} is a file; pass a folder for "
+                                 "the evaluation's files.")
     if output.writer and output.path.is_dir() and not os.access(output.path, os.W_OK):
         raise rundir.RunDirError(f"{output.path} is read-only; pass --output_dir=<a writable "
                                  "folder> for the evaluation's files.")

@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
-from experiments import command, console, trial
+from experiments import command, console, recipe, trial
 from experiments.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
     command.no_arguments("fnn_map", argv)
     cfg = read_flags()
     command.execute(cfg.run, cfg.training.dataset, lambda run, dist: grid(run, cfg, dist),
-                    summary_table, cfg.strategy)
+                    summary_table, cfg.strategy, check=lambda: recipe.check_data(cfg.training))
 
 
 def _mean(values: list[float]) -> float | None:

@@ -290,7 +290,8 @@ def main(argv: list[str]) -> None:
     command.execute(
         cfg.run, pathlib.Path(cfg.source_run).name,
         lambda run, _: lesion_study(trained.load_trial(cfg.source_run), run, cfg.draws,
-                                    cfg.seed, cfg.k_rule, cfg.max_k), summary_table)
+                                    cfg.seed, cfg.k_rule, cfg.max_k), summary_table,
+        check=lambda: trained.check_residual_source(cfg.source_run))
 
 
 if __name__ == "__main__":

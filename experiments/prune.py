@@ -219,7 +219,9 @@ def main(argv: list[str]) -> None:
     readable = pathlib.Path(cfg.source_run).name if cfg.source_run else \
         f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}"
     command.execute(cfg.run, readable, lambda run, dist: train_and_prune(run, cfg, dist),
-                    summary_table, cfg.strategy)
+                    summary_table, cfg.strategy,
+                    check=lambda: trained.check_residual_source(cfg.source_run)
+                    if cfg.source_run else recipe.check_data(cfg.training))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,21 @@ def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = Non
         raise CommandError(str(error)) from error
 
 
+def check_data(cfg: TrainConfig) -> None:
+    """Refuse settings the data set cannot serve, before a run directory is made.
+
+    Raises:
+        CommandError: --batch_size or --measure_samples larger than the
+            training split.
+        DatasetNotPreparedError: a TFDS data set is not prepared.
+    """
+    _, _, info = load_data(cfg, augment=False)
+    if cfg.measure_samples > info.train_size:
+        raise CommandError(
+            f"--measure_samples={cfg.measure_samples} is more than the {cfg.dataset} training "
+            f"split holds ({info.train_size} examples); lower it.")
+
+
 def measurement_sampler(cfg: TrainConfig) -> data.Sampler:
     """``sample(seed, epochs) -> (x, y)``: what the trial measures after `epochs` epochs.
 

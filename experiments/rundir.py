@@ -3,6 +3,9 @@
 Layout (one *trial* is one training of one network with one seed)::
 
     runs/<name>/flags.json      every flag value of the run (key flags of the command)
+                environment.json  the settings that change its numbers: Python,
+                                Keras backend, versions, oneDNN and Grappler
+                                (`experiments.environment`)
                 results.json    the final numbers; written last, so it marks a
                                 finished run
                 <trial files>   for a single trial, directly in the run directory:
@@ -32,6 +35,7 @@ flags are operational (`operational`).
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -40,6 +44,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import socket
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -180,28 +185,40 @@ class RunDir:
         """Record the flags of a new run, or check them when resuming.
 
         flags.json is written only when `record` and its content changes
-        (a new run, or other operational flags).
+        (a new run, or other operational flags). A run that was started
+        with other flags but never trained (`never_trained`, e.g. it failed
+        before its first epoch) is cleared and started anew, with one line.
 
         Returns:
             True if the run directory already held this run (resuming).
 
         Raises:
-            RunDirError: the directory holds a run started with other values
-                of flags that affect results.
+            RunDirError: a flag value is a non-finite float (JSON cannot hold
+                it), or the directory holds a run started with other values of
+                flags that affect results.
         """
+        not_finite = [f"--{name}={value}" for name, value in sorted(flag_values.items())
+                      if isinstance(value, float) and not math.isfinite(value)]
+        if not_finite:
+            raise RunDirError(f"{', '.join(not_finite)} is not a finite number; pass one.")
         saved = self.read_json(FLAGS_FILE)
         current = jsonable(dict(flag_values))
+        changed = [] if saved is None else sorted(
+            name for name in set(saved) | set(current)
+            if not is_operational(name) and saved.get(name) != current.get(name))
+        details = ", ".join(
+            f"--{n}={_flag_text(saved.get(n))} (now {_flag_text(current.get(n))})"
+            for n in changed)
+        if changed and record and self.never_trained():
+            print(f"{self.path} was started with other flags ({details}) but never completed "
+                  "an epoch; starting it anew with these.", flush=True)
+            self.clear()
+            saved = None
         if saved is None:
             if record:
                 self.write_json(FLAGS_FILE, current)
             return False
-        changed = sorted(
-            name for name in set(saved) | set(current)
-            if not is_operational(name) and saved.get(name) != current.get(name))
         if changed:
-            details = ", ".join(
-                f"--{n}={_flag_text(saved.get(n))} (now {_flag_text(current.get(n))})"
-                for n in changed)
             raise RunDirError(
                 f"{self.path} holds a run started with other flags: {details}. Resume it "
                 f"with the flags recorded in {self.file(FLAGS_FILE)}, or start a new run "
@@ -209,6 +226,33 @@ class RunDir:
         if record and {**saved, **current} != saved:  # operational flags may change
             self.write_json(FLAGS_FILE, {**saved, **current})
         return True
+
+    def never_trained(self) -> bool:
+        """True if the run holds nothing an epoch or a finished step produced.
+
+        That is: no results.json, and besides ``.lock`` only JSON and CSV files,
+        every trial's state.json at epoch 0 (no checkpoint, no export, no
+        plot). Such a run failed before its first epoch; other flags may
+        start it anew (`clear`).
+        """
+        for path in self.path.rglob("*"):
+            if path.is_dir() or path.name == LOCK_FILE:
+                continue
+            if path.name == RESULTS_FILE or path.suffix not in (".json", ".csv"):
+                return False
+            if path.name == STATE_FILE:
+                state = RunDir(path.parent, writer=False).read_json(STATE_FILE) or {}
+                if state.get("completed_epochs") != 0 or state.get("finished"):
+                    return False
+        return True
+
+    def clear(self) -> None:
+        """Delete everything in the run directory but its lock (see `never_trained`)."""
+        for path in sorted(self.path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.name != LOCK_FILE or path.parent != self.path:
+                path.unlink()
 
     def lock(self) -> None:
         """Hold an exclusive lock on the run directory until this process ends.
@@ -223,8 +267,11 @@ class RunDir:
         key = self.path.resolve()
         if key in _LOCKS:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.file(LOCK_FILE), "a+", encoding="utf-8")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.file(LOCK_FILE), "a+", encoding="utf-8")
+        except OSError as error:
+            raise RunDirError(self._unwritable(error)) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -240,6 +287,32 @@ class RunDir:
                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
         handle.flush()
         _LOCKS[key] = handle
+        self.remove_temporaries()
+
+    def _unwritable(self, error: OSError) -> str:
+        """The message for an unfinished run whose directory or lock cannot be written."""
+        if error.errno == errno.EROFS:
+            return (f"{self.path} is on read-only storage, and an unfinished run must write "
+                    "(its lock, checkpoints and results); copy it to writable storage and "
+                    "pass that --run_dir.")
+        if self.file(LOCK_FILE).is_dir():
+            return (f"{self.file(LOCK_FILE)} is a folder, not the run's lock file; remove it "
+                    "and rerun.")
+        return (f"cannot make or lock the run directory {self.path} ({error.strerror}: "
+                f"{error.filename}; a path above it may be a file or a dangling link); pass "
+                "another --run_dir or --runs_root.")
+
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files (and export folders) a killed writer left behind.
+
+        Only called by the lock's holder: no other process writes the run.
+        """
+        for path in sorted(self.path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if files.is_temporary(path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
 
     def size_bytes(self) -> int:
         """Bytes of all files under the run directory."""
@@ -281,11 +354,7 @@ class RunDir:
         relative = f"{CHECKPOINTS}/epoch_{epoch:04d}.weights.h5"
         if self.writer:
             target = self.file(relative)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".tmp-{target.name}")
-            model.save_weights(tmp)
-            files.sync(tmp)  # on disk before state.json can point to it
-            os.replace(tmp, target)
+            files.write_bytes(target, weights_h5(model))  # on disk before state.json
             files.sync(target.parent)
         return relative
 
@@ -297,6 +366,23 @@ class RunDir:
         for epoch, path in epochs[:max(0, len(epochs) - keep)]:
             if epoch != protect:
                 path.unlink(missing_ok=True)
+
+
+def weights_h5(model: Any) -> bytes:
+    """The content of ``model.save_weights("x.weights.h5")`` (model and optimizer), made in memory.
+
+    HDF5 writing to a full disk cannot recover: h5py then fails to close the
+    file and the process dies of a segmentation fault. Made in memory, the
+    file is written by `cb_keras.files`, whose errors are ordinary OSErrors.
+    """
+    from keras.src.saving import saving_lib  # save_weights's own writer, given a buffer
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                           visited_saveables=set())
+    store.close()
+    return buffer.getvalue()
 
 
 def _flag_text(value: Any) -> str:

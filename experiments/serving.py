@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cb_keras import files, pruning
+from cb_keras import files, logs, pruning
 from cb_keras.taps import strip_taps
 from experiments.rundir import RunDir
 
@@ -33,7 +33,11 @@ def export(trial: RunDir, model: keras.Model) -> None:
         return
     tmp, target = trial.file(f".tmp-{EXPORT_DIR}"), trial.file(EXPORT_DIR)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.export(str(tmp), verbose=False)
+    try:
+        model.export(str(tmp), verbose=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 
@@ -58,10 +62,7 @@ def save_keras(model: keras.Model, path: pathlib.Path) -> int:
     (`cb_keras.taps.strip_taps`), so plain ``keras.models.load_model`` loads
     it without importing cb_keras.
     """
-    temporary = path.with_name(f".tmp-{path.name}")  # Keras wants the .keras suffix
-    strip_taps(model).save(temporary)
-    files.sync(temporary)
-    os.replace(temporary, path)
+    files.save_atomically(path, strip_taps(model).save)  # Keras wants the .keras suffix
     return path.stat().st_size
 
 
@@ -83,6 +84,21 @@ def latency_ms(model: keras.Model, batch: tf.Tensor, repeats: int) -> float:
     return latencies_ms([model], batch, repeats)[0]
 
 
+def _inference(model: keras.Model):
+    """``model(images, training=False)`` as a new tf.function, traced on its first call.
+
+    TensorFlow counts the traces of all of them as retracing of one function
+    (they share their code) and warns after a few networks; the warning is
+    filtered (`cb_keras.logs`), as each network is traced only once.
+    """
+    def infer(images):
+        return model(images, training=False)
+    return tf.function(infer)
+
+
+logs.quiet_expected_retracing([_inference.__qualname__ + ".<locals>.infer"])
+
+
 def latencies_ms(models: Sequence[keras.Model], batch: tf.Tensor, repeats: int) -> list[float]:
     """Median wall time of one inference call on `batch` per model, in milliseconds.
 
@@ -91,8 +107,7 @@ def latencies_ms(models: Sequence[keras.Model], batch: tf.Tensor, repeats: int) 
     models take turns for `repeats` rounds, so load from other processes
     affects all of them alike.
     """
-    serves = [tf.function(lambda images, model=model: model(images, training=False))
-              for model in models]
+    serves = [_inference(model) for model in models]
     times: list[list[float]] = [[] for _ in models]
     for round_ in range(repeats + 1):
         for serve, samples in zip(serves, times):

@@ -23,6 +23,7 @@ import tensorflow as tf
 from absl import app, logging
 
 from experiments.config import StrategyConfig
+from experiments.console import CommandError
 
 
 class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -60,8 +61,16 @@ def _cross_device_ops(devices: tuple[str, ...]) -> tf.distribute.CrossDeviceOps 
 
 
 def make(cfg: StrategyConfig) -> tf.distribute.Strategy:
-    """The strategy chosen by --strategy (and --devices)."""
+    """The strategy chosen by --strategy (and --devices).
+
+    Raises:
+        app.UsageError: --devices names a device this machine does not have.
+        CommandError: TF_CONFIG is set but not a JSON object (TensorFlow reads
+            it for every strategy).
+    """
+    _check_tf_config()
     if cfg.name == "mirrored":
+        _check_devices(cfg.devices)
         try:
             return tf.distribute.MirroredStrategy(list(cfg.devices) or None,
                                                   cross_device_ops=_cross_device_ops(cfg.devices))
@@ -76,6 +85,42 @@ def make(cfg: StrategyConfig) -> tf.distribute.Strategy:
                             "worker; set TF_CONFIG on every machine (docs/experiments.md).")
         return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _check_tf_config() -> None:
+    """Refuse a TF_CONFIG that is set but is not a JSON object."""
+    text = os.environ.get("TF_CONFIG")
+    if text is None:
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        value = error
+    if not isinstance(value, dict):
+        problem = value if isinstance(value, Exception) else "not a JSON object"
+        raise CommandError(
+            f"TF_CONFIG is set but is not a JSON object ({problem}): set it to "
+            '{"cluster": {...}, "task": {"type": ..., "index": ...}} on every worker of a '
+            "--strategy=multi_worker job, or unset it.")
+
+
+def _check_devices(devices: tuple[str, ...]) -> None:
+    """Refuse --devices that this machine does not have (e.g. /gpu:0 without a GPU)."""
+    available = [d.name for d in tf.config.list_logical_devices()]
+    missing = [d for d in devices if _canonical(d) not in map(_canonical, available)]
+    if missing:
+        raise app.UsageError(f"--devices={','.join(devices)}: this machine has no "
+                             f"{', '.join(missing)}; its devices are {', '.join(available)}.")
+
+
+def _canonical(name: str) -> str | None:
+    """``"GPU:0"`` for "/gpu:0", "/device:GPU:0", ...; None for a name that is no device."""
+    try:
+        spec = tf.DeviceSpec.from_string(name)
+    except ValueError:
+        return None
+    return f"{(spec.device_type or '').upper()}:{spec.device_index or 0}" \
+        if spec.device_type else None
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
     cfg = read_flags()
     command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
                     lambda run_dir, dist: train(run_dir, cfg, dist), summary_table,
-                    cfg.strategy)
+                    cfg.strategy, check=lambda: recipe.check_data(cfg.training))
 
 
 if __name__ == "__main__":

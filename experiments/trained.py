@@ -83,13 +83,7 @@ def load_trial(path: str | os.PathLike, cfg: TrainConfig | None = None) -> Train
     Raises:
         rundir.RunDirError: not a finished trial of a training run.
     """
-    trial = rundir.RunDir(trial_path(path), writer=False)
-    state = trial.read_json(rundir.STATE_FILE)
-    saved = cfg or rundir.RunDir(_run_root(trial.path)).read_json(rundir.FLAGS_FILE)
-    if not state.get("finished") or saved is None:
-        raise rundir.RunDirError(
-            f"{trial.path} has not finished training; finish it first by rerunning its "
-            "train command.")
+    trial, state, saved = _finished(path, cfg)
     cfg = cfg or TrainConfig.from_flags(saved)
     _, test, info = recipe.load_data(cfg, augment=False)
     x, y = recipe.measurement_sampler(cfg)(state["seed"], state["completed_epochs"])
@@ -97,6 +91,42 @@ def load_trial(path: str | os.PathLike, cfg: TrainConfig | None = None) -> Train
     recipe.compile_model(model, cfg)
     restore(model, trial.file(state["checkpoint"]))
     return Trained(trial, state["spec"], model, cfg, test, x, y, info.num_classes)
+
+
+def check_residual_source(path: str | os.PathLike) -> None:
+    """Refuse a --source_run that is not a finished training of a resnet.
+
+    Reads only its state.json and flags.json, so lesion and prune call it
+    before their own run directory is made.
+
+    Raises:
+        rundir.RunDirError: not a single finished trial of a training run, or
+            its network has no residual blocks.
+    """
+    trial, state, _ = _finished(path, None)
+    spec = state.get("spec") or {}
+    if spec.get("model") != "resnet":
+        raise rundir.RunDirError(
+            f"{trial.path} trained a {recipe.spec_name(spec) if spec.get('model') else spec} "
+            "network, which has no residual blocks; --source_run needs a train run of "
+            "--model=resnet.")
+
+
+def _finished(path: str | os.PathLike, cfg: TrainConfig | None
+              ) -> tuple[rundir.RunDir, dict[str, Any], dict[str, Any] | None]:
+    """(trial, its state.json, its run's flags.json or None with `cfg`) of a finished trial.
+
+    Raises:
+        rundir.RunDirError: not a single trial (`trial_path`), or not finished.
+    """
+    trial = rundir.RunDir(trial_path(path), writer=False)
+    state = trial.read_json(rundir.STATE_FILE)
+    saved = None if cfg else rundir.RunDir(_run_root(trial.path)).read_json(rundir.FLAGS_FILE)
+    if not state.get("finished") or (saved is None and cfg is None):
+        raise rundir.RunDirError(
+            f"{trial.path} has not finished training; finish it first by rerunning its "
+            "train command.")
+    return trial, state, saved
 
 
 def _run_root(trial: pathlib.Path) -> pathlib.Path:

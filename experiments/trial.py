@@ -29,6 +29,8 @@ one.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from typing import Any, Callable, Sequence
 
 import keras
@@ -58,23 +60,39 @@ BUNDLE_FIELDS = (
 )
 
 
+# Keras's warnings of a load that skipped objects of the file or of the model.
+_PARTIAL_LOAD = re.compile(r"Skipping variable loading|could not be loaded")
+
+
 def restore(model: keras.Model, checkpoint: os.PathLike) -> None:
     """Load model and optimizer state from a checkpoint of `RunDir.save_checkpoint`.
 
     Raises:
         RunDirError: the file is missing or does not load (empty, truncated,
-            of another network).
+            of another network), or loads only in part: Keras's warnings of
+            the variables it skipped are the error's message, not console lines.
     """
     if not os.path.exists(checkpoint):
         raise RunDirError(
             f"Checkpoint {checkpoint} is missing, but the trial's {STATE_FILE} resumes from "
             f"it. Restore the file, or delete that {STATE_FILE} to retrain the trial.")
     model.optimizer.build(model.trainable_variables)
-    try:
-        model.load_weights(checkpoint)
-    except (OSError, ValueError, KeyError) as error:
-        raise RunDirError(f"Checkpoint {checkpoint} does not load ({_first_line(error)}); "
-                          "it is damaged or of another network.") from error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(checkpoint)
+            error = None
+        except (OSError, ValueError, KeyError) as raised:
+            error = raised
+    # Keras warns of each object it skips, and loads the rest.
+    skipped = [w for w in caught if _PARTIAL_LOAD.search(str(w.message))]
+    for other in caught:
+        if other not in skipped:
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if error is not None or skipped:
+        problem = _first_line(error) if error else _first_line(Warning(skipped[0].message))
+        raise RunDirError(f"Checkpoint {checkpoint} does not load ({problem}); it is "
+                          "damaged or of another network.") from error
 
 
 def resume(model: keras.Model, trial: RunDir, state: dict[str, Any], label: str = "") -> int:

@@ -67,7 +67,7 @@ def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
     assert "test_acc(last5)" in out  # the summary table
 
     assert {p.name for p in run_dir.iterdir()} == TRIAL_FILES | {
-        "flags.json", "results.json", "export", ".lock"}
+        "flags.json", "environment.json", "results.json", "export", ".lock"}
     saved = json.loads((run_dir / "flags.json").read_text())
     assert saved["depth"] == 2 and saved["dataset"] == "digits" and saved["epochs"] == 3
     assert {"strategy", "optimizer", "learning_rate", "batch_size", "seed"} <= set(saved)
@@ -134,7 +134,8 @@ def test_fnn_map_trains_the_grid_and_outlines_the_conflicting_networks(
         "--depths=1,12", "--widths=2,32", "--noexport", "--progress=none",
         f"--run_dir={run_dir}")
     assert {p.name for p in run_dir.iterdir()} == {
-        "flags.json", "results.json", "fnn_map.csv", "fnn_map.png", "cells", ".lock"}
+        "flags.json", "environment.json", "results.json", "fnn_map.csv", "fnn_map.png", "cells",
+        ".lock"}
     cells = {p.name for p in (run_dir / "cells").iterdir()}
     assert cells == {"d1_w2", "d1_w32", "d12_w2", "d12_w32"}
     for cell in cells:
@@ -249,6 +250,7 @@ def test_start_records_flags_and_refuses_changed_ones_but_not_operational(tmp_pa
     assert run_dir.start({"epochs": 3, "strategy": "none", "width": 8}) is False
     assert run_dir.start({"epochs": 3, "strategy": "mirrored", "width": 8}) is True
     assert json.loads((tmp_path / "flags.json").read_text())["strategy"] == "mirrored"
+    (tmp_path / "state.json").write_text('{"completed_epochs": 1}')  # it trained: kept
     with pytest.raises(rundir.RunDirError, match=r"--epochs=3 \(now 5\), --width=8 \(now 9\)"):
         run_dir.start({"epochs": 5, "strategy": "none", "width": 9})
 

@@ -291,3 +291,35 @@ def test_auto_tune_killed_right_after_a_restart_rebuilds_that_runs_record(
         (tmp_path / "reference" / "run00" / "conflicts.csv").read_text()
     assert [p.name for p in (tmp_path / "run" / "run00" / "checkpoints").iterdir()] == [
         "epoch_0001.weights.h5"]
+
+
+# -- item: a full disk ---------------------------------------------------------
+
+def test_a_full_disk_is_one_line_without_temporary_files_and_the_rerun_resumes(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"a small file system to fill needs `mount -t tmpfs` (root): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(bytes(260_000))  # leaves ~140 kB: epoch 2's checkpoint does not fit
+        run_dir = disk / "run"
+        argv = ["train", *TINY[:2], "--depth=3", "--width=40", *TINY[4:], "--epochs=3",
+                "--progress=none", f"--run_dir={run_dir}"]
+        full = experiments(*argv)
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert full.stderr.strip().splitlines() == [
+            f"train: error: no space left on device while writing {run_dir}/checkpoints/"
+            "epoch_0002.weights.h5; free space and rerun the same command to resume."]
+        assert not [p for p in run_dir.rglob("*") if "tmp" in p.name]
+
+        filler.unlink()
+        resumed = experiments(*argv)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"train: resuming {run_dir}" in resumed.stdout
+        assert json.loads((run_dir / "results.json").read_text())["trials"][0]["epochs"] == 3
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

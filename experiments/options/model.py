@@ -11,7 +11,7 @@ from typing import Any
 
 from absl import app, flags
 
-from cb_keras import models
+from cb_keras import models, validation
 from experiments.options.parsers import define_int_list
 
 PAPER_DEPTHS = ', '.join(map(str, sorted(models.PAPER_BLOCKS)))
@@ -53,7 +53,8 @@ def model_spec() -> dict[str, Any]:
             f"{PAPER_DEPTHS}) or --blocks=b1,b2,b3,b4, "
             "not both.")
     try:
-        blocks = BLOCKS.value or models.paper_blocks(DEPTH.value)
+        blocks = validation.check_blocks(BLOCKS.value) if BLOCKS.value else \
+            models.paper_blocks(DEPTH.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     return {"model": MODEL.value, "blocks": blocks}

@@ -11,7 +11,7 @@ import dataclasses
 
 from absl import app, flags
 
-from cb_keras import data, evaluation
+from cb_keras import bundles, data, evaluation
 from experiments import rundir
 from experiments.config import TrainConfig
 from experiments.recipe import OPTIMIZERS
@@ -77,8 +77,19 @@ EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedMo
 PROGRESS = flags.DEFINE_enum(
     "progress", "line", ["line", "bar", "none"],
     "Per-epoch output: one compact line, Keras's progress bar, or nothing.")
-flags.register_validator(LEARNING_RATE, lambda value: value > 0,
-                         "--learning_rate must be > 0, e.g. 1e-3 (the papers' value).")
+
+
+@flags.validator(LEARNING_RATE.name)
+def _learning_rate_fits_float32(value: float) -> bool:
+    """The bundle metric's rule (finite and > 0 in float32), checked before any file is written."""
+    try:
+        bundles.check_learning_rate(value)
+    except ValueError as error:
+        raise flags.ValidationError(
+            f"{error} E.g. 1e-3 (the papers' value).") from None
+    return True
+
+
 rundir.operational(DATA_DIR, KEEP_CHECKPOINTS, EXPORT, PROGRESS)
 
 

@@ -1,0 +1,122 @@
+"""Reliability, round 3: no silent wrong search result from a lost or edited search state,
+and edited results files are refused in one line.
+
+One small auto_tune search is made once per module; each test copies it and
+damages the copy.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import pytest
+from absl import flags
+
+from experiments import auto_tune, rundir
+
+# --learning_rate=1e-7 makes a^L one bundle: run 0 (blocks 1,1,0,0) restarts
+# after epoch 1 as 0,1,0,0; --max_restarts=1 lets run 1 train its 2 epochs unchecked.
+AUTO_TUNE = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2",
+             "--check_window=1", "--max_restarts=1", "--learning_rate=1e-7",
+             "--measure_every=0", "--measure_samples=64", "--latency_repeats=1",
+             "--noaugment", "--noexport", "--progress=none"]
+
+
+def run_command(module, *argv: str) -> None:
+    """``module.main`` with `argv` parsed as absl would; flags are reset afterwards."""
+    flags.FLAGS.unparse_flags()
+    try:
+        module.main(flags.FLAGS([module.__name__, *argv]))
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory) -> pathlib.Path:
+    """A finished search: run 0 restarted after epoch 1, run 1 is the result."""
+    path = tmp_path_factory.mktemp("search") / "reference"
+    run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+    results = json.loads((path / "results.json").read_text())
+    assert results["final_blocks"] == [0, 1, 0, 0] and results["num_restarts"] == 1
+    return path
+
+
+def unfinished_copy(finished_search: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of the search as it was before its results were written."""
+    path = tmp_path / "run"
+    shutil.copytree(finished_search, path, ignore=shutil.ignore_patterns(".lock"))
+    (path / "results.json").unlink()
+    return path
+
+
+def test_a_search_whose_state_agrees_with_its_trials_finishes_as_before(
+        finished_search, tmp_path):
+    path = unfinished_copy(finished_search, tmp_path)
+    run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+    resumed, reference = (json.loads((p / "results.json").read_text())
+                          for p in (path, finished_search))
+    assert resumed["final_blocks"] == reference["final_blocks"] == [0, 1, 0, 0]
+    assert resumed["num_restarts"] == 1 and resumed["total_epochs"] == reference["total_epochs"]
+
+
+def _drop_last_run(state):
+    state["runs"].pop()
+    return state
+
+
+def _drop_field(state):
+    del state["runs"][1]["blocks"]
+    return state
+
+
+def _other_config(state):
+    state["config"]["epochs"] = 7
+    return state
+
+
+def _forget_restart(state):  # as saved before run 0 stopped at its conflict
+    del state["runs"][1:]
+    state["runs"][0].update(restart=None, completed_epochs=None, summary=None)
+    return state
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "is missing, but the run directory holds the trials run00, run01"),
+    ("{}", "is not a search state of these flags"),
+    (_drop_last_run, "ends with the restart of run 0 but lacks the run that restart began"),
+    (_drop_field, "a run lacks one of the fields"),
+    (_other_config, "is not a search state of these flags"),
+    ("truncated", "is not a valid run file"),
+    (_forget_restart, "lacks the restart of run 0, whose trial stopped after epoch 1 of 2"),
+], ids=["missing", "empty-object", "last-run-lost", "field-lost", "config-edited",
+        "truncated", "restart-lost"])
+def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_file(
+        finished_search, tmp_path, damage, message):
+    path = unfinished_copy(finished_search, tmp_path)
+    search = path / auto_tune.SEARCH_FILE
+    if damage == "missing":
+        search.unlink()
+    elif damage == "truncated":
+        search.write_text(search.read_text()[:200])
+    elif damage == "{}":
+        search.write_text("{}")
+    else:
+        search.write_text(json.dumps(damage(json.loads(search.read_text()))))
+    with pytest.raises(rundir.RunDirError) as refused:
+        run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+    assert str(refused.value).startswith(str(search)) and message in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert not (path / "results.json").exists()
+
+
+@pytest.mark.parametrize("content", ["{}", '{"finished": true}', '{"finished": false}'],
+                         ids=["empty-object", "no-numbers", "not-finished"])
+def test_an_edited_results_file_is_refused_in_one_line(finished_search, tmp_path, content):
+    path = tmp_path / "run"
+    shutil.copytree(finished_search, path, ignore=shutil.ignore_patterns(".lock"))
+    (path / "results.json").write_text(content)
+    with pytest.raises(rundir.RunDirError, match="results.json is not the results of a "
+                                                  "finished run .* edited or damaged"):
+        run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
