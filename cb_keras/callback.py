@@ -8,9 +8,8 @@ import pathlib
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from cb_keras import bundles, validation
+from cb_keras import _backend, bundles, validation
 from cb_keras.measurement import measure, take_sample
 from cb_keras.probe import LayersArg, check_layers, tap_names
 from cb_keras.report import ConflictReport, LayerResult, write_csv
@@ -191,8 +190,8 @@ def _training_batch_size(x: Any, batch_size: int | None) -> int:
 
 def dataset_batch_size(x: Any) -> int | None:
     """The static batch size of a batched `tf.data.Dataset` (None if unknown or not one)."""
-    if isinstance(x, tf.data.Dataset):
-        static = tf.nest.flatten(x.element_spec)[0].shape
+    if _backend.is_tf_dataset(x):
+        static = keras.tree.flatten(x.element_spec)[0].shape
         if static.rank and static[0] is not None:
             return int(static[0])
     return None
