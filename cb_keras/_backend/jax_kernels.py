@@ -25,6 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 
 from cb_keras._backend.constants import (BRANCH_SCALE_EPSILON, ENTROPY_EPSILON,
                                          FINGERPRINT_HASHES)
@@ -61,13 +62,19 @@ def fingerprint(activations, weight_amplitude, learning_rate, inverse_batch_size
     """(N, 4) int32 fingerprints of `transform`'s rows, >= 0 (-1 rows: NaN or inf)."""
     t = transform(activations, weight_amplitude, learning_rate, inverse_batch_size)
     bits = jax.lax.bitcast_convert_type(t, jnp.uint32)
-    weights = jax.random.bits(jax.random.key(_HASH_SEED),
-                              (2, features, FINGERPRINT_HASHES), jnp.uint32)
+    weights = _hash_weights(features)
     sums = (jnp.dot(bits & 0xFFFF, weights[0], preferred_element_type=jnp.uint32)
             + jnp.dot(bits >> 16, weights[1], preferred_element_type=jnp.uint32))
     hashes = (sums & 0x7FFFFFFF).astype(jnp.int32)
     finite = jnp.all((bits & _EXPONENT_MASK) != _EXPONENT_MASK, axis=1, keepdims=True)
     return jnp.where(finite, hashes, -1)
+
+
+@functools.cache
+def _hash_weights(features: int) -> np.ndarray:
+    """The fixed (2, D, 4) uint32 weights of the low and high halves (NumPy: fast to compile)."""
+    return np.random.default_rng(_HASH_SEED).integers(
+        0, 2**32, (2, features, FINGERPRINT_HASHES), dtype=np.uint32)
 
 
 def diverged(fingerprints: jax.Array) -> jax.Array:
