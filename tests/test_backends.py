@@ -199,3 +199,46 @@ def test_stop_on_conflict_inside_fit():
     history = fit(model, x, y, callback, epochs=4)
     assert history.epoch == [0] and callback.reports[-1].last.num_bundles == 1
     assert history.history["bundle_entropy"][0] == pytest.approx(np.log(4), abs=1e-3)
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def test_pruning_lesion_and_plain_keras_file_on_this_backend(tmp_path):
+    from cb_keras import models, pruning, taps
+
+    keras.utils.set_random_seed(0)
+    model = models.resnet([2, 1, 0, 0], (8, 8, 1), 10)
+    x = np.random.default_rng(0).random((24, 8, 8, 1)).astype("float32")
+    y = np.arange(24) % 10
+    blocks = pruning.residual_blocks(model)
+    assert [b.name for b in blocks] == ["stage1_block1", "stage1_block2", "stage2_block1"]
+    # A dead branch (zero last conv) gives every sample the same branch: one bundle.
+    conv2 = model.get_layer("stage1_block2_conv2")
+    conv2.kernel.assign(np.zeros(conv2.kernel.shape, "float32"))
+    conflicts = pruning.conflicting_blocks(model, x, y, num_classes=10, learning_rate=1e-3,
+                                           batch_size=8)
+    assert conflicts.conflicting == ["stage1_block2"]
+    report = cb_keras.measure(model, x, y, layers=[b.branches[0] for b in blocks],
+                              num_classes=10, learning_rate=1e-3, batch_size=8)
+    assert [conflicts.metrics(b.name) for b in blocks] == list(report.layers)
+    removed = ["stage1_block2", "stage2_block1"]
+    pruned = pruning.remove_blocks(model, removed)
+    expected = numpy(pruning.lesioned(model, removed)(x))
+    np.testing.assert_allclose(numpy(pruned(x)), expected, rtol=1e-5, atol=1e-6)
+    assert pruning.weight_layers(pruned) == pruning.weight_layers(model) - 4
+    taps.strip_taps(pruned).save(tmp_path / "pruned.keras")
+    np.save(tmp_path / "x.npy", x)
+    # Plain Keras loads it: no cb_keras import in the loading process.
+    loaded = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, keras, numpy as np
+            model = keras.models.load_model({str(tmp_path / "pruned.keras")!r})
+            np.save({str(tmp_path / "out.npy")!r},
+                    keras.ops.convert_to_numpy(model(np.load({str(tmp_path / "x.npy")!r}))))
+            assert "cb_keras" not in sys.modules
+        """)], env=dict(os.environ, KERAS_BACKEND=BACKEND), capture_output=True, text=True,
+        timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-6)
