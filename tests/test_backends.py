@@ -242,3 +242,25 @@ def test_pruning_lesion_and_plain_keras_file_on_this_backend(tmp_path):
         timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.DataParallel is JAX's")
+def test_fit_under_data_parallel_measures_as_on_one_device():
+    devices = keras.distribution.list_devices("cpu")
+    assert len(devices) == 2  # conftest: --xla_force_host_platform_device_count=2
+    x, y = sample()
+
+    def train(distribution):
+        keras.distribution.set_distribution(distribution)
+        try:
+            model = mlp()
+            callback = cb_keras.ConflictingBundles(x, y, batch_size=32, layers="all")
+            fit(model, x, y, callback, epochs=2)
+            return model, callback.reports
+        finally:
+            keras.distribution.set_distribution(None)
+
+    parallel_model, parallel = train(keras.distribution.DataParallel(devices=devices))
+    assert len(parallel_model.get_layer("h1").kernel.value.sharding.device_set) == 2
+    single_model, single = train(None)
+    assert [report.layers for report in parallel] == [report.layers for report in single]
