@@ -189,7 +189,11 @@ def _training_batch_size(x: Any, batch_size: int | None) -> int:
 
 
 def dataset_batch_size(x: Any) -> int | None:
-    """The static batch size of a batched `tf.data.Dataset` (None if unknown or not one)."""
+    """The static batch size of a batched `tf.data.Dataset`, or the ``batch_size`` of a
+    `keras.utils.PyDataset` such as `cb_keras.data.load`'s off TensorFlow (None if unknown)."""
+    if isinstance(x, keras.utils.PyDataset):
+        size = getattr(x, "batch_size", None)
+        return size if validation.is_int(size) else None
     if _backend.is_tf_dataset(x):
         static = keras.tree.flatten(x.element_spec)[0].shape
         if static.rank and static[0] is not None:

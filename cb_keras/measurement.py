@@ -107,14 +107,14 @@ def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
     """The first `samples` examples of `x`, `y` as NumPy: ``(x[:n], y[:n])``.
 
     `x` is an array or a nested structure of arrays with `y` an array, or a
-    `tf.data.Dataset` of ``(x, y)`` (or ``(x, y, sample_weight)``) batches
-    with `y` None; a nested list of numbers is one array (`input_arrays`).
+    `tf.data.Dataset` or `keras.utils.PyDataset` of ``(x, y)`` (or
+    ``(x, y, sample_weight)``) batches with `y` None; a nested list of numbers is one array (`input_arrays`).
     Raises TypeError for inputs that are not numeric arrays with a sample
     axis, and ValueError for a wrong `samples`, a length mismatch, an empty
     source, or `y` given with a Dataset (or missing without one).
     """
     validation.check_positive_int("samples", samples)
-    if _backend.is_tf_dataset(x):
+    if _backend.is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset):
         if y is not None:
             raise ValueError(
                 "x is a tf.data.Dataset, so it must yield (x, y) batches and y must "
