@@ -20,7 +20,8 @@ run says why in its row and the next part runs):
    of the model with the conflicting blocks removed, and of each
    single-block lesion (the largest drop shown).
 
-``--quick`` shrinks every part (few samples, 1 epoch) to check the script.
+``--quick`` shrinks every part (few samples, 10-layer networks, 1 epoch) to
+check the script.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 
 import keras
 import numpy as np
+
+from benchmarks.bench_backends import BLOCKS
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 
@@ -51,32 +54,34 @@ def golden() -> str:
     return f"{total - len(failures)}/{total} pass" + (f"; FAILED {failures}" if failures else "")
 
 
-def measure_and_predict(samples: int, size: int) -> list[tuple[str, str]]:
-    from benchmarks.bench_backends import BLOCKS, median_seconds
+def measure_and_predict(samples: int, size: int, blocks: tuple[int, ...]
+                        ) -> list[tuple[str, str]]:
+    from benchmarks.bench_backends import median_seconds
     import cb_keras
     from cb_keras import models
 
     keras.utils.set_random_seed(0)
-    model = models.resnet(BLOCKS, (size, size, 3), 10)
+    model = models.resnet(blocks, (size, size, 3), 10)
+    name = f"R{models.num_layers(blocks)}"
     x = np.random.default_rng(0).random((samples, size, size, 3)).astype(np.float32)
     y = np.arange(samples) % 10
     predict = median_seconds(lambda: model.predict(x, batch_size=samples, verbose=0), 3)
     measure = median_seconds(lambda: cb_keras.measure(
         model, x, y, num_classes=10, learning_rate=1e-3, batch_size=samples, layers="all",
         samples=samples), 3)
-    return [("predict R50", f"{predict:.3f} s"),
-            ("measure R50 (48 outputs)", f"{measure:.3f} s ({measure / predict:.2f} x predict)")]
+    return [(f"predict {name}", f"{predict:.3f} s"),
+            (f"measure {name} (all outputs)",
+             f"{measure:.3f} s ({measure / predict:.2f} x predict)")]
 
 
-def callback_share(samples: int) -> str:
+def callback_share(samples: int, blocks: tuple[int, ...]) -> str:
     import cb_keras
-    from benchmarks.bench_backends import BLOCKS
     from cb_keras import data, models
 
     def epoch_seconds(with_callback: bool) -> float:
         train, _, info = data.load("digits", batch_size=64, shuffle_seed=0)
         keras.utils.set_random_seed(0)
-        model = models.vgg(BLOCKS, info.input_shape, info.num_classes)
+        model = models.vgg(blocks, info.input_shape, info.num_classes)
         model.compile(keras.optimizers.SGD(0.01),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         x, y = data.measurement_sample("digits", samples)
@@ -120,7 +125,7 @@ def pruning_setting(epochs: int, quick: bool) -> list[tuple[str, str]]:
     except data.DatasetNotPreparedError as error:
         return [("pruning", f"not run: {str(error).splitlines()[0]}")]
     keras.utils.set_random_seed(0)
-    model = models.resnet(models.paper_blocks(20 if quick else 120), info.input_shape,
+    model = models.resnet(models.paper_blocks(10 if quick else 120), info.input_shape,
                           info.num_classes)
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -165,12 +170,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=120)
     args = parser.parse_args()
     samples, size = (64, 16) if args.quick else (512, 32)
+    blocks = (1, 1, 1, 1) if args.quick else BLOCKS
     epochs = 1 if args.quick else args.epochs
     devices = keras.distribution.list_devices()
     rows = [("backend", f"{keras.backend.backend()} on {devices}")]
     rows += attempt("golden", golden)
-    rows += attempt("measure", lambda: measure_and_predict(samples, size))
-    rows += attempt("callback share", lambda: callback_share(samples))
+    rows += attempt("measure", lambda: measure_and_predict(samples, size, blocks))
+    rows += attempt("callback share", lambda: callback_share(samples, blocks))
     rows += attempt("main job", lambda: main_job(args.quick))
     rows += attempt("pruning", lambda: pruning_setting(epochs, args.quick))
     width = max(len(name) for name, _ in rows)
