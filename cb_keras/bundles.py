@@ -25,28 +25,26 @@ layers, so:
 How it is computed (fast and exact)
 -----------------------------------
 The reference implementation compares rows one sample at a time in a Python
-loop, O(N^2 * D) for a healthy layer. Here:
+loop, O(N^2 * D) for a healthy layer. Here, with the kernels of the running
+Keras backend (`cb_keras._backend`; each kernel module's docstring gives
+its details):
 
-1. `transform` computes ``t`` with separate float32 TensorFlow ops, so every
-   operation rounds exactly as the reference: no fused multiply-add (it is
-   never compiled with XLA, which contracts multiply and subtract), and no
-   reassociation (the scalars enter as tensors, so constant folding leaves
-   them alone, and the multiplies are ops that Grappler's arithmetic
-   optimizer does not reorder).
+1. `transform` computes ``t`` so that every operation rounds exactly as the
+   reference's separate float32 operations: no fused multiply-add and no
+   reassociation (on TensorFlow: ops that are never XLA-compiled nor
+   reordered; on JAX: each product rounded through an integer XOR with a
+   run-time zero).
 2. `fingerprint` turns each row into K = 4 integers. Float equality of two
    rows of ``t`` is bit equality (``t`` is never ``-0.0``, since ``w_max``
    is ``+0.0`` or positive, and NaN/inf rows are flagged, not grouped). The
    float32 bit pattern of every component is split into two 16-bit halves h, and
-   each fingerprint is ``sum_d h_d * r_d`` over the 2D halves, with fixed
-   pseudo-random integer weights ``r_d`` in ``[0, 2^k)``. The halves and
-   weights are held in float64 and k is chosen so that every partial sum
-   stays below ``2^53`` (``k = min(24, 37 - ceil(log2(2D)))``): the product
-   is then computed *exactly*, in any summation order, on any device, by one
-   BLAS matrix product. Equal rows therefore *always* get equal fingerprints.
-   Distinct rows differ in some half by a nonzero ``delta``; with all other
-   weights fixed, at most one value of that half's weight makes the two sums
-   agree, so one fingerprint collides with probability at most ``2^-k`` and
-   all four with at most ``2^-4k`` per pair of rows:
+   each fingerprint is an exact integer weighted sum ``sum_d h_d * r_d`` over
+   the 2D halves with fixed pseudo-random weights ``r_d``, computed by one
+   matrix product whose result does not depend on the summation order.
+   Equal rows therefore *always* get equal fingerprints. Distinct rows differ
+   in some half, and all four fingerprints collide with probability at most
+   2^-64 per pair of rows (below 1e-14 for all pairs of N = 512 samples).
+   On TensorFlow, where the weights are held exactly in float64:
 
    =====================  ====  ==========================  ==================
    features D             k     collision bound per pair    N = 512 (1.3e5 pairs)
@@ -57,14 +55,13 @@ loop, O(N^2 * D) for a healthy layer. Here:
    1048576 (= 2^20, max)  16    2^-64                       < 1e-14
    =====================  ====  ==========================  ==================
 
-   Only this integer part is compiled with XLA (one fused pass plus the
-   matrix product); the transform of step 1 never is.
-3. `bundle_stats` groups identical fingerprint rows (a sort, O(N log N)) and
-   computes the three numbers with segment sums.
+   On JAX (32-bit integers) the bound is 2^-64 for every D.
+3. `bundle_stats` groups identical fingerprint rows and computes the three
+   numbers with segment sums.
 
 Fingerprints can be computed batch by batch and concatenated: measuring all
 L layers of a network keeps only ``N x L x 4`` integers. `cb_keras.measurement`
-does exactly that inside its own `tf.function`.
+does exactly that inside one compiled function per forward batch.
 """
 
 from __future__ import annotations
@@ -73,18 +70,15 @@ import dataclasses
 import math
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from cb_keras import validation
+from cb_keras._backend import kernels
+from cb_keras._backend.constants import ENTROPY_EPSILON, FINGERPRINT_HASHES  # noqa: F401
 
-ENTROPY_EPSILON = 1e-5
 MAX_CLASSES = 2**31 - 1  # class indices are int32 in the graph
-FINGERPRINT_HASHES = 4
-MAX_WEIGHT_BITS = 24
 MAX_FEATURES = 2**20
-_HASH_SEED = (20201104, 21030467)
-_EXPONENT_MASK = 0x7F800000  # all exponent bits set: inf or NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,57 +102,45 @@ class BundleMetrics:
         return self.bundle_entropy > 0.0
 
 
-def transform(activations: tf.Tensor, weight_amplitude: tf.Tensor,
-              learning_rate: tf.Tensor, inverse_batch_size: tf.Tensor) -> tf.Tensor:
-    """``t = w_max - ((a * lr) * (1 / bs))`` in float32, flattened to (N, D).
-
-    Args:
-        activations: layer outputs, shape (N, ...), any real dtype; cast to
-            float32 first.
-        weight_amplitude: float32 scalar, max |w| over all trainable weights.
-        learning_rate: float32 scalar.
-        inverse_batch_size: float32 scalar ``float32(1 / bs)`` (the division
-            is done in float64 first, as the reference does).
-
-    Returns:
-        float32 tensor of shape (N, D), D the product of the trailing dims.
-    """
-    a = tf.cast(activations, tf.float32)
-    features = a.shape[1:].num_elements()  # static when known, even if N is not
-    a = tf.reshape(a, [-1, features] if features is not None else [tf.shape(a)[0], -1])
-    # MulNoNan equals Mul for the nonzero lr and 1/bs, but Grappler's
-    # arithmetic optimizer does not reassociate it: a chain of Mul ops with
-    # scalars would become a * (lr * (1/bs)), which rounds differently.
-    scaled = tf.math.multiply_no_nan(tf.math.multiply_no_nan(a, learning_rate),
-                                     inverse_batch_size)
-    return weight_amplitude - scaled
+transform = kernels.transform  # (N, ...) -> (N, D): t = w_max - ((a * lr) * (1 / bs))
+diverged = kernels.diverged  # (N, K) fingerprints -> bool scalar: any row from NaN/inf?
+all_finite = kernels.all_finite  # any tensor -> bool scalar: no NaN or inf (True if not float)
+# mark_diverged(fingerprints, inputs_finite): every row -1 unless inputs_finite. A
+# layer that received NaN or inf can still output finite numbers (a fused ReLU
+# may turn NaN into 0), so its inputs decide divergence as well.
+mark_diverged = kernels.mark_diverged
+# bundle_stats(fingerprints (N, K), labels (N,), num_classes) -> (num_bundles,
+# bundle_entropy, max_accuracy): an integer scalar and two float32 scalars. Traceable.
+bundle_stats = kernels.bundle_stats
 
 
-def fingerprint(activations: tf.Tensor, weight_amplitude: tf.Tensor,
-                learning_rate: tf.Tensor, inverse_batch_size: tf.Tensor) -> tf.Tensor:
-    """Per-sample fingerprints of the transformed outputs, shape (N, 4) int64.
+def fingerprint(activations: Any, weight_amplitude: Any, learning_rate: Any,
+                inverse_batch_size: Any) -> Any:
+    """Per-sample fingerprints of the transformed outputs, shape (N, 4), integers.
 
     Rows of `transform` that are equal (float equality) give equal rows here;
     distinct rows collide with probability <= 2^-64 (module docstring). A row
     holding NaN or inf gets the fingerprint (-1, -1, -1, -1) (see
     `diverged`); every other fingerprint is >= 0.
 
-    Traceable; arguments as in `transform`. Works on any batch of samples:
-    the fingerprints of a layer can be computed batch by batch and
-    concatenated along axis 0. Do not call it under ``jit_compile=True``
+    Traceable (by the backend's compiler); arguments as in `transform`, the
+    scalars as from `scalars`. Works on any batch of samples: the
+    fingerprints of a layer can be computed batch by batch and concatenated
+    along axis 0. On TensorFlow, do not call it under ``jit_compile=True``
     (module docstring, step 1).
     """
-    t = transform(activations, weight_amplitude, learning_rate, inverse_batch_size)
     features = check_features(activations.shape)
-    return _hash_rows(tf.bitcast(t, tf.int32), _weight_bits(features))
+    return kernels.fingerprint(activations, weight_amplitude, learning_rate,
+                               inverse_batch_size, features)
 
 
-def check_features(shape: tf.TensorShape) -> int:
+def check_features(shape: Any) -> int:
     """The number of features D per sample of activations of `shape` (N, ...).
 
     Raises ValueError unless D is static and in [1, MAX_FEATURES].
     """
-    features = tf.TensorShape(shape)[1:].num_elements()
+    dims = tuple(shape)[1:]
+    features = None if any(d is None for d in dims) else math.prod(dims)
     if features is None:
         raise ValueError(
             f"activations of shape {shape} have no static feature size; "
@@ -175,93 +157,7 @@ def check_features(shape: tf.TensorShape) -> int:
     return features
 
 
-def diverged(fingerprints: tf.Tensor) -> tf.Tensor:
-    """Boolean scalar tensor: does any row of `fingerprints` come from NaN/inf?"""
-    return tf.reduce_any(fingerprints < 0)
-
-
-def all_finite(tensor: tf.Tensor) -> tf.Tensor:
-    """Boolean scalar tensor: no NaN or inf in `tensor` (any shape; True if not floating)."""
-    if not tensor.dtype.is_floating:
-        return tf.constant(True)
-    return tf.reduce_all(tf.math.is_finite(tensor))
-
-
-def mark_diverged(fingerprints: tf.Tensor, inputs_finite: tf.Tensor) -> tf.Tensor:
-    """`fingerprints` (N, K), every row set to -1 (diverged) unless `inputs_finite`.
-
-    A layer that received NaN or inf can still output finite numbers (a fused
-    ReLU may turn NaN into 0), so its inputs decide divergence as well.
-    """
-    return tf.where(inputs_finite, fingerprints, tf.constant(-1, fingerprints.dtype))
-
-
-def _weight_bits(features: int) -> int:
-    """Bits k of the hash weights so that every sum stays below 2^53 (exact in float64).
-
-    A sum has 2 * features terms, each below 2^16 * 2^k.
-    """
-    return min(MAX_WEIGHT_BITS, 53 - 16 - math.ceil(math.log2(2 * features)))
-
-
-@tf.function(jit_compile=True)
-def _hash_rows(bits: tf.Tensor, weight_bits: int) -> tf.Tensor:
-    """Exact weighted sums of the 16-bit halves of each row: (N, D) int32 -> (N, 4) int64.
-
-    The halves and the weights are integers held exactly in float64, and
-    every partial sum stays below 2^53, so the matrix product is exact in
-    any summation order (and fast: one BLAS call). A collapsed layer (all
-    rows equal, found in one fused pass) only hashes its first row.
-    """
-    features = bits.shape[1]
-    weights = tf.cast(tf.random.stateless_uniform(
-        [2, features, FINGERPRINT_HASHES], seed=_HASH_SEED,
-        minval=0, maxval=2**weight_bits, dtype=tf.int64), tf.float64)
-
-    def weighted_sums(rows):
-        low = tf.cast(tf.bitwise.bitwise_and(rows, 0xFFFF), tf.float64)
-        high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(rows, 16), 0xFFFF),
-                       tf.float64)
-        return tf.cast(tf.matmul(low, weights[0]) + tf.matmul(high, weights[1]), tf.int64)
-
-    collapsed = tf.reduce_all(tf.equal(bits, bits[:1]))
-    sums = tf.cond(collapsed,
-                   lambda: tf.tile(weighted_sums(bits[:1]), [tf.shape(bits)[0], 1]),
-                   lambda: weighted_sums(bits))
-    exponent = tf.bitwise.bitwise_and(bits, _EXPONENT_MASK)
-    finite = tf.reduce_all(tf.not_equal(exponent, _EXPONENT_MASK), axis=1, keepdims=True)
-    return tf.where(finite, sums, tf.constant(-1, tf.int64))
-
-
-def bundle_stats(fingerprints: tf.Tensor, labels: tf.Tensor,
-                 num_classes: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Group equal fingerprints and compute the metrics. Traceable.
-
-    Args:
-        fingerprints: (N, K) int64, from `fingerprint`.
-        labels: (N,) integer class labels in [0, num_classes).
-        num_classes: the number of classes C (a Python int).
-
-    Returns:
-        ``(num_bundles, bundle_entropy, max_accuracy)``: an int32 scalar and
-        two float32 scalars.
-    """
-    unique_rows, bundle_of_sample = tf.raw_ops.UniqueV2(x=fingerprints, axis=[0])
-    num_bundles = tf.shape(unique_rows)[0]
-    counts = tf.math.unsorted_segment_sum(
-        tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32),
-        bundle_of_sample, num_bundles)  # (B, C): samples of class c in bundle b
-    sizes = tf.reduce_sum(counts, axis=1)
-    fractions = counts / sizes[:, None]
-    entropy = -tf.reduce_sum(fractions * tf.math.log(fractions + ENTROPY_EPSILON), axis=1)
-    num_samples = tf.cast(tf.shape(fingerprints)[0], tf.float32)
-    bundle_entropy = tf.reduce_sum(sizes * tf.maximum(entropy, 0.0)) / num_samples
-    max_accuracy = tf.reduce_sum(tf.reduce_max(counts, axis=1)) / num_samples
-    return num_bundles, bundle_entropy, max_accuracy
-
-
-def scalars(weight_amplitude: float, learning_rate: float,
-            batch_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def scalars(weight_amplitude: float, learning_rate: float, batch_size: int) -> tuple:
     """Validated float32 tensors ``(w_max, lr, float32(1 / bs))`` for `fingerprint`.
 
     All three must be finite in float32, and lr and 1/bs nonzero after rounding
@@ -280,10 +176,9 @@ def scalars(weight_amplitude: float, learning_rate: float,
     batch_size = validation.check_positive_int("batch_size", batch_size)
     # `+ 0.0` turns -0.0 into +0.0, so that t = w_max - x is never -0.0 and
     # float equality of rows is bit equality of rows.
-    return (tf.constant(_float32("weight_amplitude", weight_amplitude + 0.0), tf.float32),
-            tf.constant(learning_rate, tf.float32),
-            tf.constant(_positive_float32("1 / batch_size", 1.0 / batch_size),
-                        tf.float32))
+    return kernels.constants(_float32("weight_amplitude", weight_amplitude + 0.0),
+                             learning_rate,
+                             _positive_float32("1 / batch_size", 1.0 / batch_size))
 
 
 def check_learning_rate(learning_rate: float) -> np.float32:
@@ -325,8 +220,8 @@ def _real(name: str, value: Any) -> float:
         raise TypeError(f"{name} must be a real number, got {value!r}.") from error
 
 
-def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
-    """Validate labels against N and C; returns them as an (N,) int32 tensor.
+def check_labels(labels: Any, num_samples: int, num_classes: int) -> np.ndarray:
+    """Validate labels against N and C; returns them as an (N,) int32 array.
 
     Accepts shape (N,) or (N, 1) integer labels (NumPy or tensor). Raises
     TypeError for non-integer labels and ValueError for a wrong length,
@@ -336,14 +231,15 @@ def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
         raise ValueError(
             f"num_classes={num_classes} is more than {MAX_CLASSES} (int32 class "
             "indices); pass the number of classes of the data set.")
-    labels = tf.convert_to_tensor(labels)
-    if not labels.dtype.is_integer:
+    labels = np.asarray(keras.ops.convert_to_numpy(labels) if keras.ops.is_tensor(labels)
+                        else labels)
+    if labels.dtype.kind not in "iu":
         raise TypeError(
             f"labels must be integer class indices, got dtype {labels.dtype.name}; "
             "for one-hot labels pass np.argmax(y, axis=-1).")
-    if labels.shape.rank == 2 and labels.shape[1] == 1:
-        labels = tf.reshape(labels, [-1])
-    if labels.shape.rank != 1:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(-1)
+    if labels.ndim != 1:
         raise ValueError(f"labels must have shape (N,) or (N, 1), got {labels.shape}.")
     if labels.shape[0] != num_samples:
         raise ValueError(
@@ -351,27 +247,28 @@ def check_labels(labels: Any, num_samples: int, num_classes: int) -> tf.Tensor:
             "pass one label per sample.")
     if num_samples == 0:
         raise ValueError("activations hold zero samples; measure at least one sample.")
-    low, high = int(tf.reduce_min(labels)), int(tf.reduce_max(labels))
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         raise ValueError(
             f"labels must lie in [0, {num_classes}) for num_classes={num_classes}, "
             f"got values in [{low}, {high}].")
-    return tf.cast(labels, tf.int32)
+    return labels.astype(np.int32)
 
 
-def class_columns(labels: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, int]:
-    """Labels and the one-hot width C' for `bundle_stats`, with C' <= N.
+def class_columns(labels: Any, num_classes: int) -> tuple[Any, int]:
+    """Labels as an (N,) int32 backend tensor and the one-hot width C' for `bundle_stats`, C' <= N.
 
     The metrics only depend on the classes present in the sample. When
     num_classes exceeds the N samples, the labels (N,) are renumbered by their
     rank among the classes present (same order, same metrics) and C' = N, so
     memory is O(N * min(C, N)) however large num_classes is.
     """
+    labels = keras.ops.convert_to_numpy(labels)
     num_samples = int(labels.shape[0])
-    if num_classes <= num_samples:
-        return labels, int(num_classes)
-    _, ranks = np.unique(labels.numpy(), return_inverse=True)
-    return tf.constant(ranks.reshape(-1), tf.int32), num_samples
+    if num_classes > num_samples:
+        labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    return (keras.ops.convert_to_tensor(labels, "int32"),
+            min(int(num_classes), num_samples))
 
 
 def divergence_error() -> ValueError:
@@ -381,25 +278,18 @@ def divergence_error() -> ValueError:
         "defined. Lower the learning rate or check the input data.")
 
 
-def _float32_overflow(activations: tf.Tensor) -> ValueError | None:
+def _float32_overflow(activations: Any) -> ValueError | None:
     """The error for finite activations (e.g. float64) beyond float32's range, else None."""
-    if activations.dtype.size <= 4:
+    if keras.backend.standardize_dtype(activations.dtype) not in ("float64", "int64", "uint64"):
         return None
-    largest = float(tf.reduce_max(tf.abs(tf.cast(activations, tf.float64))))
+    largest = float(np.max(np.abs(
+        np.asarray(keras.ops.convert_to_numpy(activations), dtype=np.float64))))
     if not math.isfinite(largest) or largest <= float(np.finfo(np.float32).max):
         return None
     return ValueError(
         f"activations are finite but overflow float32 (max |a| = {largest:.3g}; the largest "
         f"float32 is {float(np.finfo(np.float32).max):.4g}), the precision of the transform, "
         "so bundles are not defined. Scale the layer's outputs into float32's range.")
-
-
-@tf.function
-def _layer_metrics(activations, labels, weight_amplitude, learning_rate,
-                   inverse_batch_size, num_classes):
-    """One graph for `bundle_metrics`: fingerprints, grouping, metrics, divergence flag."""
-    fingerprints = fingerprint(activations, weight_amplitude, learning_rate, inverse_batch_size)
-    return bundle_stats(fingerprints, labels, num_classes) + (diverged(fingerprints),)
 
 
 def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
@@ -436,17 +326,22 @@ def bundle_metrics(activations: Any, labels: Any, *, num_classes: int,
         >>> m.num_bundles, round(m.max_accuracy, 2)
         (1, 0.5)
     """
-    activations = tf.convert_to_tensor(activations)
-    if not (activations.dtype.is_floating or activations.dtype.is_integer):
-        raise TypeError(f"activations must be numeric, got dtype {activations.dtype.name}.")
-    if activations.shape.rank is None or activations.shape.rank < 1:
+    if not keras.ops.is_tensor(activations):
+        activations = np.asarray(activations)
+    try:
+        dtype = keras.backend.standardize_dtype(activations.dtype)
+    except ValueError:  # strings, objects
+        dtype = str(activations.dtype)
+    if not dtype.startswith(("float", "bfloat", "int", "uint")):
+        raise TypeError(f"activations must be numeric, got dtype {dtype}.")
+    if len(activations.shape) < 1:
         raise ValueError(f"activations must have shape (N, ...), got {activations.shape}.")
-    check_features(activations.shape)
+    features = check_features(activations.shape)
     labels, columns = class_columns(
         check_labels(labels, activations.shape[0], num_classes), num_classes)
-    wmax, lr, inverse_bs = scalars(weight_amplitude, learning_rate, batch_size)
-    num_bundles, entropy, max_accuracy, is_diverged = _layer_metrics(
-        activations, labels, wmax, lr, inverse_bs, columns)
+    num_bundles, entropy, max_accuracy, is_diverged = kernels.layer_metrics(
+        activations, labels, scalars(weight_amplitude, learning_rate, batch_size),
+        columns, features)
     if is_diverged:
         raise _float32_overflow(activations) or divergence_error()
     return BundleMetrics(int(num_bundles), float(entropy), float(max_accuracy))
@@ -469,7 +364,4 @@ def weight_amplitude(model: Any) -> float:
     return value
 
 
-def weight_amplitude_tensor(variables: list) -> tf.Tensor:
-    """Traceable max |w| over `variables`, a float32 scalar tensor."""
-    return tf.reduce_max(tf.stack(
-        [tf.reduce_max(tf.abs(tf.cast(tf.convert_to_tensor(v), tf.float32))) for v in variables]))
+weight_amplitude_tensor = kernels.weight_amplitude  # variables -> float32 scalar max |w|

@@ -8,9 +8,8 @@ import pathlib
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from cb_keras import bundles, validation
+from cb_keras import _backend, bundles, validation
 from cb_keras.measurement import measure, take_sample
 from cb_keras.probe import LayersArg, check_layers, tap_names
 from cb_keras.report import ConflictReport, LayerResult, write_csv
@@ -194,9 +193,13 @@ def _training_batch_size(x: Any, batch_size: int | None) -> int:
 
 
 def dataset_batch_size(x: Any) -> int | None:
-    """The static batch size of a batched `tf.data.Dataset` (None if unknown or not one)."""
-    if isinstance(x, tf.data.Dataset):
-        static = tf.nest.flatten(x.element_spec)[0].shape
+    """The static batch size of a batched `tf.data.Dataset`, or the ``batch_size`` of a
+    `keras.utils.PyDataset` such as `cb_keras.data.load`'s off TensorFlow (None if unknown)."""
+    if isinstance(x, keras.utils.PyDataset):
+        size = getattr(x, "batch_size", None)
+        return size if validation.is_int(size) else None
+    if _backend.is_tf_dataset(x):
+        static = keras.tree.flatten(x.element_spec)[0].shape
         if static.rank and static[0] is not None:
             return int(static[0])
     return None

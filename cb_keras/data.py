@@ -62,6 +62,13 @@ fresh seeds. `measurement_sample` depends on its own ``seed`` only.
 No downloads: TFDS data sets must be prepared beforehand and mnist5k needs
 its optional package (see `DatasetNotPreparedError`); cb_keras fails fast
 instead of trying the network.
+
+Backends: on TensorFlow the pipelines are ``tf.data`` as above. On every
+other Keras backend, digits and mnist5k come from the NumPy pipeline of
+`cb_keras.array_data` (same preprocessing, augmentation and seed semantics,
+other random numbers; `load` returns `keras.utils.PyDataset` batches and
+`measurement_sample` the same arrays as on TensorFlow), and the TFDS data
+sets need TensorFlow.
 """
 
 from __future__ import annotations
@@ -69,12 +76,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from cb_keras import validation
+from cb_keras import _backend, array_data, validation
+
+if _backend.NAME == "tensorflow":
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
 
 SHUFFLE_BUFFER = 10_000
 MEASUREMENT_STREAM = 1  # keeps measurement seeds apart from the training seeds of (seed, epoch)
@@ -90,7 +100,7 @@ IMAGENETTE_DEFAULT_CONFIG = "full-size"
 # reference's), then the 2019 re-split.
 IMAGENETTE_CONFIGS = ("full-size", "320px", "160px", "full-size-v2", "320px-v2", "160px-v2")
 
-Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (image, seed (2,) int64) -> image
+Step = Callable[["tf.Tensor", "tf.Tensor"], "tf.Tensor"]  # (image, seed (2,) int64) -> image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +211,8 @@ NAMES = SUPPORTED + tuple(f"imagenette/{config}" for config in IMAGENETTE_CONFIG
 class _Source:
     """Unprocessed splits: (image, label) examples, images uint8 or float32."""
 
-    train: tf.data.Dataset
-    test: tf.data.Dataset
+    train: "tf.data.Dataset"
+    test: "tf.data.Dataset"
     num_classes: int
 
 
@@ -235,6 +245,8 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
         batch dropped. ``test``:
         the whole test split in order, the last batch possibly smaller (or
         dropped, with `drop_test_remainder`).
+        ``tf.data.Dataset`` objects on TensorFlow, `keras.utils.PyDataset`
+        objects on other backends (module docstring).
 
     Raises:
         ValueError: unknown name, bad batch size or shuffle buffer, or a
@@ -245,6 +257,9 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
     recipe = _recipe(name)
     batch_size = validation.check_positive_int("batch_size", batch_size)
     shuffle_buffer = validation.check_positive_int("shuffle_buffer", shuffle_buffer)
+    if _backend.NAME != "tensorflow":
+        return _array_load(name, recipe, batch_size, augment, shuffle_seed, shuffle_buffer,
+                           drop_test_remainder)
     source = _source(name, data_dir)
     info = DataInfo(name, source.num_classes, recipe.input_shape,
                     _cardinality(source.train), _cardinality(source.test))
@@ -295,16 +310,14 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
     """
     recipe = _recipe(name)
     samples = validation.check_positive_int("samples", samples)
+    if _backend.NAME != "tensorflow":
+        x_train, y_train = _arrays(name)[:2]
+        chosen = _sample_mask(name, len(y_train), samples, seed)
+        return (array_data.preprocess(x_train[:len(chosen)][chosen], array_data.RECIPES[name][1]),
+                y_train[:len(chosen)][chosen].astype(np.int32))
     source = _source(name, data_dir)
-    available = _cardinality(source.train)
-    if samples > available:
-        raise ValueError(
-            f"The {name} training split holds {available} examples; "
-            f"samples={samples} is too many.")
-    pool = min(available, max(SHUFFLE_BUFFER, samples))
-    chosen = np.zeros(pool, bool)
-    chosen[np.random.default_rng(seed).choice(pool, samples, replace=False)] = True
-    chosen = tf.constant(chosen)
+    chosen = tf.constant(_sample_mask(name, _cardinality(source.train), samples, seed))
+    pool = len(chosen)
     sample = (source.train.take(pool).enumerate()
               .filter(lambda index, example: chosen[index])
               .map(lambda index, example: example))
@@ -339,7 +352,9 @@ def augmented_sample(name: str, samples: int, *, batch_size: int, seed: int,
         raise ValueError(
             f"The {name} training split gives {info.train_size // batch_size} batches of "
             f"{batch_size}; samples={samples} is too many.")
-    batches = list(train.take(-(-samples // batch_size)).as_numpy_iterator())
+    count = -(-samples // batch_size)
+    batches = (list(train.take(count).as_numpy_iterator()) if _backend.NAME == "tensorflow"
+               else [train[index] for index in range(count)])
     return (np.concatenate([x for x, _ in batches])[:samples],
             np.concatenate([y for _, y in batches])[:samples])
 
@@ -381,6 +396,51 @@ def _recipe(name: str) -> _Recipe:
     return _RECIPES[name.partition("/")[0]]
 
 
+def _sample_mask(name: str, available: int, samples: int, seed: int) -> np.ndarray:
+    """Which of the first examples of the training split form the measurement sample.
+
+    A boolean mask over the first ``min(available, max(SHUFFLE_BUFFER, samples))``
+    examples with `samples` True entries, drawn by NumPy from `seed`.
+    """
+    if samples > available:
+        raise ValueError(
+            f"The {name} training split holds {available} examples; "
+            f"samples={samples} is too many.")
+    pool = min(available, max(SHUFFLE_BUFFER, samples))
+    chosen = np.zeros(pool, bool)
+    chosen[np.random.default_rng(seed).choice(pool, samples, replace=False)] = True
+    return chosen
+
+
+def _arrays(name: str) -> Split:
+    """The NumPy splits of an in-memory data set; off TensorFlow, TFDS names say they need it."""
+    if name not in _ARRAYS:
+        raise ValueError(
+            f"The data set {name!r} comes from TensorFlow Datasets, which needs TensorFlow; "
+            f"Keras runs on {_backend.NAME!r}. Use {sorted(_ARRAYS)}, or KERAS_BACKEND="
+            "tensorflow with TensorFlow installed.")
+    return _ARRAYS[name]()
+
+
+def _array_load(name: str, recipe: _Recipe, batch_size: int, augment: bool,
+                shuffle_seed: int | None, shuffle_buffer: int,
+                drop_test_remainder: bool) -> tuple[Any, Any, DataInfo]:
+    """`load` off TensorFlow: `cb_keras.array_data` batches of an in-memory data set."""
+    x_train, y_train, x_test, y_test = _arrays(name)
+    info = DataInfo(name, int(y_train.max()) + 1, recipe.input_shape, len(y_train), len(y_test))
+    if info.train_size < batch_size:
+        raise ValueError(
+            f"The {name} training split holds {info.train_size} examples, fewer than "
+            f"batch_size={batch_size}; every batch would be dropped. Lower batch_size.")
+    train_steps, test_steps = array_data.RECIPES[name]
+    train = array_data.TrainingBatches(x_train, y_train, train_steps if augment else test_steps,
+                                       batch_size, shuffle_seed, shuffle_buffer)
+    if drop_test_remainder:
+        kept = len(y_test) - len(y_test) % batch_size
+        x_test, y_test = x_test[:kept], y_test[:kept]
+    return train, array_data.InOrderBatches(x_test, y_test, test_steps, batch_size), info
+
+
 def _source(name: str, data_dir: str | None) -> _Source:
     """The unprocessed splits of a data set."""
     if name in _ARRAYS:
@@ -401,7 +461,7 @@ def _tfds_source(tfds_name: str, data_dir: str | None, test_split: str) -> _Sour
     return _Source(train, test, builder.info.features["label"].num_classes)
 
 
-def _not_prepared_message(tfds_name: str, builder: tfds.core.DatasetBuilder) -> str:
+def _not_prepared_message(tfds_name: str, builder: "tfds.core.DatasetBuilder") -> str:
     root = builder.data_dir_root
     return (
         f"TFDS data set '{tfds_name}' is not prepared in data_dir {root} (looked for "

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-# Functions of cb_keras.measurement and cb_keras.bundles traced per network or shape.
-EXPECTED_RETRACING = ("_Measurer._fingerprints", "_layer_metrics", "_hash_rows",
-                      "_stats_per_layer")
+# Functions of cb_keras._backend.tf_kernels traced per network or shape.
+EXPECTED_RETRACING = ("forward_function.<locals>.run", "_layer_metrics", "_hash_rows",
+                      "stats_per_layer")
 
 
 class ExpectedRetracing(logging.Filter):

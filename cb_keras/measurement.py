@@ -1,9 +1,10 @@
 """`measure`: the bundle metrics of a^(1)..a^(L) of a model on a fixed sample.
 
 `measure(model, x, y, ...)` takes the first `samples` examples (`take_sample`),
-runs the probe model (`cb_keras.probe`) on them inside one `tf.function` per
+runs the probe model (`cb_keras.probe`) on them inside one compiled function per
 forward batch that also fingerprints every measured output
-(`bundles.fingerprint`), so only ``N x L x 4`` integers leave the graph,
+(`bundles.fingerprint`; `tf.function` on TensorFlow, `jax.jit` on JAX), so
+only ``N x L x 4`` integers leave the compiled function,
 then groups the fingerprints per layer (`bundles.bundle_stats`) and returns a
 `ConflictReport`. The probe and its traced functions are cached per model
 and layer selection (`_measurer`).
@@ -17,9 +18,9 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from cb_keras import bundles, validation
+from cb_keras import _backend, bundles, validation
+from cb_keras._backend import kernels
 from cb_keras.probe import LayersArg, check_layers, entry_points, probe_model, select_taps
 from cb_keras.report import ConflictReport, LayerResult
 
@@ -106,14 +107,14 @@ def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
     """The first `samples` examples of `x`, `y` as NumPy: ``(x[:n], y[:n])``.
 
     `x` is an array or a nested structure of arrays with `y` an array, or a
-    `tf.data.Dataset` of ``(x, y)`` (or ``(x, y, sample_weight)``) batches
-    with `y` None; a nested list of numbers is one array (`input_arrays`).
+    `tf.data.Dataset` or `keras.utils.PyDataset` of ``(x, y)`` (or
+    ``(x, y, sample_weight)``) batches with `y` None; a nested list of numbers is one array (`input_arrays`).
     Raises TypeError for inputs that are not numeric arrays with a sample
     axis, and ValueError for a wrong `samples`, a length mismatch, an empty
     source, or `y` given with a Dataset (or missing without one).
     """
     validation.check_positive_int("samples", samples)
-    if isinstance(x, tf.data.Dataset):
+    if _backend.is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset):
         if y is not None:
             raise ValueError(
                 "x is a tf.data.Dataset, so it must yield (x, y) batches and y must "
@@ -123,7 +124,7 @@ def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
         raise ValueError(
             "y is None but x is not a tf.data.Dataset; pass the integer labels y "
             "of x, or a Dataset of (x, y) batches as x.")
-    sample_x = tf.nest.map_structure(lambda a: a[:samples], input_arrays(x))
+    sample_x = keras.tree.map_structure(lambda a: a[:samples], input_arrays(x))
     sample_y = np.asarray(y)[:samples]
     if _num_samples(sample_x) != len(sample_y):
         raise ValueError(
@@ -141,18 +142,18 @@ def input_arrays(x: Any) -> Any:
     axis (strings, ragged lists, scalars).
     """
     if isinstance(x, (list, tuple)) and x \
-            and all(np.ndim(leaf) == 0 for leaf in tf.nest.flatten(x)):
+            and all(np.ndim(leaf) == 0 for leaf in keras.tree.flatten(x)):
         try:
             x = np.asarray(x)
         except ValueError as error:  # ragged nesting
             raise TypeError(
                 f"x is a nested list that is not rectangular ({error}); pass a NumPy "
                 "array of shape (N, ...).") from error
-    arrays = tf.nest.map_structure(np.asarray, x)
-    if not tf.nest.flatten(arrays):
+    arrays = keras.tree.map_structure(np.asarray, x)
+    if not keras.tree.flatten(arrays):
         raise TypeError(f"x holds no arrays (got {x!r}); pass the samples as an array "
                         "of shape (N, ...).")
-    for array in tf.nest.flatten(arrays):
+    for array in keras.tree.flatten(arrays):
         if array.ndim == 0 or not (np.issubdtype(array.dtype, np.number)
                                    or array.dtype == np.bool_):
             raise TypeError(
@@ -162,32 +163,32 @@ def input_arrays(x: Any) -> Any:
     return arrays
 
 
-def _sample_from_dataset(dataset: tf.data.Dataset, samples: int) -> tuple[Any, np.ndarray]:
+def _sample_from_dataset(dataset: Any, samples: int) -> tuple[Any, np.ndarray]:
     """Concatenate the first batches of a Dataset of (x, y) batches up to `samples`."""
     xs, ys, count = [], [], 0
     for element in dataset:
         if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
             raise ValueError(
                 "the Dataset must yield (x, y) or (x, y, sample_weight) batches; got "
-                f"elements of structure {tf.nest.map_structure(lambda t: t.shape, element)}.")
+                f"elements of structure {keras.tree.map_structure(lambda t: t.shape, element)}.")
         if np.ndim(element[1]) == 0:
             raise ValueError(
                 "the Dataset yields single examples, not batches; batch it first, e.g. "
                 "dataset.batch(64).")
-        xs.append(tf.nest.map_structure(np.asarray, element[0]))
+        xs.append(keras.tree.map_structure(np.asarray, element[0]))
         ys.append(np.asarray(element[1]))
         count += len(ys[-1])
         if count >= samples:
             break
     if not ys:
         raise ValueError("the Dataset is empty; pass the training data to measure on.")
-    sample_x = tf.nest.map_structure(lambda *parts: np.concatenate(parts)[:samples], *xs)
+    sample_x = keras.tree.map_structure(lambda *parts: np.concatenate(parts)[:samples], *xs)
     return sample_x, np.concatenate(ys)[:samples]
 
 
 def _num_samples(x: Any) -> int:
     """Length of the leading axis of the (first) input array."""
-    return len(tf.nest.flatten(x)[0])
+    return len(keras.tree.flatten(x)[0])
 
 
 class _Measurer:
@@ -196,14 +197,11 @@ class _Measurer:
     def __init__(self, model: keras.Model, layers: LayersArg):
         taps = select_taps(model, layers)
         self.names = [tap.name for tap in taps]
-        entries, self.entries_of = entry_points(taps, tf.nest.flatten(model.inputs))
+        entries, self.entries_of = entry_points(taps, keras.tree.flatten(model.inputs))
         self.probe = probe_model(model, taps, entries)
-        # Not reduce_retracing: `bundles.fingerprint` needs a static batch size
-        # to know the feature size, so each chunk size gets its own trace
-        # (at most two per sample size: full chunks and the remainder).
-        self._fingerprint_batch = tf.function(self._fingerprints)
+        self._fingerprint_batch = kernels.forward_function(self.probe, self._fingerprints)
 
-    def measure(self, x: Any, labels: tf.Tensor, constants: tuple, num_classes: int,
+    def measure(self, x: Any, labels: np.ndarray, constants: tuple, num_classes: int,
                 eval_batch_size: int) -> list[LayerResult]:
         """Per-layer results on the sample `x` with (N,) int32 `labels`.
 
@@ -216,20 +214,24 @@ class _Measurer:
             raise ValueError(
                 f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}.")
         chunks = [self._fingerprint_batch(
-                      tf.nest.map_structure(lambda a: a[start:start + eval_batch_size], x),
+                      keras.tree.map_structure(lambda a: a[start:start + eval_batch_size], x),
                       *constants)
                   for start in range(0, num_samples, eval_batch_size)]
-        stats = _stats_per_layer(tf.concat(chunks, axis=1), labels, num_classes)
-        return [_layer_result(name, *values)
-                for name, values in zip(self.names, zip(*(s.numpy() for s in stats)))]
+        stats = kernels.stats_per_layer(keras.ops.concatenate(chunks, axis=1), labels,
+                                        num_classes)
+        return [_layer_result(name, *values) for name, values in
+                zip(self.names, zip(*(keras.ops.convert_to_numpy(s) for s in stats)))]
 
-    def _fingerprints(self, x, w_max, learning_rate, inverse_batch_size) -> tf.Tensor:
-        """Forward pass (inference mode); (L, n, K) int64 fingerprints of the measured outputs.
+    def _fingerprints(self, probe_outputs, w_max, learning_rate, inverse_batch_size) -> Any:
+        """(L, n, K) fingerprints of the measured outputs, from the probe's outputs on a batch.
+
+        Traced by the backend's compiler with the probe's forward pass
+        (inference mode) on the batch (`kernels.forward_function`).
 
         A layer whose entries (`cb_keras.probe.entry_points`) hold NaN or inf gets the
         diverged fingerprint -1 in every row, whatever its outputs are.
         """
-        outputs, entries = self.probe(x, training=False)
+        outputs, entries = probe_outputs
         finite = [bundles.all_finite(entry) for entry in entries]
         fingerprints = []
         for name, indices in zip(self.names, self.entries_of):
@@ -239,22 +241,8 @@ class _Measurer:
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from error
             fingerprints.append(bundles.mark_diverged(
-                layer, tf.reduce_all([finite[i] for i in indices])))
-        return tf.stack(fingerprints)
-
-
-@tf.function(reduce_retracing=True)
-def _stats_per_layer(fingerprints: tf.Tensor, labels: tf.Tensor,
-                     num_classes: int) -> tuple[tf.Tensor, ...]:
-    """(L, N, K) fingerprints -> (L,) num_bundles, bundle_entropy, max_accuracy, diverged.
-
-    One graph for every model (the layer axis is a loop), so measuring many
-    models does not retrace it.
-    """
-    return tf.map_fn(
-        lambda layer: bundles.bundle_stats(layer, labels, num_classes)
-        + (bundles.diverged(layer),),
-        fingerprints, fn_output_signature=(tf.int32, tf.float32, tf.float32, tf.bool))
+                layer, keras.ops.all(keras.ops.stack([finite[i] for i in indices]))))
+        return keras.ops.stack(fingerprints)
 
 
 def _layer_result(name: str, num_bundles, bundle_entropy, max_accuracy,

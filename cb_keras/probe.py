@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from typing import Any, Union
 
 import keras
-import tensorflow as tf
 
 from cb_keras import layer_kinds
 from cb_keras.graph import Graph, model_graph, producer_node, residuals
@@ -281,7 +280,7 @@ def probe_model(model: keras.Model, taps: list[_Tap], entries: Sequence = ()) ->
         inputs = model.input
     except AttributeError:  # a Sequential built by calling it on data
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    used_names = set(_all_layer_names(model)) | {t.name for t in tf.nest.flatten(inputs)}
+    used_names = set(_all_layer_names(model)) | {t.name for t in keras.tree.flatten(inputs)}
     measured = {tap.name: tap.tensor(used_names) for tap in taps}
     return keras.Model(inputs, (measured, list(entries)) if entries else measured,
                        name=f"{model.name}_probe")

@@ -22,11 +22,10 @@ no weights and save and load with the model.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from cb_keras import batch_norm
-
-BRANCH_SCALE_EPSILON = 1e-6
+from cb_keras._backend import kernels
+from cb_keras._backend.constants import BRANCH_SCALE_EPSILON  # noqa: F401  (the scale's epsilon)
 
 
 @keras.saving.register_keras_serializable(package="cb_keras")
@@ -64,15 +63,7 @@ class ScaledBranchTap(Tap):
         return input_shape[0]
 
     def measured(self, inputs):
-        branch, conv1, conv2 = inputs
-        branch = tf.cast(branch, tf.float32)
-        # MulNoNan equals Mul here (a scale is never 0: `_scale` turns the one
-        # way to get 0 into NaN), but Grappler's arithmetic optimizer would
-        # reassociate two plain Muls by scalars into branch * (s2 * s1),
-        # which rounds differently from the reference in about a third of
-        # the values.
-        return tf.math.multiply_no_nan(tf.math.multiply_no_nan(branch, _scale(conv2)),
-                                       _scale(conv1))
+        return kernels.scaled_branch(*inputs)
 
 
 def strip_taps(model: keras.Model) -> keras.Model:
@@ -113,14 +104,3 @@ def strip_taps(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(functional, clone_function=clone_function,
                                     call_function=call_function)
 
-
-def _scale(x):
-    """``1.0 / sqrt(var(x) + 1e-6)`` in float32, the variance over all axes of `x`.
-
-    A division, not rsqrt (they round differently). An infinite variance
-    would give a scale of 0 and hide a diverged branch; it gives NaN instead,
-    so the layer is reported as diverged.
-    """
-    variance = tf.math.reduce_variance(tf.cast(x, tf.float32))
-    scale = 1.0 / tf.math.sqrt(variance + BRANCH_SCALE_EPSILON)
-    return tf.where(tf.math.is_finite(variance), scale, tf.constant(float("nan")))

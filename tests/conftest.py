@@ -1,29 +1,55 @@
-"""Test session setup: quiet TensorFlow, two logical CPU devices, golden data.
+"""Test session setup: the Keras backend, two CPU devices, golden data.
 
-Two logical CPU devices must be configured before TensorFlow initialises its
-runtime, so it happens here at import time; tests of
-`tf.distribute.MirroredStrategy` use them (`cpu_devices` fixture).
+The backend is ``KERAS_BACKEND`` (default TensorFlow). Two CPU devices must
+be configured before the backend initialises its runtime, so it happens here
+at import time: two logical TensorFlow CPUs for `tf.distribute.MirroredStrategy`
+tests (`cpu_devices` fixture), two XLA host devices on JAX for
+`keras.distribution.DataParallel`. Tests marked ``tensorflow_only`` are
+skipped, with the reason shown, on other backends; TensorFlow is never
+imported there.
 """
 
 import os
 import pathlib
 
-import experiments  # noqa: F401  TensorFlow's process defaults, before TensorFlow
-
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("MPLBACKEND", "Agg")
+BACKEND = os.environ["KERAS_BACKEND"]
+if BACKEND == "tensorflow":
+    import experiments  # noqa: F401  TensorFlow's process defaults, before TensorFlow
+elif BACKEND == "jax":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=2").strip()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from cb_keras import data  # noqa: E402
+if BACKEND == "tensorflow":
+    import tensorflow as tf
 
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "tensorflow_only(reason): needs TensorFlow (tf.data, TFDS, SavedModel, "
+        "tf.distribute or a TensorFlow-specific bit-exact path); skipped on other backends")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``tensorflow_only`` tests on other backends, with their reason."""
+    if BACKEND == "tensorflow":
+        return
+    for item in items:
+        marker = item.get_closest_marker("tensorflow_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(
+                reason=f"TensorFlow only, Keras runs on {BACKEND}: {reason}"))
 
 # The golden files live in the repository (tests/data/README.md says how they
 # were made); CB_KERAS_FIXTURES points the tests at another copy.
@@ -38,7 +64,7 @@ def cpu_devices() -> list[str]:
 
 
 @pytest.fixture
-def mirrored_strategy(cpu_devices) -> tf.distribute.MirroredStrategy:
+def mirrored_strategy(cpu_devices) -> "tf.distribute.MirroredStrategy":
     """A MirroredStrategy over the two logical CPUs.
 
     ReductionToOneDevice, not the default collective all-reduce: collective
@@ -71,6 +97,7 @@ def nan_to_zero_relu(x):
 @pytest.fixture(scope="module")
 def sample():
     """The fixed measurement sample of 64 digits, ``(x, y)``."""
+    from cb_keras import data
     return data.measurement_sample("digits", 64)
 
 
