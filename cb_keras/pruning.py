@@ -64,7 +64,7 @@ from typing import Any, Union
 import keras
 
 from cb_keras import graph as graphs
-from cb_keras import layer_kinds, validation
+from cb_keras import importance, layer_kinds, validation
 from cb_keras.measurement import measure
 from cb_keras.models import ADD_SUFFIX
 from cb_keras.report import ConflictReport, LayerResult
@@ -596,3 +596,91 @@ def _by_name(blocks: Sequence[ResidualBlock], names: Iterable[str]) -> list[Resi
 def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     """A new layer with the same class, config and name (weights copied later)."""
     return layer.__class__.from_config(layer.get_config())
+
+
+def block_importance(model: keras.Model, x: Any, y: Any = None, *, method: str,
+                     layers: LayerSelector | None = None, shortcuts: Shortcuts | None = None,
+                     samples: int = 512, batch_size: int = 64, seed: int = 0,
+                     num_classes: int | None = None,
+                     learning_rate: float | None = None) -> dict[str, float]:
+    """One score per residual block for depth pruning; lower = removed first (docs/method.md §4.1).
+
+    Args:
+        model: a trained functional network with residual blocks (see
+            `residual_blocks`).
+        x: training inputs ``(N, ...)`` as NumPy (or a dict of arrays for a
+            model with named inputs); ``"conflicts"`` also takes a
+            ``tf.data.Dataset`` of ``(x, y)`` batches as `conflicting_blocks` does.
+        y: integer labels ``(N,)``; only ``"conflicts"`` uses them.
+        method: one of `cb_keras.importance.METHODS`: ``"conflicts"`` (bundle
+            metrics of each branch, `conflicting_blocks`), ``"block_influence"``
+            (ShortGPT: 1 - mean cosine of block input X and output Y),
+            ``"angular_distance"`` (mean arccos(cosine) / pi), ``"last"``
+            (deepest first), ``"random"`` (drawn with `seed`). X is the
+            block's shortcut input (its input for identity shortcuts and nested
+            layers, the projected input for projection shortcuts), Y the sum
+            after the Add (a nested layer's output); the last axis is the
+            feature axis and every other non-batch axis a position.
+        layers: nested layers that are blocks (see `residual_blocks`).
+        shortcuts: shortcut inputs of ambiguous blocks (see `residual_blocks`).
+        samples: use the first `samples` examples (default 512).
+        batch_size: examples per forward pass; for ``"conflicts"`` also the
+            *training* batch size of the bundle metric.
+        seed: the seed of ``"random"``.
+        num_classes, learning_rate: the bundle metric's C and training
+            learning rate; ``"conflicts"`` needs them.
+
+    Returns:
+        ``{block name: score}`` in graph order; `cb_keras.importance.removal_order`
+        gives the order of removal (ties: the deeper block first).
+
+    Raises:
+        ValueError: an unknown method, ``"conflicts"`` without `y`/labels,
+            `num_classes` or `learning_rate`, and the errors of `residual_blocks`.
+
+    Example:
+        >>> scores = block_importance(model, x_train, method="block_influence")
+        >>> smaller = remove_blocks(model, importance.removal_order(scores)[:2])
+    """
+    if method not in importance.METHODS:
+        raise ValueError(f"method must be one of {list(importance.METHODS)}, got {method!r}.")
+    found = _find(model, shortcuts, layers)
+    names = [item.block.name for item in found]
+    if method == "last":
+        return importance.last_scores(names)
+    if method == "random":
+        return importance.random_scores(names, seed)
+    if method == "conflicts":
+        if num_classes is None or learning_rate is None:
+            raise ValueError("method='conflicts' measures bundles, which needs the labels y "
+                             "and num_classes= and learning_rate= (the training learning "
+                             "rate); pass them.")
+        conflicts = conflicting_blocks(
+            model, x, y, num_classes=num_classes, learning_rate=learning_rate,
+            batch_size=batch_size, samples=samples, shortcuts=shortcuts, layers=layers)
+        return {block.name: importance.conflict_score(
+                    [conflicts.report[branch] for branch in block.branches],
+                    conflicts.report.num_samples) for block in conflicts.blocks}
+    sample = keras.tree.map_structure(lambda array: array[:samples], x)
+    pairs = _input_output_pairs(model, found).predict(sample, batch_size=batch_size, verbose=0)
+    score = (importance.block_influence if method == "block_influence"
+             else importance.angular_distance)
+    return {name: score(importance.cosines(pairs[2 * i], pairs[2 * i + 1]))
+            for i, name in enumerate(names)}
+
+
+def _input_output_pairs(model: keras.Model, found: list[_Found]) -> keras.Model:
+    """A model sharing `model`'s layers whose outputs are ``[X_1, Y_1, X_2, Y_2, ...]``:
+    each block's shortcut input (a nested layer's input) and its output, in graph order."""
+    pairs = {}
+
+    def record(block, operation, args, kwargs):
+        output = operation(*args, **kwargs)
+        shortcut = args[0] if block.kind == "layer" else \
+            _inputs(block, args)[block.shortcut_index]
+        pairs[block.name] = (shortcut, output)
+        return output
+
+    shared, _ = _rewired(model, found, record, copy=False)
+    outputs = [tensor for item in found for tensor in pairs[item.block.name]]
+    return keras.Model(shared.input, outputs, name=f"{model.name}_block_pairs")
