@@ -162,7 +162,10 @@ def study(network: str, seed: int, cfg: Config,
     trained = model.get_weights()
     lesion = pruning.Lesion(model, layers=layers)
     trainer.compile_model(lesion.model, recipe.OPTIMIZERS[cfg.optimizer](cfg.learning_rate))
-    fresh_optimizer = [np.zeros(v.shape, v.dtype) for v in lesion.model.optimizer.variables]
+    # The built optimizer's state (step 0, the learning rate, zero moments), restored before
+    # each healing: a fresh optimizer without a new traced train step.
+    fresh_optimizer = [keras.ops.convert_to_numpy(v)
+                       for v in lesion.model.optimizer.variables]
     cache: dict[frozenset, dict[str, Any]] = {}
     rows = []
     for method, order in orders.items():

@@ -42,6 +42,9 @@ def test_tiny_run_writes_rows_means_plot_and_results(tiny_run):
     assert len(rows) == 40
     assert {(row["network"], row["seed"]) for row in rows} == {
         (network, seed) for network in ("vit", "resnet") for seed in ("0", "1")}
+    # healing trains (a fresh optimizer state, not a zero learning rate)
+    assert any(row["healed_accuracy"] != row["removed_accuracy"] for row in rows
+               if row["network"] == "vit")
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["orders"]["vit"]["0"]["last"] == ["encoder2", "encoder1", "encoder0"]
     assert results["orders"]["resnet"]["1"]["last"] == [
