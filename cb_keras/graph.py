@@ -6,7 +6,8 @@ consumes each symbolic tensor. `residuals` finds the residual blocks in it:
 one `Residual` per ``keras.layers.Add`` call (and, with ``operators=True``,
 per ``+`` / ``keras.ops.add`` of two symbolic tensors, which Keras 3 records
 as operation nodes) whose inputs share an ancestor, with the input that is
-the shortcut told by structure (`shortcut_candidates`) and the branch inputs. The probe (`cb_keras.probe`) measures the branches;
+the shortcut told by structure (`shortcut_candidates`) and the branch inputs.
+The probe (`cb_keras.probe`) measures the branches;
 `cb_keras.pruning` removes or lesions them.
 """
 
