@@ -3,9 +3,11 @@
 `model_graph` reads a functional or Sequential model into a `Graph`: its
 layer calls (keras Nodes) in topological order, who produces and who
 consumes each symbolic tensor. `residuals` finds the residual blocks in it:
-one `Residual` per ``keras.layers.Add`` call whose inputs share an ancestor,
-with the input that is the shortcut told by structure (`shortcut_candidates`)
-and the branch inputs. The probe (`cb_keras.probe`) measures the branches;
+one `Residual` per ``keras.layers.Add`` call (and, with ``operators=True``,
+per ``+`` / ``keras.ops.add`` of two symbolic tensors, which Keras 3 records
+as operation nodes) whose inputs share an ancestor, with the input that is
+the shortcut told by structure (`shortcut_candidates`) and the branch inputs.
+The probe (`cb_keras.probe`) measures the branches;
 `cb_keras.pruning` removes or lesions them.
 """
 
@@ -16,6 +18,9 @@ import dataclasses
 from typing import Any
 
 import keras
+# The operation Keras 3 records for ``a + b`` / ``keras.ops.add(a, b)`` on symbolic
+# tensors; Keras exports no public name for it.
+from keras.src.ops.numpy import Add as OperatorAdd
 
 from cb_keras import layer_kinds
 
@@ -77,7 +82,16 @@ class Residual:
 
 
 def residual(add, graph: Graph) -> Residual | None:
-    """The residual block of an Add call, or None if its inputs share no ancestor."""
+    """The residual block of an Add call, or None if it is not one.
+
+    Not one: its inputs share no ancestor, or (``+`` operator) it adds fewer
+    than two symbolic tensors (``x + 1.0``) or broadcasts (an input's shape
+    differs from the output's).
+    """
+    if isinstance(add.operation, OperatorAdd) and (
+            len(add.input_tensors) != 2
+            or any(tuple(t.shape) != tuple(add.outputs[0].shape) for t in add.input_tensors)):
+        return None
     candidates = shortcut_candidates(add, graph)
     if not candidates:
         return None
@@ -85,11 +99,26 @@ def residual(add, graph: Graph) -> Residual | None:
     return Residual(add, inputs, tuple(candidates))
 
 
-def residuals(graph: Graph) -> list[Residual]:
-    """The residual blocks of a graph, in graph order."""
-    blocks = (residual(node, graph) for node in graph.nodes
-              if isinstance(node.operation, keras.layers.Add))
+def residuals(graph: Graph, operators: bool = False) -> list[Residual]:
+    """The residual blocks of a graph, in graph order.
+
+    Args:
+        graph: a model's call graph.
+        operators: also the ``+`` / ``keras.ops.add`` calls (`OperatorAdd`),
+            not only ``keras.layers.Add`` layers.
+    """
+    kinds = (keras.layers.Add, OperatorAdd) if operators else keras.layers.Add
+    blocks = (residual(node, graph) for node in graph.nodes if isinstance(node.operation, kinds))
     return [block for block in blocks if block is not None]
+
+
+def own_path(block: Residual, index: int, graph: Graph) -> list:
+    """The calls on input `index`'s own path: those it depends on and no other input
+    of the block's Add does, in graph order (the branch's layers, for a branch)."""
+    distances = [set(_ancestor_distances(t, graph)) for t in block.add.input_tensors]
+    others = set().union(*(d for i, d in enumerate(distances) if i != index))
+    nodes = {id(graph.producer[key]): graph.producer[key] for key in distances[index] - others}
+    return sorted(nodes.values(), key=graph.index)
 
 
 def model_graph(model: keras.Model) -> Graph:

@@ -46,6 +46,8 @@ COMMANDS = {
                   "architecture search: shrink a deep net at its conflicting blocks, restart"),
     "compare": ("experiments.compare",
                 "auto_tune vs fixed depths vs Keras Tuner: accuracy, cost, several seeds"),
+    "depth_prune": ("experiments.depth_prune",
+                    "depth pruning of a ViT and a ResNet: conflicts vs ShortGPT, angular, last"),
 }
 
 
