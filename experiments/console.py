@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from typing import Any, Mapping, Sequence
@@ -28,6 +29,18 @@ class CommandError(Exception):
     ``python -m experiments`` prints the message alone (no flag help, no
     traceback) and exits with status 1; the message says what to do.
     """
+
+
+def require_package(module: str, package: str, extra: str, needed_by: str) -> None:
+    """Fail with the install command when an optional package is missing.
+
+    Raises:
+        CommandError: `module` cannot be imported; names `package` and `extra`.
+    """
+    if importlib.util.find_spec(module) is None:
+        raise CommandError(
+            f"{needed_by} need the optional package {package}: pip install "
+            f"'cb_keras[{extra}]' (or drop them from --contestants).")
 
 
 def size_text(num_bytes: int) -> str:

@@ -21,7 +21,6 @@ after its last committed epoch.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import keras
@@ -30,22 +29,15 @@ import tensorflow as tf
 from experiments import console, recipe, tuner
 from experiments.rundir import STATE_FILE, RunDir
 
-EXTRA = "pip install 'cb_keras[optuna]'"
 JOURNAL = "optuna.journal"
 DIR_ATTR = "directory"  # user attribute: the trial's directory (kept when retried)
 PRUNERS = (None, "median")
 
 
 def require() -> None:
-    """Fail with the install command when Optuna is missing.
-
-    Raises:
-        console.CommandError: optuna cannot be imported.
-    """
-    if importlib.util.find_spec("optuna") is None:
-        raise console.CommandError(
-            f"The Optuna contestants need the optional package optuna: {EXTRA} (or drop "
-            "optuna_tpe_median and optuna_tpe_check from --contestants).")
+    """Fail in one line with the install command when optuna is missing."""
+    console.require_package("optuna", "optuna", "optuna",
+                            "The Optuna contestants (optuna_tpe_median, optuna_tpe_check)")
 
 
 class ReportAccuracy(keras.callbacks.Callback):

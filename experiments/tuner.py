@@ -34,7 +34,6 @@ running trial continues after its last committed epoch.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
@@ -44,21 +43,14 @@ from experiments import console, recipe, trial
 from experiments.config import TrainConfig
 from experiments.rundir import STATE_FILE, RunDir
 
-EXTRA = "pip install 'cb_keras[tuner]'"
 OBJECTIVE = "test_accuracy"
 MAX_TRIALS = 100  # the budget ends a search long before
 
 
 def require() -> None:
-    """Fail with the install command when keras-tuner is missing.
-
-    Raises:
-        console.CommandError: keras_tuner cannot be imported.
-    """
-    if importlib.util.find_spec("keras_tuner") is None:
-        raise console.CommandError(
-            f"The Keras Tuner contestants need the optional package keras-tuner: {EXTRA} "
-            "(or drop keras_tuner and keras_tuner_check from --contestants).")
+    """Fail in one line with the install command when keras-tuner is missing."""
+    console.require_package("keras_tuner", "keras-tuner", "tuner",
+                            "The Keras Tuner contestants (keras_tuner, keras_tuner_check)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cb_keras import models, rules
-from experiments import compare, console, strategy, tuner
+from experiments import compare, console, optuna_search, strategy, tuner
 from experiments.config import StrategyConfig, TrainConfig
 from experiments.rundir import RunDir
 
@@ -135,11 +135,14 @@ def test_the_oracle_seed_is_never_zero_which_keras_tuner_reads_as_random():
     assert [tuner.oracle_seed(s) for s in (0, 1, 2)] == [1, 2, 3]
 
 
-def test_keras_tuner_contestants_without_the_package_name_the_extra(monkeypatch):
-    monkeypatch.setattr(tuner.importlib.util, "find_spec",
-                        lambda name: None if name == "keras_tuner" else np)
-    with pytest.raises(console.CommandError, match=r"cb_keras\[tuner\]"):
-        tuner.require()
+@pytest.mark.parametrize("module, require, extra", [
+    ("keras_tuner", tuner.require, "tuner"), ("optuna", optuna_search.require, "optuna")])
+def test_search_contestants_without_the_package_name_the_extra(monkeypatch, module, require,
+                                                               extra):
+    monkeypatch.setattr(console.importlib.util, "find_spec",
+                        lambda name: None if name == module else np)
+    with pytest.raises(console.CommandError, match=rf"cb_keras\[{extra}\]"):
+        require()
 
 
 def test_tuner_budget_below_the_epochs_is_refused(parse):
