@@ -49,12 +49,11 @@ from cb_keras import data, files, importance, models, pruning, trainer
 from experiments import command, console, recipe, rundir, serving, vit
 from experiments.config import RunConfig
 from experiments.options import run as run_flags
+from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
 
 NETWORKS = ("vit", "resnet")
-DATASET = flags.DEFINE_enum(
-    "dataset", "digits", ["digits", "mnist5k"],
-    "Offline data set: digits (scikit-learn) or mnist5k (cb_keras[mnist5k]).")
+OFFLINE_DATASETS = ("digits", "mnist5k")
 NETWORK_LIST = flags.DEFINE_multi_enum(
     "networks", list(NETWORKS), list(NETWORKS),
     "vit: a small vision transformer of nested residual EncoderBlock layers; resnet: the "
@@ -68,23 +67,18 @@ VIT_HEADS = flags.DEFINE_integer("vit_heads", 2, "vit: attention heads.", lower_
 VIT_PATCH = flags.DEFINE_integer("vit_patch", 2, "vit: patch side in pixels.", lower_bound=1)
 RESNET_BLOCKS = define_int_list(
     "resnet_blocks", [3, 3, 0, 0], "resnet: blocks per stage, four integers.", __name__)
-EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs of each network.", lower_bound=1)
 HEAL_EPOCHS = flags.DEFINE_integer(
     "heal_epochs", 1, "Epochs of healing after each removal (0: none).", lower_bound=0)
-BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 64, "Training batch size (also the bundle metric's bs).", lower_bound=1)
-LEARNING_RATE = flags.DEFINE_float(
-    "learning_rate", 1e-3, "Learning rate (also the bundle metric's lr), > 0.")
-OPTIMIZER = flags.DEFINE_enum(
-    "optimizer", "adam", list(recipe.OPTIMIZERS), "Optimizer of training and healing.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of the first network; seed k is seed + k.")
 SEEDS = flags.DEFINE_integer("seeds", 3, "Networks trained per kind (seeds).", lower_bound=1)
 SCORE_SAMPLES = flags.DEFINE_integer(
     "score_samples", 512, "Training samples the scores are computed on.", lower_bound=1)
-flags.register_validator(LEARNING_RATE, lambda value: value > 0, "--learning_rate must be > 0.")
 flags.register_validator(RESNET_BLOCKS, lambda value: len(value) == 4 and sum(value) >= 2,
                          "--resnet_blocks must be four integers with at least 2 blocks.")
 flags.adopt_module_key_flags(run_flags)
+# --dataset, --epochs, --batch_size, --learning_rate, --optimizer (of training and
+# healing) and --seed (of the first network; seed k is seed + k) are the commands'
+# shared training flags; their defaults are train's, so the flagfile sets them.
+flags.adopt_module_key_flags(training_flags)
 
 CSV_FILE = "depth_prune.csv"
 MEAN_FILE = "depth_prune_mean.csv"
@@ -117,14 +111,24 @@ class Config:
 
 
 def read_flags() -> Config:
-    """The flags of `depth_prune`, read once."""
+    """The flags of `depth_prune`, read once.
+
+    Raises:
+        app.UsageError: a --dataset that is not offline (`OFFLINE_DATASETS`).
+    """
+    dataset = training_flags.DATASET.value
+    if dataset not in OFFLINE_DATASETS:
+        raise app.UsageError(f"depth_prune trains on an offline data set: --dataset must be one "
+                             f"of {', '.join(OFFLINE_DATASETS)}, not {dataset}.")
+    seed = training_flags.SEED.value
     return Config(
-        run_flags.run_config("depth_prune", __name__), DATASET.value,
+        run_flags.run_config("depth_prune", __name__), dataset,
         tuple(dict.fromkeys(NETWORK_LIST.value)), tuple(dict.fromkeys(METHOD_LIST.value)),
         {"blocks": VIT_BLOCKS.value, "dim": VIT_DIM.value, "heads": VIT_HEADS.value,
-         "patch": VIT_PATCH.value}, tuple(RESNET_BLOCKS.value), EPOCHS.value,
-        HEAL_EPOCHS.value, BATCH_SIZE.value, LEARNING_RATE.value, OPTIMIZER.value,
-        tuple(range(SEED.value, SEED.value + SEEDS.value)), SCORE_SAMPLES.value)
+         "patch": VIT_PATCH.value}, tuple(RESNET_BLOCKS.value), training_flags.EPOCHS.value,
+        HEAL_EPOCHS.value, training_flags.BATCH_SIZE.value, training_flags.LEARNING_RATE.value,
+        training_flags.OPTIMIZER.value, tuple(range(seed, seed + SEEDS.value)),
+        SCORE_SAMPLES.value)
 
 
 def build(network: str, cfg: Config, info: data.DataInfo) -> tuple[keras.Model, Any]:

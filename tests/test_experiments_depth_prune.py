@@ -15,7 +15,8 @@ from test_residual_kinds import ResidualMLP
 
 FLAGFILE = pathlib.Path(__file__).resolve().parents[1] / "flags" / "depth_prune_digits.cfg"
 TINY_RUN = ["--dataset=digits", "--vit_blocks=3", "--vit_dim=8", "--resnet_blocks=2,1,0,0",
-            "--epochs=1", "--heal_epochs=1", "--seeds=2", "--score_samples=64"]
+            "--epochs=1", "--heal_epochs=1", "--seeds=2", "--score_samples=64",
+            "--optimizer=adam"]
 
 
 def _command(*argv: str) -> None:
@@ -111,7 +112,13 @@ def test_the_flagfile_reads(parse):
     assert cfg.resnet_blocks == (3, 3, 0, 0) and cfg.vit["blocks"] == 6
 
 
+def test_a_dataset_that_needs_a_download_is_a_usage_error(parse):
+    parse(depth_prune, "--dataset=cifar10")
+    with pytest.raises(app.UsageError, match=r"--dataset must be one of digits, mnist5k"):
+        depth_prune.read_flags()
+
+
 def test_a_vit_that_does_not_fit_the_images_is_a_usage_error(tmp_path):
     with pytest.raises(app.UsageError, match=r"divisible by patch=3"):
         _command(f"--run_dir={tmp_path / 'bad'}", "--networks=vit", "--vit_patch=3",
-                 "--epochs=1", "--seeds=1")
+                 "--epochs=1", "--seeds=1", "--optimizer=adam")
