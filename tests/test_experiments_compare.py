@@ -156,8 +156,10 @@ def test_the_digits_flagfile_compares_the_main_job_with_three_seeds(parse):
     parse(compare, f"--flagfile={ROOT / 'flags' / 'compare_digits.cfg'}")
     cfg = compare.read_flags()
     assert cfg.seeds == [0, 1, 2] and cfg.tuner_budget == 60
-    assert cfg.cells == ["auto_tune", "vgg-d4", "vgg-d10", "vgg-d20",
-                         "keras_tuner", "keras_tuner_check"]
+    assert cfg.cells == ["auto_tune", "auto_tune_non_conflicting",
+                         "auto_tune_all_non_conflicting", "vgg-d4", "vgg-d10", "vgg-d20",
+                         "keras_tuner", "keras_tuner_check", "optuna_tpe_median",
+                         "optuna_tpe_check"]
     search = cfg.search.search_config
     assert (search.start_blocks, search.epochs, search.rule, search.samples) == (
         (3, 6, 12, 3), 30, "first_conflict", 64)
