@@ -13,12 +13,11 @@ warm-up (tracing and XLA compilation) and is not timed.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import cb_keras
+from benchmarks.bench_backends import median_seconds
 from benchmarks.reference_bundles import reference_bundles
 
 FEATURES = (10, 4096, 16384)
@@ -30,17 +29,6 @@ def layer(kind: str, samples: int, features: int, rng: np.random.Generator) -> n
     if kind == "healthy":
         return rng.uniform(0.0, 100.0, size=(samples, features)).astype(np.float32)
     return np.zeros((samples, features), np.float32)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
