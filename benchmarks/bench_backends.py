@@ -55,7 +55,7 @@ def worker(repeats: int, samples: int, size: int) -> dict[str, float]:
     import numpy as np
 
     import cb_keras
-    from cb_keras import data, models
+    from cb_keras.paper import data, models
 
     rng = np.random.default_rng(0)
     times = {}

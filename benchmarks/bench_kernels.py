@@ -10,7 +10,7 @@ each buys on the machine it runs on, and what XLA would. Each setting runs
 in a fresh process with those two variables set (TensorFlow reads the first
 when it starts): it builds the main job's start network (50-layer VGG,
 blocks 3,6,12,3, digits), compiles it as the commands do
-(`cb_keras.trainer.compile_model`, with ``jit_compile`` set for XLA), and
+(`cb_keras.autotune.trainer.compile_model`, with ``jit_compile`` set for XLA), and
 times the first train step on one batch of 64 (tracing,
 graph optimisation and XLA compilation included) and the median of
 ``--steps`` later steps. It prints seconds and the ratio of each setting's
@@ -39,7 +39,8 @@ def step_times(optimizer: str, steps: int, jit: bool) -> dict[str, float]:
     import keras
 
     from benchmarks.bench_main_job import OPTIMIZERS
-    from cb_keras import data, models, trainer
+    from cb_keras.autotune import trainer
+    from cb_keras.paper import data, models
 
     train, _, info = data.load("digits", batch_size=BATCH_SIZE, shuffle_seed=0)
     keras.utils.set_random_seed(0)

@@ -41,7 +41,8 @@ from typing import Callable
 import keras
 from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-from cb_keras import data, models, optimizers, trainer
+from cb_keras.autotune import trainer
+from cb_keras.paper import data, models, optimizers
 
 BLOCKS = (3, 6, 12, 3)
 BATCH_SIZE = 64
@@ -143,7 +144,8 @@ class PhaseClock:
 def instrument(clock: PhaseClock) -> None:
     """Charge the main job's work to phases (module docstring) by wrapping its functions."""
     from cb_keras.measurement import measure
-    from experiments import recipe, rundir, serving
+    from experiments.runtime import rundir, serving
+    from experiments.trials import recipe
 
     phases = {recipe.build_model: "model build", recipe.compile_model: "model build",
               models.build: "model build", measure: "measurement",

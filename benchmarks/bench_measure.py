@@ -2,7 +2,7 @@
 
 Run: ``python -m benchmarks.bench_measure [--samples 512] [--size 32] [--repeats 3]``
 
-Builds ``cb_keras.models.resnet([3, 6, 12, 3])`` (50 layers, 24 residual
+Builds ``cb_keras.paper.models.resnet([3, 6, 12, 3])`` (50 layers, 24 residual
 blocks, 48 measured outputs: each block's scaled branch and its output) on
 random ``size x size x 3`` images, then times, on the same `samples` inputs
 and with the same batch (all samples in one pass, which the branch scaling
@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import cb_keras
-from cb_keras import models
+from cb_keras.paper import models
 from cb_keras.probe import tap_names
 
 BLOCKS = (3, 6, 12, 3)

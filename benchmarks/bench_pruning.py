@@ -7,7 +7,7 @@ the weights) for 32x32x3 images, removes every second residual block
 (identity and projection blocks alike), and prints the parameters and the
 median latency of one inference call on a batch of --batch images for the
 original and the pruned network, and their ratio. The two networks take
-turns (`experiments.serving.latencies_ms`), so load from other processes
+turns (`experiments.runtime.serving.latencies_ms`), so load from other processes
 affects both alike.
 """
 
@@ -18,8 +18,9 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from cb_keras import models, pruning
-from experiments.serving import latencies_ms
+from cb_keras import pruning
+from cb_keras.paper import models
+from experiments.runtime.serving import latencies_ms
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

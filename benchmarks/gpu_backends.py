@@ -58,7 +58,7 @@ def measure_and_predict(samples: int, size: int, blocks: tuple[int, ...]
                         ) -> list[tuple[str, str]]:
     from benchmarks.bench_backends import median_seconds
     import cb_keras
-    from cb_keras import models
+    from cb_keras.paper import models
 
     keras.utils.set_random_seed(0)
     model = models.resnet(blocks, (size, size, 3), 10)
@@ -76,7 +76,7 @@ def measure_and_predict(samples: int, size: int, blocks: tuple[int, ...]
 
 def callback_share(samples: int, blocks: tuple[int, ...]) -> str:
     import cb_keras
-    from cb_keras import data, models
+    from cb_keras.paper import data, models
 
     def epoch_seconds(with_callback: bool) -> float:
         train, _, info = data.load("digits", batch_size=64, shuffle_seed=0)
@@ -98,10 +98,12 @@ def callback_share(samples: int, blocks: tuple[int, ...]) -> str:
 
 def main_job(quick: bool) -> str:
     try:
-        from cb_keras import autotune, optimizers  # noqa: F401  the papers' optimizer
+        from cb_keras import autotune
+        from cb_keras.paper import optimizers
     except ImportError as error:
         return f"not run: {error}"
-    from cb_keras import data, trainer
+    from cb_keras.autotune import trainer
+    from cb_keras.paper import data
 
     # flags/auto_tune_digits.cfg's setting (--quick: a small start, 1 epoch per run).
     train, test, info = data.load("digits", batch_size=64, shuffle_seed=0)
@@ -118,7 +120,8 @@ def main_job(quick: bool) -> str:
 
 
 def pruning_setting(epochs: int, quick: bool) -> list[tuple[str, str]]:
-    from cb_keras import data, models, pruning
+    from cb_keras import pruning
+    from cb_keras.paper import data, models
 
     try:
         train, test, info = data.load("mnist5k", batch_size=64, shuffle_seed=0)

@@ -1,8 +1,13 @@
 """cb_keras: conflicting bundles for Keras 3, on every Keras backend (TensorFlow, JAX).
 
-The submodules `autotune`, `data`, `models`, `optimizers` and `pruning` are
-imported on first use, so ``import cb_keras`` imports only Keras and the
-backend Keras runs on (never TensorFlow on another backend).
+The measuring core is this package's top level (`bundle_metrics`, `probe`,
+`measure`, `ConflictReport`, `ConflictingBundles`, and `pruning` for removing
+blocks). Its users sit in subpackages that the core never imports:
+`cb_keras.paper` (the papers' networks, optimizer, data and evaluation),
+`cb_keras.autotune` (the architecture search) and `cb_keras.integrations`
+(Optuna, Keras Tuner). `pruning`, `paper` and `autotune` are imported on first
+use, so ``import cb_keras`` imports only Keras and the backend Keras runs on
+(never TensorFlow on another backend).
 """
 
 import importlib
@@ -14,7 +19,7 @@ from cb_keras.measurement import measure
 from cb_keras.probe import probe
 from cb_keras.report import ConflictReport
 
-_SUBMODULES = ("autotune", "data", "models", "optimizers", "pruning")
+_SUBMODULES = ("autotune", "paper", "pruning")
 
 __all__ = ["BundleMetrics", "bundle_metrics", "weight_amplitude",
            "probe", "measure", "ConflictReport", "ConflictingBundles", *_SUBMODULES]

@@ -194,7 +194,7 @@ def _training_batch_size(x: Any, batch_size: int | None) -> int:
 
 def dataset_batch_size(x: Any) -> int | None:
     """The static batch size of a batched `tf.data.Dataset`, or the ``batch_size`` of a
-    `keras.utils.PyDataset` such as `cb_keras.data.load`'s off TensorFlow (None if unknown)."""
+    `keras.utils.PyDataset` such as `cb_keras.paper.data.load`'s off TensorFlow (None if unknown)."""
     if isinstance(x, keras.utils.PyDataset):
         size = getattr(x, "batch_size", None)
         return size if validation.is_int(size) else None

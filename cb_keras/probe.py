@@ -8,7 +8,7 @@ runs it to measure them.
 Which outputs ``layers="auto"`` measures
 ----------------------------------------
 1. If the model holds `cb_keras.taps.Tap` layers (the builders of
-   `cb_keras.models` place them), exactly those, each measured as
+   `cb_keras.paper.models` place them), exactly those, each measured as
    ``tap.measured(tap inputs)`` (for `ScaledBranchTap` the reference branch
    scaling).
 2. Otherwise, for any functional or Sequential model:

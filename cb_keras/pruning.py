@@ -9,7 +9,7 @@ functional graph (`residual_blocks`):
   input with the fewest Dense/Conv layers on its own path, and among equals
   the 1x1 projection), the others are the *residual branch*. The block is
   named after its Add layer without a trailing ``_add``: ``stage2_block1``
-  for `cb_keras.models.resnet` networks (``stage2_block1_add``),
+  for `cb_keras.paper.models.resnet` networks (``stage2_block1_add``),
   ``conv3_block1`` for ``keras.applications`` ResNets.
 - ``"operator"``: the same, written ``x + f(x)`` or ``keras.ops.add(x, f(x))``
   (two symbolic tensors of the output's shape; e.g. ``keras.applications``
@@ -66,7 +66,6 @@ import keras
 from cb_keras import graph as graphs
 from cb_keras import importance, layer_kinds, validation
 from cb_keras.measurement import measure
-from cb_keras.models import ADD_SUFFIX
 from cb_keras.report import ConflictReport, LayerResult
 
 Shortcuts = Mapping[str, int]
@@ -263,6 +262,10 @@ def _check_same_shape(node) -> None:
             f"{[tuple(t.shape) for t in outputs]}, but a block in layers= must return one "
             "tensor of its first input's shape (its removal is the identity). Pass only "
             "the residual layers in layers=, e.g. their class or names.")
+
+
+ADD_SUFFIX = "_add"
+"""A block is named after its Add layer without this suffix (``stage2_block1_add``)."""
 
 
 def _block_name(add: str) -> str:

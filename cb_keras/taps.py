@@ -1,6 +1,6 @@
 """Marker layers that tell the probe which outputs a^(l) to measure (docs/method.md §2).
 
-A builder that knows its architecture (``cb_keras.models``) places these
+A builder that knows its architecture (``cb_keras.paper.models``) places these
 identity layers in the forward graph; `cb_keras.probe` finds them and reads
 the measured tensor from them. They change nothing in the forward pass, hold
 no weights and save and load with the model.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import keras
 
-from cb_keras import batch_norm
 from cb_keras._backend import kernels
 from cb_keras._backend.constants import BRANCH_SCALE_EPSILON  # noqa: F401  (the scale's epsilon)
 
@@ -69,16 +68,18 @@ class ScaledBranchTap(Tap):
 def strip_taps(model: keras.Model) -> keras.Model:
     """`model` without its `Tap` layers, loadable by plain Keras (no cb_keras import).
 
-    Taps are identities in the forward pass, and each
-    `cb_keras.batch_norm.BesselBatchNormalization` becomes a plain
-    ``keras.layers.BatchNormalization`` with a copy of its weights (the same
-    inference; `cb_keras.batch_norm.plain`), so the result computes the same
-    outputs; it shares every other layer (and so every weight) with `model`.
+    Taps are identities in the forward pass, and a layer with a
+    ``serving_layer()`` method is replaced by the plain Keras layer it returns
+    (the same inference; e.g.
+    `cb_keras.paper.batch_norm.BesselBatchNormalization` becomes a
+    ``keras.layers.BatchNormalization`` with a copy of its weights), so the
+    result computes the same outputs; it shares every other layer (and so
+    every weight) with `model`.
     Use it before saving a model as ``.keras`` for serving: a saved model
     with cb_keras layers needs ``import cb_keras`` to load.
 
     Args:
-        model: a functional or Sequential Keras model (e.g. of `cb_keras.models`).
+        model: a functional or Sequential Keras model (e.g. of `cb_keras.paper.models`).
 
     Returns:
         A functional ``keras.Model`` with the same inputs, outputs and name.
@@ -98,8 +99,8 @@ def strip_taps(model: keras.Model) -> keras.Model:
         return layer(*args, **kwargs)
 
     def clone_function(layer):
-        return batch_norm.plain(layer) if isinstance(
-            layer, batch_norm.BesselBatchNormalization) else layer
+        serving_layer = getattr(layer, "serving_layer", None)
+        return serving_layer() if callable(serving_layer) else layer
 
     return keras.models.clone_model(functional, clone_function=clone_function,
                                     call_function=call_function)

@@ -30,7 +30,7 @@ _STARTUP_NOISE = re.compile(
 
 # Command name -> (module under experiments/, one-line description).
 # A new command is a module with its flags at its top, `read_flags()` and
-# `main(argv)` handing its work to `experiments.command`; add one line here.
+# `main(argv)` handing its work to `experiments.runtime.command`; add one line here.
 COMMANDS = {
     "train": ("experiments.train",
               "train fnn/vgg/resnet nets, bundle metrics of a^L every epoch"),
@@ -108,8 +108,8 @@ def _messages_without_traceback(command: str, command_main):
     exits with status 130; a full disk says which file did not fit (status 1). A flag
     absl cannot parse stays absl's two lines.
     """
-    from cb_keras.data import DatasetNotPreparedError
-    from experiments.console import CommandError
+    from cb_keras.paper.data import DatasetNotPreparedError
+    from experiments.runtime.console import CommandError
 
     def run(argv: list[str]) -> None:
         try:

@@ -5,11 +5,11 @@
 Starts from the network of --model (vgg or resnet) and --depth/--blocks (the
 papers: ``--model=vgg --depth=120``, blocks 3,12,41,3) and runs
 `cb_keras.autotune.auto_tune`: every training run is a trial of the `train`
-command's code (`experiments.trial.train_trial`, --epochs epochs, seed
+command's code (`experiments.trials.trial.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
 measured on --measure_samples training images (the papers: 64; see
 --measure_sample); on a conflict the architecture shrinks by --prune_rule (a
-version of the rule, `cb_keras.rules.VERSIONS`, docs/reproduction.md, which also
+version of the rule, `cb_keras.autotune.rules.VERSIONS`, docs/reproduction.md, which also
 sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
 
@@ -47,10 +47,13 @@ from typing import Any
 import tensorflow as tf
 from absl import app, flags
 
-from cb_keras import autotune, check, evaluation, files, models, rules, trainer
-from experiments import command, console, recipe, rundir, serving, trained, trial
-from experiments.callbacks import ScalarSummaries
-from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from cb_keras import autotune, files
+from cb_keras.autotune import check, rules, trainer
+from cb_keras.paper import evaluation, models
+from experiments.runtime import command, console, rundir, serving
+from experiments.trials import recipe, trained, trial
+from experiments.trials.callbacks import ScalarSummaries
+from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import source as source_flags

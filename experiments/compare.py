@@ -9,17 +9,17 @@ of --contestants with the same training flags:
   --model and --blocks/--depth, with its flags (--prune_rule, ...);
 - ``auto_tune_non_conflicting``, ``auto_tune_all_non_conflicting``: the
   same search with the reference's later rule versions, each with its own
-  check schedule (`cb_keras.rules.VERSIONS`: the second one also checks at
+  check schedule (`cb_keras.autotune.rules.VERSIONS`: the second one also checks at
   initialization);
 - ``fixed``: every depth of --fixed_depths of the papers' table, one
   network each (``vgg-d4``, ``vgg-d10``, ...), trained once for --epochs;
 - ``keras_tuner``: Keras Tuner's random search over blocks per stage, the
-  networks auto-tune can reach from its start (`experiments.tuner`), with a
+  networks auto-tune can reach from its start (`experiments.contestants.tuner`), with a
   budget of --tuner_budget epochs, each trial trained for --epochs;
 - ``keras_tuner_check``: the same search, but every trial runs auto-tune's
   a^L check and stops when a^L conflicts in its first epochs (scored 0);
 - ``optuna_tpe_median``, ``optuna_tpe_check``: the same search space and
-  budget with Optuna's TPE sampler (`experiments.optuna_search`), whose
+  budget with Optuna's TPE sampler (`experiments.contestants.optuna_search`), whose
   trials are pruned by Optuna's MedianPruner on the training accuracy, or
   by auto-tune's a^L check; pruned trials are never the result.
 
@@ -67,14 +67,17 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from cb_keras import files, models
-from experiments import (auto_tune, command, console, optuna_search, recipe, rundir, serving,
-                         trial, tuner)
-from experiments.config import RunConfig, TrainConfig
+from cb_keras import files
+from cb_keras.paper import models
+from experiments import auto_tune
+from experiments.contestants import optuna_search, tuner
+from experiments.runtime import command, console, rundir, serving
+from experiments.trials import recipe, trial
+from experiments.runtime.config import RunConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
-from experiments.rundir import RunDir
+from experiments.runtime.rundir import RunDir
 
 CONTESTANTS = ("auto_tune", "auto_tune_non_conflicting", "auto_tune_all_non_conflicting",
                "fixed", "keras_tuner", "keras_tuner_check", "optuna_tpe_median",
@@ -234,7 +237,7 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
 def auto_tune_config(cfg: Config, name: str, training: TrainConfig) -> auto_tune.Config:
     """The search of an auto_tune contestant: ``auto_tune`` as the flags say,
     ``auto_tune_<rule>`` with that rule version and its own check schedule
-    (`cb_keras.rules.VERSIONS`)."""
+    (`cb_keras.autotune.rules.VERSIONS`)."""
     if name == "auto_tune":
         return dataclasses.replace(cfg.search, training=training)
     return dataclasses.replace(cfg.search, training=training, rule=name[len("auto_tune_"):],

@@ -2,9 +2,9 @@
 
     python -m experiments depth_prune --flagfile=flags/depth_prune_digits.cfg
 
-For each network of --networks (``vit``: `experiments.vit`, a small vision
+For each network of --networks (``vit``: `experiments.trials.vit`, a small vision
 transformer of nested `EncoderBlock` layers; ``resnet``: the papers' ResNet
-`cb_keras.models.resnet` with --resnet_blocks) and each of --seeds seeds
+`cb_keras.paper.models.resnet` with --resnet_blocks) and each of --seeds seeds
 (--seed, --seed + 1, ...), it trains the network from scratch for --epochs
 on --dataset (no augmentation), then ranks its residual blocks with every
 method of --methods (`cb_keras.pruning.block_importance` on --score_samples
@@ -45,9 +45,12 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from cb_keras import data, files, importance, models, pruning, trainer
-from experiments import command, console, recipe, rundir, serving, vit
-from experiments.config import RunConfig
+from cb_keras import files, importance, pruning
+from cb_keras.autotune import trainer
+from cb_keras.paper import data, models
+from experiments.runtime import command, console, rundir, serving
+from experiments.trials import recipe, vit
+from experiments.runtime.config import RunConfig
 from experiments.options import run as run_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list

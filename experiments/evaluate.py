@@ -37,8 +37,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from experiments import command, console, recipe, rundir, strategy, trial
-from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.runtime import command, console, rundir, strategy
+from experiments.trials import recipe, trial
+from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
 

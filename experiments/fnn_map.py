@@ -4,7 +4,7 @@
 
 Trains an FNN for every (depth, width) of --depths x --widths (``--runs``
 seeds each) on --dataset, each in ``cells/d<depth>_w<width>/`` (one trial
-directory, see `experiments.trial`). Writes to the run directory:
+directory, see `experiments.trials.trial`). Writes to the run directory:
 
 - ``fnn_map.csv``: one row per cell (`CELL_COLUMNS`);
 - ``fnn_map.png``: test accuracy as a heat map (depth x width), with a line
@@ -28,13 +28,14 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
-from experiments import command, console, recipe, trial
-from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.runtime import command, console
+from experiments.trials import recipe, trial
+from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
-from experiments.rundir import RunDir
+from experiments.runtime.rundir import RunDir
 
 DEPTHS = define_int_list(
     "depths", [1, 2, 4, 8, 16, 32], "Hidden layers of the FNNs of the grid.", __name__)

@@ -3,7 +3,7 @@
     python -m experiments lesion --source_run=runs/<train run of a resnet>
     python -m experiments lesion --flagfile=flags/lesion_digits.cfg --source_run=...
 
-Loads the final network of --source_run (see `experiments.trained`),
+Loads the final network of --source_run (see `experiments.trials.trained`),
 measures the residual branch of every block on the run's measurement sample
 and splits the blocks into conflicting (bundle entropy > 0) and
 non-conflicting ones. Then, for each group -- ``conflicting``,
@@ -44,8 +44,9 @@ import numpy as np
 from absl import app, flags
 
 from cb_keras import files, pruning
-from experiments import command, console, rundir, serving, trained
-from experiments.config import RunConfig
+from experiments.runtime import command, console, rundir, serving
+from experiments.trials import trained
+from experiments.runtime.config import RunConfig
 from experiments.options import run as run_flags
 from experiments.options import source as source_flags
 

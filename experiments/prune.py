@@ -4,7 +4,7 @@
     python -m experiments prune --source_run=runs/<train run of a resnet>
 
 With --source_run, loads the final network of that run (see
-`experiments.trained`) and uses that run's own training flags (the training
+`experiments.trials.trained`) and uses that run's own training flags (the training
 and model flags given here are then ignored); without it, first trains the network given by the
 training and model flags (``--model=resnet``, seed --seed) into ``train/``
 of this run, with the `train` command's code. Then:
@@ -45,8 +45,9 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import pruning
-from experiments import command, console, recipe, rundir, serving, trained, trial
-from experiments.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.runtime import command, console, rundir, serving
+from experiments.trials import recipe, trained, trial
+from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import source as source_flags

@@ -32,9 +32,10 @@ from typing import Any
 import tensorflow as tf
 from absl import app, flags
 
-from experiments import command, console, recipe, trial
-from experiments.config import RunConfig, StrategyConfig, TrainConfig
-from experiments.rundir import RunDir
+from experiments.runtime import command, console
+from experiments.trials import recipe, trial
+from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
+from experiments.runtime.rundir import RunDir
 from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags

@@ -97,7 +97,7 @@ def nan_to_zero_relu(x):
 @pytest.fixture(scope="module")
 def sample():
     """The fixed measurement sample of 64 digits, ``(x, y)``."""
-    from cb_keras import data
+    from cb_keras.paper import data
     return data.measurement_sample("digits", 64)
 
 

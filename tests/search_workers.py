@@ -12,7 +12,7 @@ process of a multi-process search:
         trial writes MARKERS/<tuner id>_<trial id> when it starts and takes
         one second per epoch (so a test can kill a worker mid-trial).
 
-The networks: `cb_keras.models.fnn` 2 x `width` trained with SGD (momentum
+The networks: `cb_keras.paper.models.fnn` 2 x `width` trained with SGD (momentum
 0.9). With learning rate 0.1 it learns (about 0.85 validation accuracy
 after 3 epochs); with 50 its a^L collapses into one bundle after epoch 1.
 """
@@ -45,7 +45,7 @@ def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def build(learning_rate: float, width: int = 32, depth: int = 2) -> keras.Model:
     """The compiled network (seeded: the same hyperparameters give the same network)."""
-    from cb_keras import models
+    from cb_keras.paper import models
 
     keras.utils.set_random_seed(0)
     model = models.fnn(depth, width, (8, 8, 1), 10)

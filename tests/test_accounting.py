@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from absl import app
 
-from cb_keras import data, evaluation
-from experiments import auto_tune, evaluate, recipe, rundir, train, trial
-from experiments.config import TrainConfig
+from cb_keras.paper import data, evaluation
+from experiments import auto_tune, evaluate, train
+from experiments.runtime import rundir
+from experiments.trials import recipe, trial
+from experiments.runtime.config import TrainConfig
 
 
 def read_csv(path: pathlib.Path) -> list[dict[str, str]]:

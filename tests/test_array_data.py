@@ -1,14 +1,14 @@
-"""The NumPy pipeline of digits and mnist5k (`cb_keras.array_data`), used off TensorFlow.
+"""The NumPy pipeline of digits and mnist5k (`cb_keras.paper.array_data`), used off TensorFlow.
 
 Backend-neutral tests of its semantics, and (TensorFlow only) its
-preprocessing against `cb_keras.data`'s tf.data pipeline.
+preprocessing against `cb_keras.paper.data`'s tf.data pipeline.
 """
 
 import keras
 import numpy as np
 import pytest
 
-from cb_keras import array_data, data
+from cb_keras.paper import array_data, data
 
 BACKEND = keras.backend.backend()
 

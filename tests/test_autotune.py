@@ -14,8 +14,10 @@ import re
 import numpy as np
 import pytest
 
-from cb_keras import autotune, data, rules
-from cb_keras.trainer import TrainRequest, fit_trainer
+from cb_keras import autotune
+from cb_keras.autotune import rules
+from cb_keras.paper import data
+from cb_keras.autotune.trainer import TrainRequest, fit_trainer
 
 TINY_LR = 1e-7
 

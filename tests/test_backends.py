@@ -65,7 +65,7 @@ def test_import_and_measure_on_jax_load_no_tensorflow():
         model.compile("sgd", "sparse_categorical_crossentropy")
         model.fit(x, y, batch_size=8, epochs=1, verbose=0,
                   callbacks=[cb_keras.ConflictingBundles(x, y, batch_size=8)])
-        cb_keras.models, cb_keras.pruning
+        cb_keras.paper.models, cb_keras.pruning
         print(sorted(m for m in sys.modules
                      if m.split(".")[0] in ("tensorflow", "tensorflow_datasets")))
     """)
@@ -206,7 +206,8 @@ def numpy(x):
 
 
 def test_pruning_lesion_and_plain_keras_file_on_this_backend(tmp_path):
-    from cb_keras import models, pruning, taps
+    from cb_keras import pruning, taps
+    from cb_keras.paper import models
 
     keras.utils.set_random_seed(0)
     model = models.resnet([2, 1, 0, 0], (8, 8, 1), 10)

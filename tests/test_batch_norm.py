@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from cb_keras import models
-from cb_keras.batch_norm import BesselBatchNormalization, plain
+from cb_keras.paper import models
+from cb_keras.paper.batch_norm import BesselBatchNormalization
 from cb_keras.taps import strip_taps
 
 MOMENTUM = 0.99  # Keras's default, the reference's
@@ -78,13 +78,13 @@ def test_statistics_equal_tensorflows_fused_kernel(shape):
     np.testing.assert_allclose(np.asarray(outputs), fused.y, rtol=1e-5, atol=1e-5)
 
 
-def test_inference_is_keras_and_plain_copies_it():
+def test_inference_is_keras_and_serving_layer_copies_it():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(3, 4, 4, 5)).astype("float32")
     layer = BesselBatchNormalization(momentum=0.9, epsilon=1e-2, name="bn")
     layer.build(x.shape)
     layer.set_weights([rng.uniform(0.5, 2, 5).astype("float32") for _ in range(4)])
-    copy = plain(layer)
+    copy = layer.serving_layer()
     assert type(copy) is keras.layers.BatchNormalization
     assert (copy.name, copy.momentum, copy.epsilon) == ("bn", 0.9, 1e-2)
     np.testing.assert_array_equal(copy(x, training=False), layer(x, training=False))

@@ -1,4 +1,4 @@
-"""cb_keras.check: the check of a^L during training that decides a restart.
+"""cb_keras.autotune.check: the check of a^L during training that decides a restart.
 
 The tests force a conflict with a tiny learning rate: the transform
 ``t = w_max - a * lr / bs`` with lr = 1e-7 erases every difference between
@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from cb_keras import check as conflict_check
-from cb_keras import models, rules
-from cb_keras.check import ConflictCheck, Restart
+from cb_keras.autotune import check as conflict_check
+from cb_keras.autotune import rules
+from cb_keras.paper import models
+from cb_keras.autotune.check import ConflictCheck, Restart
 
 TINY_LR = 1e-7
 

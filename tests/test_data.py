@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cb_keras import data
+from cb_keras.paper import data
 
 MOCK_EXAMPLES = 70  # two full batches of 32 and a remainder of 6
 BATCH = 32

@@ -40,8 +40,8 @@ def test_the_pages_are_found():
 
 
 def test_the_anchor_rule_is_githubs():
-    assert anchor("Networks, optimizer and data (`cb_keras.models`)") == \
-        "networks-optimizer-and-data-cb_kerasmodels"
+    assert anchor("Networks, optimizer and data (`cb_keras.paper.models`)") == \
+        "networks-optimizer-and-data-cb_keraspapermodels"
     assert anchor("3. Auto-tune: architecture search") == "3-auto-tune-architecture-search"
     assert anchor("The papers' optimizer (`bench_main_job --part optimizers`)") == \
         "the-papers-optimizer-bench_main_job---part-optimizers"

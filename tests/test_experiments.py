@@ -19,13 +19,14 @@ import pytest
 import tensorflow as tf
 from absl import app, flags
 
-from cb_keras import data
-from experiments import evaluate, fnn_map, rundir, strategy, train
+from cb_keras.paper import data
+from experiments import evaluate, fnn_map, train
+from experiments.runtime import rundir, strategy
 from experiments.options import model as model_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
-from experiments.recipe import compile_model
-from experiments.trial import entropy_integral, train_trial
+from experiments.trials.recipe import compile_model
+from experiments.trials.trial import entropy_integral, train_trial
 
 FLAGS = flags.FLAGS
 FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"

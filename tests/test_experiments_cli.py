@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 
@@ -163,3 +164,27 @@ def test_multi_worker_strategy_trains_with_two_workers_and_the_chief_writes(tmp_
     assert [int(r["epoch"]) for r in read_metrics(run_dir)] == [0, 1, 2]  # 0: init
     assert json.loads((run_dir / "results.json").read_text())["finished"]
     assert not list(run_dir.rglob(".tmp*"))  # one writer: no torn or competing files
+
+
+def test_installing_adds_no_top_level_experiments_package_and_the_checkout_wins(tmp_path):
+    """`pip install` puts only cb_keras on the path, and ``python -m experiments``
+    run from the checkout finds its own mains even when another package named
+    ``experiments`` is installed."""
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(wheel_dir), str(ROOT)], check=True, capture_output=True,
+                   timeout=300)
+    (wheel,) = wheel_dir.glob("cb_keras-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        top_level = {name.split("/")[0] for name in archive.namelist()}
+    assert {name for name in top_level if not name.endswith(".dist-info")} == {"cb_keras"}
+
+    other = tmp_path / "site" / "experiments"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    (other / "__main__.py").write_text("raise SystemExit('the other experiments package')")
+    done = subprocess.run([sys.executable, "-m", "experiments", "--help"], cwd=ROOT,
+                          env={**ENV, "PYTHONPATH": str(tmp_path / "site")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "auto_tune" in done.stdout

@@ -15,10 +15,13 @@ import keras
 import numpy as np
 import pytest
 
-from cb_keras import models, rules
-from experiments import compare, console, optuna_search, strategy, tuner
-from experiments.config import StrategyConfig, TrainConfig
-from experiments.rundir import RunDir
+from cb_keras.autotune import rules
+from cb_keras.paper import models
+from experiments import compare
+from experiments.contestants import optuna_search, tuner
+from experiments.runtime import console, strategy
+from experiments.runtime.config import StrategyConfig, TrainConfig
+from experiments.runtime.rundir import RunDir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGV = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--runs=1",
@@ -104,7 +107,8 @@ def test_the_a_l_check_stops_conflicting_tuner_trials_and_scores_them_zero(tmp_p
     assert found["stopped_trials"] == len(stopped)
     assert found["blocks"] == max(trained, key=lambda t: t["score"])["blocks"]
     # The stop is auto-tune's check: a stopped network's a^L conflicts at init.
-    from cb_keras import data, measurement
+    from cb_keras import measurement
+    from cb_keras.paper import data
     x, y = data.measurement_sample("digits", 64)
     keras.utils.set_random_seed(0)
     model = models.build("vgg", (8, 8, 1), 10, blocks=stopped[0]["blocks"])
@@ -204,7 +208,8 @@ class Killed(keras.callbacks.Callback):
 def test_an_optuna_trial_left_running_by_a_killed_process_is_retried_in_its_directory(
         tmp_path, capsys):
     optuna = pytest.importorskip("optuna")
-    from experiments import optuna_search, trial
+    from experiments.contestants import optuna_search
+    from experiments.trials import trial
     training = TrainConfig(
         dataset="digits", data_dir=None, augment=False, epochs=2, batch_size=64,
         learning_rate=1e-3, optimizer="paper", seed=0, runs=1, test_every=1,

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import lesion, prune, rundir, trained
+from experiments import lesion, prune
+from experiments.runtime import rundir
+from experiments.trials import trained
 
 # A 6-layer ResNet (one identity block, one projection block) trained for one
 # epoch. The tiny learning rate makes every branch conflicting (a * lr / bs is

@@ -24,10 +24,11 @@ import tensorflow as tf
 from absl import flags
 
 import cb_keras
-from cb_keras import data, models
-from experiments import auto_tune, evaluate, rundir, serving, train
+from cb_keras.paper import data, models
+from experiments import auto_tune, evaluate, train
+from experiments.runtime import rundir, serving
 from experiments.options import training as training_flags
-from experiments.trial import train_trial
+from experiments.trials.trial import train_trial
 
 FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import shutil
 import pytest
 from absl import flags
 
-from experiments import auto_tune, rundir
+from experiments import auto_tune
+from experiments.runtime import rundir
 
 # --learning_rate=1e-7 makes a^L one bundle: run 0 (blocks 1,1,0,0) restarts
 # after epoch 1 as 0,1,0,0; --max_restarts=1 lets run 1 train its 2 epochs unchecked.

@@ -16,11 +16,13 @@ import pytest
 from absl import app
 
 import cb_keras
-from cb_keras import models, trainer
-from experiments import compare, evaluate, rundir, strategy, train
-from experiments.config import StrategyConfig
-from experiments.console import CommandError
-from experiments.trial import restore
+from cb_keras.autotune import trainer
+from cb_keras.paper import models
+from experiments import compare, evaluate, train
+from experiments.runtime import rundir, strategy
+from experiments.runtime.config import StrategyConfig
+from experiments.runtime.console import CommandError
+from experiments.trials.trial import restore
 
 TINY = ["--dataset=digits", "--model=fnn", "--depth=2", "--width=8", "--optimizer=adam",
         "--measure_samples=64", "--noexport", "--progress=none", "--epochs=1"]
@@ -170,7 +172,7 @@ def test_finite_float64_activations_beyond_float32_say_overflow_not_divergence()
 def test_timing_many_networks_logs_no_retracing_warning():
     import logging
 
-    from experiments import serving
+    from experiments.runtime import serving
 
     messages = []
     handler = logging.Handler()

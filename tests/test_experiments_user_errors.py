@@ -14,7 +14,7 @@ import pytest
 from absl import app, flags
 
 from experiments import auto_tune, lesion, prune, train
-from experiments.console import CommandError
+from experiments.runtime.console import CommandError
 
 TINY = ["--dataset=digits", "--model=fnn", "--depth=2", "--width=8", "--optimizer=adam",
         "--measure_samples=64", "--noexport", "--progress=none", "--epochs=1"]
@@ -63,7 +63,7 @@ def test_a_user_error_is_refused_before_the_run_directory_is_made(
 
 
 def test_a_non_finite_flag_is_never_written_as_null(tmp_path):
-    from experiments import rundir
+    from experiments.runtime import rundir
     with pytest.raises(rundir.RunDirError, match="--rate=inf is not a finite number"):
         rundir.RunDir(tmp_path / "run").start({"rate": float("inf"), "seed": 0})
     assert not (tmp_path / "run").exists()

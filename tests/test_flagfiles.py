@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from absl import flags
 
-from cb_keras import data, models
-from experiments import auto_tune, fnn_map, lesion, prune, rundir, train
-from experiments.config import TrainConfig
+from cb_keras.paper import data, models
+from experiments import auto_tune, fnn_map, lesion, prune, train
+from experiments.runtime import rundir
+from experiments.runtime.config import TrainConfig
 from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import training as training_flags
-from experiments.recipe import load_data
+from experiments.trials.recipe import load_data
 
 FLAGS = flags.FLAGS
 FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"

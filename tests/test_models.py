@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from cb_keras import data, models, optimizers
+from cb_keras.paper import data, models, optimizers
+from cb_keras.pruning import ADD_SUFFIX
 from cb_keras.taps import ScaledBranchTap, Tap
 
 
@@ -162,7 +163,7 @@ def test_residual_block_taps_and_add_inputs():
 def test_block_names_are_built_and_parsed_in_one_place():
     model = models.resnet([1, 2, 0, 0], (32, 32, 3), 10)
     names = [layer.name for layer in model.layers]
-    assert models.block_name(2, 2) + models.ADD_SUFFIX in names
+    assert models.block_name(2, 2) + ADD_SUFFIX in names
     parsed = {models.parse_block(name, models.BRANCH_TAP_SUFFIX) for name in names} - {None}
     assert parsed == {(1, 1), (2, 1), (2, 2)}
     assert models.parse_block("stage2_block1_out_tap", models.TAP_SUFFIX) is None

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cb_keras import optimizers
+from cb_keras.paper import optimizers
 from cb_keras._backend import optimizer_kernels
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

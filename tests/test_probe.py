@@ -92,7 +92,7 @@ def _randomise_batch_norm(model):
 
 
 def tapped_block():
-    """A residual block marked as the builders of cb_keras.models mark it."""
+    """A residual block marked as the builders of cb_keras.paper.models mark it."""
     keras.utils.set_random_seed(4)
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inputs)
@@ -452,7 +452,7 @@ def trained_resnet():
     keras.utils.set_random_seed(5)
     data = load_digits()
     x = (data.data[:512] / 16).astype("float32").reshape(-1, 8, 8, 1)
-    model = cb_keras.models.resnet([2, 1, 0, 0], (8, 8, 1), 10)
+    model = cb_keras.paper.models.resnet([2, 1, 0, 0], (8, 8, 1), 10)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True))
     model.fit(x, data.target[:512], batch_size=64, epochs=1, verbose=0)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cb_keras import models, pruning
+from cb_keras import pruning
+from cb_keras.paper import models
 from conftest import short_branch_block
 
 IDENTITY_BLOCK = "stage1_block2"    # 64 -> 64 filters, stride 1

@@ -1,10 +1,10 @@
-"""cb_keras.rules: the pure pruning rules of every version of the reference."""
+"""cb_keras.autotune.rules: the pure pruning rules of every version of the reference."""
 
 from __future__ import annotations
 
 import pytest
 
-from cb_keras import rules
+from cb_keras.autotune import rules
 
 
 def pattern_of(blocks, conflicting):

@@ -1,4 +1,4 @@
-"""The element-wise updates of `cb_keras.optimizers`, compiled for the running Keras backend.
+"""The element-wise updates of `cb_keras.paper.optimizers`, compiled for the running Keras backend.
 
 The updates are element-wise chains of a dozen operations over every weight.
 Run as separate kernels, each one reads and writes the whole tensor, which
@@ -98,7 +98,7 @@ def zero_of(step):
 
 
 def _radam(gradient, m, v, variable, c: dict, decay: bool):
-    """(m, v, variable) after one RAdam step; `c` holds `cb_keras.optimizers.RAdam`'s step scalars.
+    """(m, v, variable) after one RAdam step; `c` holds `cb_keras.paper.optimizers.RAdam`'s step scalars.
 
     TF-Addons 0.8.3's order of operations: the bias corrections divide.
     """

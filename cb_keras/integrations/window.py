@@ -2,7 +2,7 @@
 
 After each of the first `check_window` epochs of `fit` (and, with
 `check_at_init`, before the first one) the callback measures a^(L) on a
-fixed training sample, as auto-tune's check does (`cb_keras.check`,
+fixed training sample, as auto-tune's check does (`cb_keras.autotune.check`,
 docs/method.md §3): same sample (the first `samples` examples, 64 by
 default), same metric (`cb_keras.measure` with the training learning rate
 and batch size), same rule (a^(L) conflicts when its bundle entropy is
@@ -23,7 +23,7 @@ from cb_keras.measurement import take_sample
 from cb_keras.report import LayerResult
 
 SAMPLES = 64  # auto-tune's measurement sample (`AutoTuneConfig.samples`)
-WINDOW = 10  # auto-tune's check window (`cb_keras.rules.VERSIONS`)
+WINDOW = 10  # auto-tune's check window (`cb_keras.autotune.rules.VERSIONS`)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A *spec* names a network completely: ``{"model": "fnn", "depth": 5, "width": 50}``
 or ``{"model": "vgg" | "resnet", "blocks": [3, 6, 12, 3]}``. Trial state and
-results store it, and `experiments.recipe.build_model` rebuilds the network from it.
+results store it, and `experiments.trials.recipe.build_model` rebuilds the network from it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 from absl import app, flags
 
-from cb_keras import models, validation
+from cb_keras import validation
+from cb_keras.paper import models
 from experiments.options.parsers import define_int_list
 
 PAPER_DEPTHS = ', '.join(map(str, sorted(models.PAPER_BLOCKS)))

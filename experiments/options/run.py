@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import rundir
-from experiments.config import RunConfig
+from experiments.runtime import rundir
+from experiments.runtime.config import RunConfig
 
 RUNS_ROOT = flags.DEFINE_string(
     "runs_root", "runs", "Folder that holds the run directories (<runs_root>/<name>).")

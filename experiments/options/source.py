@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import rundir
+from experiments.runtime import rundir
 
 SOURCE_RUN = flags.DEFINE_string(
     "source_run", None,

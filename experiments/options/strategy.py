@@ -1,11 +1,11 @@
-"""--strategy, --devices: where training and bundle measurement run (see `experiments.strategy`)."""
+"""--strategy, --devices: where training and bundle measurement run (see `experiments.runtime.strategy`)."""
 
 from __future__ import annotations
 
 from absl import flags
 
-from experiments import rundir
-from experiments.config import StrategyConfig
+from experiments.runtime import rundir
+from experiments.runtime.config import StrategyConfig
 
 STRATEGY = flags.DEFINE_enum(
     "strategy", "none", ["none", "mirrored", "multi_worker"],

@@ -11,10 +11,11 @@ import dataclasses
 
 from absl import app, flags
 
-from cb_keras import bundles, data, evaluation
-from experiments import rundir
-from experiments.config import TrainConfig
-from experiments.recipe import OPTIMIZERS
+from cb_keras import bundles
+from cb_keras.paper import data, evaluation
+from experiments.runtime import rundir
+from experiments.runtime.config import TrainConfig
+from experiments.trials.recipe import OPTIMIZERS
 
 DATASET = flags.DEFINE_enum(
     "dataset", "digits", list(data.NAMES),

@@ -5,7 +5,7 @@ Layout (one *trial* is one training of one network with one seed)::
     runs/<name>/flags.json      every flag value of the run (key flags of the command)
                 environment.json  the settings that change its numbers: Python,
                                 Keras backend, versions, oneDNN and Grappler
-                                (`experiments.environment`)
+                                (`experiments.runtime.environment`)
                 results.json    the final numbers; written last, so it marks a
                                 finished run
                 <trial files>   for a single trial, directly in the run directory:
@@ -27,7 +27,7 @@ an epoch: it is written after the epoch's checkpoint, so a killed run resumes
 from the last epoch whose state was committed and loses at most the epoch in
 progress. Nothing is pickled: state is JSON, weights are Keras ``.weights.h5``.
 
-Flag-free: `experiments.command` opens the run directory that the flags
+Flag-free: `experiments.runtime.command` opens the run directory that the flags
 name (`experiments.options.run`); flag modules declare here which of their
 flags are operational (`operational`).
 """
@@ -50,7 +50,7 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 from cb_keras import files
-from experiments.console import CommandError, size_text
+from experiments.runtime.console import CommandError, size_text
 
 FLAGS_FILE = "flags.json"
 RESULTS_FILE = "results.json"

@@ -1,6 +1,6 @@
 """Optuna's TPE over blocks per stage, with an epoch budget: compare's Optuna contestants.
 
-The same search as `experiments.tuner` (same space, budget rule, trial
+The same search as `experiments.contestants.tuner` (same space, budget rule, trial
 training, test-accuracy score and a^L check), with Optuna
 (``pip install 'cb_keras[optuna]'``) instead of Keras Tuner: its TPE
 sampler (seeded with `tuner.oracle_seed`) proposes the blocks per stage,
@@ -26,8 +26,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from experiments import console, recipe, tuner
-from experiments.rundir import STATE_FILE, RunDir
+from experiments.contestants import tuner
+from experiments.runtime import console
+from experiments.trials import recipe
+from experiments.runtime.rundir import STATE_FILE, RunDir
 
 JOURNAL = "optuna.journal"
 DIR_ATTR = "directory"  # user attribute: the trial's directory (kept when retried)

@@ -6,7 +6,7 @@ reach from its start network, every network of the same family (``vgg`` or
 ``resnet``) with ``0 .. start[s]`` blocks in stage s and at least one block.
 Its oracle is Keras Tuner's `RandomSearchOracle` (seeded, so a search with
 and one without the check draw the same networks in the same order); every trial trains one
-network with the `train` command's code (`experiments.trial.train_trial`,
+network with the `train` command's code (`experiments.trials.trial.train_trial`,
 resumable after each epoch, in ``<directory>/trials/trial_<id>/``), and is
 scored by its test accuracy (mean of its last 5 epochs; the same number
 the fixed depths report).
@@ -16,7 +16,7 @@ have trained fewer than `budget` epochs, so the search trains at least
 `budget` epochs (and less than `budget` + one trial's epochs).
 
 With ``check``, every trial runs auto-tune's own check of a^L
-(`cb_keras.check.ConflictCheck`: same window, sample and pruning rule):
+(`cb_keras.autotune.check.ConflictCheck`: same window, sample and pruning rule):
 when a^L conflicts in a trial's first epochs and the rule would shrink the
 network, the trial stops there and is scored 0 (a network whose classes
 collapse into shared bundles; the worst score of the objective,
@@ -38,10 +38,11 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from cb_keras import check
-from experiments import console, recipe, trial
-from experiments.config import TrainConfig
-from experiments.rundir import STATE_FILE, RunDir
+from cb_keras.autotune import check
+from experiments.runtime import console
+from experiments.trials import recipe, trial
+from experiments.runtime.config import TrainConfig
+from experiments.runtime.rundir import STATE_FILE, RunDir
 
 OBJECTIVE = "test_accuracy"
 MAX_TRIALS = 100  # the budget ends a search long before
@@ -65,7 +66,7 @@ class Search:
             every trial's network).
         check: run auto-tune's a^L check in every trial.
         rule, window, at_init: the check's pruning rule and schedule
-            (`cb_keras.rules.VERSIONS`).
+            (`cb_keras.autotune.rules.VERSIONS`).
     """
 
     kind: str

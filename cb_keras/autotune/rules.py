@@ -26,7 +26,7 @@ plus its check schedule (`VERSIONS`; evidence in docs/reproduction.md):
 A stage may shrink to zero blocks (the network then skips it). A block is
 conflicting when its measured output is (docs/method.md §2): the block output
 ``stage{s}_block{b}_tap`` of a VGG net, the scaled residual branch
-``stage{s}_block{b}_branch_tap`` of a ResNet (`cb_keras.models` names them).
+``stage{s}_block{b}_branch_tap`` of a ResNet (`cb_keras.paper.models` names them).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from cb_keras import models, validation
+from cb_keras import validation
+from cb_keras.paper import models
 
 KINDS = ("vgg", "resnet")
 # The tap that decides whether a block conflicts, per model kind.

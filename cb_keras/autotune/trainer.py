@@ -21,9 +21,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from cb_keras import models, optimizers
+from cb_keras.paper import models, optimizers
 from cb_keras.callback import dataset_batch_size
-from cb_keras.evaluation import TestEvaluation
+from cb_keras.paper.evaluation import TestEvaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
 
     Args:
         train: training data for ``fit``: a ``tf.data.Dataset`` of (images,
-            labels) batches of a static size, e.g. from `cb_keras.data.load`
+            labels) batches of a static size, e.g. from `cb_keras.paper.data.load`
             (batched with ``drop_remainder=True``); it must be the request's
             batch size.
         test: test data for ``evaluate``, evaluated after each of the last 5
@@ -120,7 +120,7 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
             raise ValueError(
                 f"the training batches hold {dataset_batch_size(train)} examples but the "
                 f"search measures with batch_size={request.batch_size}; load the data "
-                "with that batch size (cb_keras.data.load(name, batch_size=...)), "
+                "with that batch size (cb_keras.paper.data.load(name, batch_size=...)), "
                 "batched with drop_remainder=True.")
         keras.utils.set_random_seed(request.seed)
         model = models.build(request.kind, input_shape, num_classes, blocks=request.blocks)

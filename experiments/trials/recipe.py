@@ -12,9 +12,10 @@ from typing import Any, Callable, Sequence
 
 import keras
 
-from cb_keras import data, models, optimizers, trainer
-from experiments.config import TrainConfig
-from experiments.console import CommandError
+from cb_keras.autotune import trainer
+from cb_keras.paper import data, models, optimizers
+from experiments.runtime.config import TrainConfig
+from experiments.runtime.console import CommandError
 
 # --optimizer: name -> the optimizer of that learning rate.
 OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
@@ -26,7 +27,7 @@ OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
 
 
 def spec_name(spec: dict[str, Any]) -> str:
-    """`cb_keras.models.spec_label` of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
+    """`cb_keras.paper.models.spec_label` of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
     return models.spec_label(spec["model"], spec.get("blocks"), depth=spec.get("depth"),
                              width=spec.get("width"))
 
@@ -39,12 +40,12 @@ def build_model(spec: dict[str, Any], input_shape: Sequence[int],
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
-    """`cb_keras.trainer.compile_model` with the configured optimizer and learning rate."""
+    """`cb_keras.autotune.trainer.compile_model` with the configured optimizer and learning rate."""
     trainer.compile_model(model, OPTIMIZERS[cfg.optimizer](cfg.learning_rate))
 
 
 def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
-    """``(train, test, info)`` of the configured data set (`cb_keras.data.load`).
+    """``(train, test, info)`` of the configured data set (`cb_keras.paper.data.load`).
 
     Raises:
         CommandError: the flags do not fit the data set (e.g. --batch_size
@@ -77,11 +78,11 @@ def check_data(cfg: TrainConfig) -> None:
 def measurement_sampler(cfg: TrainConfig) -> data.Sampler:
     """``sample(seed, epochs) -> (x, y)``: what the trial measures after `epochs` epochs.
 
-    ``cfg.measure_sample == "fixed"``: always `cb_keras.data.measurement_sample`
+    ``cfg.measure_sample == "fixed"``: always `cb_keras.paper.data.measurement_sample`
     (reproducible, no augmentation); ``"augmented"``: the first
     ``cfg.measure_samples`` examples of the shuffled, augmented training
     batches, drawn anew for every measurement and seeded by the trial's seed
-    and the epoch, as the reference measured (`cb_keras.data.sampler`).
+    and the epoch, as the reference measured (`cb_keras.paper.data.sampler`).
     """
     return data.sampler(cfg.dataset, cfg.measure_samples,
                         augmented=cfg.measure_sample == "augmented",

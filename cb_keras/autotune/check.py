@@ -2,7 +2,7 @@
 
 After each epoch of a check window the callback reads (or measures) the
 bundle entropy of a^(L); if it conflicts, it measures every block, shrinks
-the network by a pruning rule (`cb_keras.rules`) and, when that gives a
+the network by a pruning rule (`cb_keras.autotune.rules`) and, when that gives a
 smaller network, records a `Restart` and stops training
 (docs/method.md §3).
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
-from cb_keras.rules import block_names, conflict_pattern, first_conflicting_block, shrink
+from cb_keras.autotune.rules import block_names, conflict_pattern, first_conflicting_block, shrink
 
 Sample = Callable[[int], tuple[np.ndarray, np.ndarray]]  # completed epochs -> (x, y)
 

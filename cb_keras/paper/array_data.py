@@ -1,7 +1,7 @@
 """The in-memory data sets (digits, mnist5k) as NumPy batches, for every Keras backend.
 
-`cb_keras.data` uses this pipeline wherever Keras does not run on
-TensorFlow. It has the preprocessing and augmentation of `cb_keras.data`'s
+`cb_keras.paper.data` uses this pipeline wherever Keras does not run on
+TensorFlow. It has the preprocessing and augmentation of `cb_keras.paper.data`'s
 table, written in NumPy (``pad(n)``, TensorFlow's ``resize_with_pad`` of a
 square image, is the same bilinear zoom with half-pixel centres), and the
 same seed semantics: ``shuffle_seed`` seeds the shuffle order (a shuffle
@@ -83,7 +83,7 @@ def bright(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 _MNIST = ((convert, pad(32), crop(28), bright), (convert,))
-# name -> (training augmentation, test preprocessing), as `cb_keras.data`'s table.
+# name -> (training augmentation, test preprocessing), as `cb_keras.paper.data`'s table.
 RECIPES: dict[str, tuple[tuple[Step, ...], tuple[Step, ...]]] = {
     "digits": ((zero_pad(10), crop(8)), ()),
     "mnist5k": _MNIST,

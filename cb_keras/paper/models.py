@@ -32,7 +32,7 @@ each. The biases are trainable weights, so they count in the parameter
 counts and in ``w_max`` and get the optimizer's weight decay, as in the
 reference. BatchNormalization uses the Keras defaults, as the reference did,
 and updates its moving variance as the reference's did
-(`cb_keras.batch_norm.BesselBatchNormalization`).
+(`cb_keras.paper.batch_norm.BesselBatchNormalization`).
 
 Layer names (``s``, ``b`` count from 1; a block is named ``stage{s}_block{b}``,
 `block_name` builds it and `parse_block` reads it back from a layer name):
@@ -56,7 +56,8 @@ from collections.abc import Sequence
 import keras
 
 from cb_keras import validation
-from cb_keras.batch_norm import BesselBatchNormalization
+from cb_keras.pruning import ADD_SUFFIX
+from cb_keras.paper.batch_norm import BesselBatchNormalization
 from cb_keras.taps import ScaledBranchTap, Tap
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -76,7 +77,6 @@ KINDS = ("fnn", "vgg", "resnet")
 # Suffixes of the layers of a block named ``stage{s}_block{b}`` (module docstring).
 TAP_SUFFIX = "_tap"  # the output tap of a VGG block
 BRANCH_TAP_SUFFIX = "_branch_tap"  # the scaled residual branch tap of a ResNet block
-ADD_SUFFIX = "_add"  # the Add layer of a ResNet block
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 
 

@@ -199,7 +199,7 @@ class Lookahead(keras.optimizers.Optimizer):
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 "Lookahead wraps a Keras 3 optimizer instance such as "
-                f"cb_keras.optimizers.RAdam(), got {optimizer!r}.")
+                f"cb_keras.paper.optimizers.RAdam(), got {optimizer!r}.")
         if optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "Lookahead does not support an inner optimizer with "

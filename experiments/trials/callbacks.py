@@ -1,10 +1,10 @@
 """Per-epoch Keras callbacks of a trial: test split, TensorBoard scalars, commit.
 
-A trial (`experiments.trial.train_trial`) passes them to `fit` in this
+A trial (`experiments.trials.trial.train_trial`) passes them to `fit` in this
 order, after `cb_keras.ConflictingBundles` where noted, so each sees the
 numbers of the ones before it in the epoch's logs:
 
-1. `cb_keras.evaluation.TestEvaluation` adds ``test_loss`` and ``test_accuracy``;
+1. `cb_keras.paper.evaluation.TestEvaluation` adds ``test_loss`` and ``test_accuracy``;
 2. ``ConflictingBundles`` adds the bundle metrics of a^L;
 3. `EpochCommit` saves the checkpoint, metrics.csv and state.json;
 4. `ScalarSummaries` writes the numbers for TensorBoard.
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from experiments.rundir import STATE_FILE, RunDir
+from experiments.runtime.rundir import STATE_FILE, RunDir
 
 METRICS_FILE = "metrics.csv"
 _FIRST_COLUMNS = ("epoch", "loss", "accuracy", "test_loss", "test_accuracy")

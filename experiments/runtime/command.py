@@ -1,7 +1,7 @@
 """The skeleton every command's `main` shares: run directory, resume, results, summary.
 
 A command reads its flags once, at the top of `main`, into a frozen config
-(records of `experiments.config` and its own), and hands its work to
+(records of `experiments.runtime.config` and its own), and hands its work to
 `execute`:
 
     def main(argv):
@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 from absl import app
 
-from experiments import environment, strategy
-from experiments.config import RunConfig, StrategyConfig
-from experiments.rundir import RESULTS_FILE, RunDir, RunDirError, default_name
+from experiments.runtime import environment, strategy
+from experiments.runtime.config import RunConfig, StrategyConfig
+from experiments.runtime.rundir import RESULTS_FILE, RunDir, RunDirError, default_name
 
 Work = Callable[[RunDir, tf.distribute.Strategy], Mapping[str, Any]]
 
@@ -78,7 +78,7 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
     written to it, so it may sit on read-only storage. An unfinished run is
     locked for this process first (`RunDir.lock`); a new one records the
     settings that change its numbers, a resumed one warns if they changed
-    (`experiments.environment`).
+    (`experiments.runtime.environment`).
     """
     run = RunDir(locate(cfg, readable), writer=writer)
     finished = run.results is not None

@@ -19,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras import pruning
-from experiments import recipe, rundir
-from experiments.config import TrainConfig
-from experiments.trial import restore
+from experiments.runtime import rundir
+from experiments.trials import recipe
+from experiments.runtime.config import TrainConfig
+from experiments.trials.trial import restore
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ class Trained:
         x: the measurement sample, float32 ``(N, H, W, C)`` training images.
         y: its int32 labels ``(N,)``.
         num_classes: C.
-        spec: the network (see `experiments.recipe`).
+        spec: the network (see `experiments.trials.recipe`).
     """
 
     trial: rundir.RunDir

@@ -65,7 +65,7 @@ instead of trying the network.
 
 Backends: on TensorFlow the pipelines are ``tf.data`` as above. On every
 other Keras backend, digits and mnist5k come from the NumPy pipeline of
-`cb_keras.array_data` (same preprocessing, augmentation and seed semantics,
+`cb_keras.paper.array_data` (same preprocessing, augmentation and seed semantics,
 other random numbers; `load` returns `keras.utils.PyDataset` batches and
 `measurement_sample` the same arrays as on TensorFlow), and the TFDS data
 sets need TensorFlow.
@@ -80,7 +80,8 @@ from typing import Any
 
 import numpy as np
 
-from cb_keras import _backend, array_data, validation
+from cb_keras import _backend, validation
+from cb_keras.paper import array_data
 
 if _backend.NAME == "tensorflow":
     import tensorflow as tf
@@ -425,7 +426,7 @@ def _arrays(name: str) -> Split:
 def _array_load(name: str, recipe: _Recipe, batch_size: int, augment: bool,
                 shuffle_seed: int | None, shuffle_buffer: int,
                 drop_test_remainder: bool) -> tuple[Any, Any, DataInfo]:
-    """`load` off TensorFlow: `cb_keras.array_data` batches of an in-memory data set."""
+    """`load` off TensorFlow: `cb_keras.paper.array_data` batches of an in-memory data set."""
     x_train, y_train, x_test, y_test = _arrays(name)
     info = DataInfo(name, int(y_train.max()) + 1, recipe.input_shape, len(y_train), len(y_test))
     if info.train_size < batch_size:

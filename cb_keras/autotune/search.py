@@ -1,18 +1,18 @@
 """Auto-tune: the papers' architecture search by conflicting layer removal (docs/method.md §3).
 
 The search trains a plain (VGG-style) or residual network of the papers
-(`cb_keras.models`) epoch by epoch. It checks a^(L) on a training sample
+(`cb_keras.paper.models`) epoch by epoch. It checks a^(L) on a training sample
 after each of the first ``check_window`` epochs (and, if ``check_at_init``,
 once before the first epoch); if a^(L) is conflicting it measures every
-block, shrinks the architecture by a *pruning rule* (`cb_keras.rules`, which
+block, shrinks the architecture by a *pruning rule* (`cb_keras.autotune.rules`, which
 holds its three versions, `VERSIONS`: the papers' and two of the reference
-code's) and restarts training from scratch with the smaller network (`cb_keras.check.ConflictCheck` decides,
+code's) and restarts training from scratch with the smaller network (`cb_keras.autotune.check.ConflictCheck` decides,
 and records a `Restart`). It stops when one training run reaches its last
 epoch without a restart. When a^(L) conflicts but the rule cannot shrink the
 network (no block conflicts, or every block would go), the run goes on
 without a restart and the search says so.
 
-The search has no training loop: a *trainer* (`cb_keras.trainer.Trainer`)
+The search has no training loop: a *trainer* (`cb_keras.autotune.trainer.Trainer`)
 trains one network per `TrainRequest`, which carries the config's learning
 rate and batch size, the ones the check measures with. `fit_trainer` is a
 plain in-memory one; the ``python -m experiments auto_tune`` command passes
@@ -22,8 +22,8 @@ can resume the search with ``auto_tune(..., state=saved)``: finished
 restarts are never repeated.
 
 Example:
-    >>> train, test, info = cb_keras.data.load("digits", batch_size=64)
-    >>> x, y = cb_keras.data.measurement_sample("digits", 64)
+    >>> train, test, info = cb_keras.paper.data.load("digits", batch_size=64)
+    >>> x, y = cb_keras.paper.data.measurement_sample("digits", 64)
     >>> config = AutoTuneConfig(start_blocks=(3, 6, 12, 3), epochs=20)
     >>> trainer = fit_trainer(train, test, input_shape=info.input_shape,
     ...                       num_classes=info.num_classes)
@@ -42,12 +42,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from cb_keras import models, optimizers, validation
-from cb_keras.check import ConflictCheck, Restart, Sample
-from cb_keras.rules import VERSIONS, check_kind, check_rule
-from cb_keras.trainer import Trainer, TrainRequest, fit_trainer
+from cb_keras import validation
+from cb_keras.paper import models, optimizers
+from cb_keras.autotune.check import ConflictCheck, Restart, Sample
+from cb_keras.autotune.rules import VERSIONS, check_kind, check_rule
+from cb_keras.autotune.trainer import Trainer, TrainRequest, fit_trainer
 
-# fit_trainer moved to cb_keras.trainer; the old path still works (CHANGELOG.md, 0.1.0).
+# fit_trainer moved to cb_keras.autotune.trainer; the old path still works (CHANGELOG.md, 0.1.0).
 __all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "new_state", "fit_trainer"]
 
 
@@ -60,10 +61,10 @@ class AutoTuneConfig:
             ``(3, 12, 41, 3)``, the papers' 120-layer network.
         kind: ``"vgg"`` (plain, the papers') or ``"resnet"``.
         epochs: epochs of every training run; default 120.
-        rule: pruning rule, one of `cb_keras.rules.RULES`; default ``"first_conflict"``.
+        rule: pruning rule, one of `cb_keras.autotune.rules.RULES`; default ``"first_conflict"``.
         check_window: a^(L) is checked after each of the first
             `check_window` epochs of a run (epochs 1..check_window); default
-            None: the rule's version (`cb_keras.rules.VERSIONS`: 10, or 9 for
+            None: the rule's version (`cb_keras.autotune.rules.VERSIONS`: 10, or 9 for
             ``"all_non_conflicting"``).
         check_at_init: a^(L) is also checked before the first epoch of a
             run; default None: the rule's version (True only for
@@ -195,7 +196,7 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
         num_classes: C.
         sampler: instead of `x` and `y`, ``sampler(seed, epochs) -> (x, y)``
             draws the sample of each check: `seed` is the run's seed,
-            `epochs` its completed epochs (e.g. `cb_keras.data.sampler` with
+            `epochs` its completed epochs (e.g. `cb_keras.paper.data.sampler` with
             ``augmented=True``, as the reference measured).
         state: a state saved by `save_state` to resume; None (default) starts
             anew (`new_state`). It must come from the same config.
@@ -327,5 +328,5 @@ def _sample(x: np.ndarray, y: np.ndarray, samples: int) -> tuple[np.ndarray, np.
         raise ValueError(
             f"the measurement sample holds {len(x)} images and {len(y)} labels, but the "
             f"search measures on {samples}; pass at least that many (e.g. "
-            f"cb_keras.data.measurement_sample(name, {samples})) or lower samples.")
+            f"cb_keras.paper.data.measurement_sample(name, {samples})) or lower samples.")
     return x[:samples], y[:samples]

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from cb_keras import files, logs, pruning
 from cb_keras.taps import strip_taps
-from experiments.rundir import RunDir
+from experiments.runtime.rundir import RunDir
 
 EXPORT_DIR = "export"
 

@@ -22,8 +22,8 @@ import os
 import tensorflow as tf
 from absl import app, logging
 
-from experiments.config import StrategyConfig
-from experiments.console import CommandError
+from experiments.runtime.config import StrategyConfig
+from experiments.runtime.console import CommandError
 
 
 class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):

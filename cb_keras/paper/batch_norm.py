@@ -11,9 +11,9 @@ from it in that one respect and only in training; it is written with
 ``keras.ops`` alone, so it runs on every Keras backend.
 
 At inference both layers compute the same function of the same weights, so
-`plain` turns one into a ``keras.layers.BatchNormalization`` that plain
-Keras loads without cb_keras (`cb_keras.taps.strip_taps` does it before a
-network is saved for serving).
+`BesselBatchNormalization.serving_layer` turns one into a
+``keras.layers.BatchNormalization`` that plain Keras loads without cb_keras
+(`cb_keras.taps.strip_taps` calls it before a network is saved for serving).
 """
 
 from __future__ import annotations
@@ -76,13 +76,12 @@ class BesselBatchNormalization(keras.layers.BatchNormalization):
             epsilon=self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
 
+    def serving_layer(self) -> keras.layers.BatchNormalization:
+        """A built ``keras.layers.BatchNormalization`` with this layer's config, name and weights.
 
-def plain(layer: BesselBatchNormalization) -> keras.layers.BatchNormalization:
-    """A built ``keras.layers.BatchNormalization`` with `layer`'s config, name and weights.
-
-    Its inference equals `layer`'s; it does not share the weights (a copy).
-    """
-    copy = keras.layers.BatchNormalization.from_config(layer.get_config())
-    copy.build_from_config(layer.get_build_config())
-    copy.set_weights(layer.get_weights())
-    return copy
+        Its inference equals this layer's; it does not share the weights (a copy).
+        """
+        copy = keras.layers.BatchNormalization.from_config(self.get_config())
+        copy.build_from_config(self.get_build_config())
+        copy.set_weights(self.get_weights())
+        return copy

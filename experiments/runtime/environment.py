@@ -18,7 +18,7 @@ from typing import Mapping
 
 import keras
 
-from experiments.rundir import RunDir
+from experiments.runtime.rundir import RunDir
 
 ENVIRONMENT_FILE = "environment.json"
 # Environment variables that change how TensorFlow computes (experiments/__init__.py).

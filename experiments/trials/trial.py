@@ -8,7 +8,7 @@ read from the flags:
                          strategy=strategy, label="[a]")
 
 One trial trains ``spec`` for ``cfg.trained_epochs`` epochs (``cfg.epochs``,
-or one fewer with the reference accounting, `cb_keras.evaluation`) with
+or one fewer with the reference accounting, `cb_keras.paper.evaluation`) with
 `keras.Model.fit`, measures the bundles of a^L with
 `cb_keras.ConflictingBundles` at initialization and every
 ``cfg.measure_every`` epochs, tests every ``cfg.test_every`` epochs and in
@@ -38,14 +38,14 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
-from cb_keras.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
+from cb_keras.paper.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
 from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
-from experiments import console, serving
-from experiments.callbacks import EpochCommit, ScalarSummaries, number, write_metrics
-from experiments.config import TrainConfig
-from experiments.recipe import build_model, compile_model, load_data, measurement_sampler
-from experiments.rundir import STATE_FILE, RunDir, RunDirError, jsonable
+from experiments.runtime import console, serving
+from experiments.trials.callbacks import EpochCommit, ScalarSummaries, number, write_metrics
+from experiments.runtime.config import TrainConfig
+from experiments.trials.recipe import build_model, compile_model, load_data, measurement_sampler
+from experiments.runtime.rundir import STATE_FILE, RunDir, RunDirError, jsonable
 
 # before_training(untrained model, logs measured at initialization) -> do not train
 BeforeTraining = Callable[[keras.Model, dict[str, Any]], bool]
@@ -154,7 +154,7 @@ def summarize(history: list[dict[str, Any]], report: ConflictReport,
 
     Keys: ``epochs``; ``loss``, ``accuracy`` (training, last epoch);
     ``test_accuracy`` (mean over the tested epochs among the last
-    `last_epochs`, `cb_keras.evaluation.Accounting.last_epochs`),
+    `last_epochs`, `cb_keras.paper.evaluation.Accounting.last_epochs`),
     ``test_accuracy_last``, ``test_loss``; ``num_bundles``,
     ``bundle_entropy``, ``max_accuracy``, ``conflicting`` (a^L of the final
     network); ``layers`` (measured), ``conflicting_layers`` (their names);

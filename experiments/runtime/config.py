@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from cb_keras import data, evaluation
-from experiments.rundir import RunDirError
+from cb_keras.paper import data, evaluation
+from experiments.runtime.rundir import RunDirError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StrategyConfig:
-    """--strategy (none, mirrored or multi_worker) and --devices (see `experiments.strategy`)."""
+    """--strategy (none, mirrored or multi_worker) and --devices (see `experiments.runtime.strategy`)."""
 
     name: str
     devices: tuple[str, ...] = ()
@@ -45,8 +45,8 @@ class TrainConfig:
     """How to train and measure one network (the training flags as data).
 
     ``learning_rate`` and ``batch_size`` are held here once: the optimizer
-    (`experiments.recipe.compile_model`), the data batches
-    (`experiments.recipe.load_data`) and the bundle metric (`metric_step`)
+    (`experiments.trials.recipe.compile_model`), the data batches
+    (`experiments.trials.recipe.load_data`) and the bundle metric (`metric_step`)
     all take them from this record.
     """
 
@@ -68,7 +68,7 @@ class TrainConfig:
     progress: str  # "line", "bar" or "none"
     shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
     measure_sample: str = "fixed"  # or "augmented" (see recipe.measurement_sampler)
-    accounting: str = "cb_keras"  # or "reference" (cb_keras.evaluation.ACCOUNTINGS)
+    accounting: str = "cb_keras"  # or "reference" (cb_keras.paper.evaluation.ACCOUNTINGS)
 
     @property
     def metric_step(self) -> dict[str, Any]:

@@ -1,0 +1,16 @@
+"""Auto-tune: the papers' architecture search by conflicting layer removal (docs/method.md §3).
+
+- `search`: `auto_tune`, the search loop, and its `AutoTuneConfig` / `AutoTuneResult`.
+- `rules`: the pruning rules (three versions: docs/reproduction.md).
+- `check`: `ConflictCheck`, the a^(L) check during training, and its `Restart` record.
+- `trainer`: what the search calls to train one network (`fit_trainer`).
+
+Built on the measuring core (`cb_keras`) and the papers' setting (`cb_keras.paper`).
+"""
+
+from cb_keras.autotune import check, rules, search, trainer
+from cb_keras.autotune.search import AutoTuneConfig, AutoTuneResult, auto_tune, new_state
+from cb_keras.autotune.trainer import TrainOutcome, TrainRequest, fit_trainer
+
+__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "new_state", "fit_trainer",
+           "TrainRequest", "TrainOutcome", "check", "rules", "search", "trainer"]
