@@ -15,8 +15,8 @@ restarts; --final_epochs retrains the found network from scratch.
 
 Run directory (besides flags.json):
 
-- ``search.json``: the search state (`cb_keras.autotune.new_state`): every
-  run with its blocks, epochs, restart record and summary. Written
+- ``search.json``: the search state (`cb_keras.autotune.SearchState.to_dict`):
+  every run with its blocks, epochs, restart record and summary. Written
   atomically after every change; rerunning the command resumes from it and
   the current run's trial resumes after its last committed epoch.
 - ``run00/``, ``run01/``, ...: one trial directory per training run
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -50,6 +51,7 @@ from absl import app, flags
 from cb_keras import autotune, files
 from cb_keras.autotune import check, rules, trainer
 from cb_keras.paper import evaluation, models
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import command, console, rundir, serving
 from experiments.trials import recipe, trained, trial
 from experiments.trials.callbacks import ScalarSummaries
@@ -118,7 +120,7 @@ class Config:
     run: RunConfig
     strategy: StrategyConfig
     training: TrainConfig
-    spec: dict[str, Any]
+    spec: NetworkSpec
     rule: str
     check_window: int | None
     check_at_init: bool | None
@@ -130,7 +132,7 @@ class Config:
     def search_config(self) -> autotune.AutoTuneConfig:
         """The settings of `cb_keras.autotune.auto_tune`."""
         return autotune.AutoTuneConfig(
-            start_blocks=tuple(self.spec["blocks"]), kind=self.spec["model"],
+            start_blocks=self.spec.blocks, kind=self.spec.kind,
             epochs=self.training.trained_epochs, check_window=self.check_window,
             check_at_init=self.check_at_init, samples=self.training.measure_samples,
             rule=self.rule, max_restarts=self.max_restarts,
@@ -165,10 +167,10 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
         ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
     """
     spec = model_flags.model_spec()
-    if spec["model"] not in rules.KINDS:
+    if spec.kind not in rules.KINDS:
         raise app.UsageError(
             f"auto_tune shrinks block networks, so --model must be one of "
-            f"{list(rules.KINDS)}, got --model={spec['model']}; the papers start from "
+            f"{list(rules.KINDS)}, got --model={spec.kind}; the papers start from "
             "--model=vgg --depth=120.")
     if FINAL_EPOCHS.value is not None:
         try:
@@ -195,10 +197,10 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
     A run that restarted keeps only its last checkpoint once it is done.
     """
     directory = run.sub(f"run{request.run:02d}")
-    spec = {"model": request.kind, "blocks": list(request.blocks)}
     result = trial.train_trial(
-        directory, spec, dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
-        seed=request.seed, strategy=dist, label=f"[run {request.run} {recipe.spec_name(spec)}]",
+        directory, request.network,
+        dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
+        seed=request.seed, strategy=dist, label=f"[run {request.run} {request.network.label}]",
         callbacks=request.callbacks, until=until, before_training=request.before_training)
     if result["epochs"] < request.epochs:
         directory.prune_checkpoints(keep=1, protect=result["epochs"])
@@ -206,32 +208,29 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
                                 lambda: trained.load_trial(directory.path, cfg).model)
 
 
-def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any], cfg: Config,
-                          dist: tf.distribute.Strategy) -> bool:
+def finish_restarted_runs(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
+                          dist: tf.distribute.Strategy) -> autotune.SearchState:
     """Finish the runs whose restart is in `state` but whose trial is not done.
 
     A search killed right after saving a restart has not finished that run's
     trial (no conflicts.csv, no numbers in search.json). Its trial resumes
     from its checkpoints up to the restart's epoch, as the uninterrupted
-    search trained it, and the run's numbers go into `state`.
+    search trained it.
 
     Returns:
-        True if `state` changed.
+        `state` with the numbers of those runs (`state` itself if there were none).
     """
-    unfinished = [r for r in state["runs"] if r["restart"] and r["summary"] is None]
-    for record in unfinished:
+    for record in [r for r in state.runs if r.restart and r.summary is None]:
         request = trainer.TrainRequest(
-            run=record["run"], kind=cfg.spec["model"], blocks=tuple(record["blocks"]),
-            epochs=record["epochs"], seed=cfg.training.seed + record["run"],
+            run=record.run, kind=cfg.spec.kind, blocks=record.blocks,
+            epochs=record.epochs, seed=cfg.training.seed + record.run,
             **cfg.training.metric_step, callbacks=())
-        outcome = train_run(run, cfg.training, dist, request,
-                            until=record["restart"]["epoch"])
-        record.update(completed_epochs=outcome.completed_epochs,
-                      test_accuracy=outcome.test_accuracy, summary=outcome.summary)
-    return bool(unfinished)
+        outcome = train_run(run, cfg.training, dist, request, until=record.restart.epoch)
+        state = state.ended(record.run, outcome)
+    return state
 
 
-def read_search_state(run: rundir.RunDir, cfg: Config) -> dict[str, Any] | None:
+def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState | None:
     """search.json, checked against the search settings and the trial directories beside it.
 
     A search resumes only from a state that an uninterrupted search could
@@ -250,10 +249,23 @@ def read_search_state(run: rundir.RunDir, cfg: Config) -> dict[str, Any] | None:
     """
     trials = sorted(int(match.group(1)) for path in run.path.glob("run*")
                     if (match := _TRIAL_DIR.fullmatch(path.name)) and path.is_dir())
-    state = run.read_json(SEARCH_FILE)
-    if state is None and not trials:
+    data = run.read_json(SEARCH_FILE)
+    if data is None and not trials:
         return None
-    problem = _search_state_problem(run, state, cfg, trials)
+    state, problem = None, None
+    if data is None:
+        problem = (f"is missing, but the run directory holds the trials "
+                   f"{', '.join(f'run{k:02d}' for k in trials)} of a search")
+    elif not isinstance(data, dict) or data.get("config") != cfg.search_config.to_dict():
+        problem = "is not a search state of these flags (its 'config' differs or is missing)"
+    else:
+        try:
+            state = autotune.SearchState.from_dict(data, cfg.search_config)
+        except ValueError:
+            problem = (f"lacks its runs, or a run lacks one of the fields "
+                       f"{list(autotune.state.RUN_FIELDS)}")
+        else:
+            problem = _search_state_problem(run, state, cfg, trials)
     if problem:
         raise rundir.RunDirError(
             f"{run.file(SEARCH_FILE)} {problem}; it was lost, damaged or edited, and resuming "
@@ -263,52 +275,39 @@ def read_search_state(run: rundir.RunDir, cfg: Config) -> dict[str, Any] | None:
 
 
 _TRIAL_DIR = re.compile(r"run(\d{2,})")
-_RUN_KEYS = ("run", "blocks", "epochs", "final", "restart", "completed_epochs",
-             "test_accuracy", "summary")
 
 
-def _search_state_problem(run: rundir.RunDir, state: dict[str, Any] | None, cfg: Config,
+def _search_state_problem(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
                           trials: list[int]) -> str | None:
-    """What makes `state` not a state of this search with these trials, or None."""
-    if state is None:
-        return (f"is missing, but the run directory holds the trials "
-                f"{', '.join(f'run{k:02d}' for k in trials)} of a search")
-    if state.get("config") != rundir.jsonable(autotune.new_state(cfg.search_config)["config"]):
-        return "is not a search state of these flags (its 'config' differs or is missing)"
-    runs = state.get("runs")
-    if not isinstance(runs, list) or not runs or not all(
-            isinstance(r, dict) and set(_RUN_KEYS) <= set(r)
-            and isinstance(r["restart"], (dict, type(None))) for r in runs):
-        return f"lacks its runs, or a run lacks one of the fields {list(_RUN_KEYS)}"
-    if [r["run"] for r in runs] != list(range(len(runs))) or \
-            runs[0]["blocks"] != list(cfg.spec["blocks"]):
+    """What makes `state` not the state of this search with these trials, or None."""
+    runs = state.runs
+    if [r.run for r in runs] != list(range(len(runs))) or runs[0].blocks != cfg.spec.blocks:
         return "does not number its runs 0, 1, ... or does not start from --blocks"
-    for record, following in zip(runs, runs[1:] + [None]):
-        restart = record["restart"]
+    for record, following in zip(runs, runs[1:] + (None,)):
+        restart = record.restart
         if restart is None and following is not None and not (
-                following["final"] and record["summary"] is not None):
-            return f"has run {following['run']} after run {record['run']}, which did not restart"
+                following.final and record.summary is not None):
+            return f"has run {following.run} after run {record.run}, which did not restart"
         if restart is not None and following is None:
-            return (f"ends with the restart of run {record['run']} but lacks the run "
-                    f"that restart began (run {record['run'] + 1})")
-        if restart is not None and following["blocks"] != restart.get("blocks_after"):
-            return f"has run {following['run']} with other blocks than its restart gave"
-        ran = run.sub(f"run{record['run']:02d}").read_json(rundir.STATE_FILE) or {}
+            return (f"ends with the restart of run {record.run} but lacks the run "
+                    f"that restart began (run {record.run + 1})")
+        if restart is not None and following.blocks != restart.blocks_after:
+            return f"has run {following.run} with other blocks than its restart gave"
+        ran = run.sub(f"run{record.run:02d}").read_json(rundir.STATE_FILE) or {}
         if restart is None and ran.get("finished") and \
-                ran.get("completed_epochs", 0) < record["epochs"]:
-            return (f"lacks the restart of run {record['run']}, whose trial stopped after "
-                    f"epoch {ran['completed_epochs']} of {record['epochs']}")
+                ran.get("completed_epochs", 0) < record.epochs:
+            return (f"lacks the restart of run {record.run}, whose trial stopped after "
+                    f"epoch {ran['completed_epochs']} of {record.epochs}")
     missing = [k for k in trials if k >= len(runs)]
     if missing:
         return f"lacks run {missing[0]}, whose trial directory run{missing[0]:02d} exists"
     return None
 
 
-def restart_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row of restarts.csv per restart in the search state."""
-    records = [r["restart"] for r in state["runs"] if r["restart"]]
-    return [{**record, "restart": number,
-             **{key: " ".join(map(str, record[key])) for key in
+def restart_rows(records: Sequence[check.Restart]) -> list[dict[str, Any]]:
+    """One row of restarts.csv per restart, in order (`RESTART_COLUMNS`)."""
+    return [{**record.to_dict(), "restart": number,
+             **{key: " ".join(map(str, getattr(record, key))) for key in
                 ("conflicting_blocks", "blocks_before", "blocks_after")}}
             for number, record in enumerate(records, start=1)]
 
@@ -326,17 +325,20 @@ def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dic
     _, test, info = recipe.load_data(cfg.training, augment=False)
     summaries = ScalarSummaries(run.file(trial.TENSORBOARD_DIR), enabled=run.writer)
 
-    def save_state(state: dict[str, Any]) -> None:
-        run.write_json(SEARCH_FILE, state)
-        run.write_csv(RESTARTS_FILE, restart_rows(state), RESTART_COLUMNS)
+    def save_state(state: autotune.SearchState) -> None:
+        run.write_json(SEARCH_FILE, state.to_dict())
+        run.write_csv(RESTARTS_FILE, restart_rows(state.restarts), RESTART_COLUMNS)
 
     def on_restart(record: check.Restart) -> None:
         # Only checked runs restart and each restart adds one run: run k's is number k + 1.
         summaries.on_epoch_end(record.run, restart_scalars(record))
 
     state = read_search_state(run, cfg)
-    if state and finish_restarted_runs(run, state, cfg, dist):
-        save_state(state)
+    if state is not None:
+        finished = finish_restarted_runs(run, state, cfg, dist)
+        if finished is not state:
+            save_state(finished)
+        state = finished
     result = autotune.auto_tune(
         cfg.search_config, trial_trainer(run, cfg.training, dist), num_classes=info.num_classes,
         sampler=recipe.measurement_sampler(cfg.training),
@@ -345,15 +347,15 @@ def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dic
     if cfg.training.export:
         serving.export(run, result.model)
     serving.save_keras(result.model, run.file(KERAS_FILE))
-    start = recipe.build_model({"model": result.kind, "blocks": list(result.start_blocks)},
-                               info.input_shape, info.num_classes)
+    start = NetworkSpec(result.kind, result.start_blocks).build(info.input_shape,
+                                                                info.num_classes)
     batch = next(iter(test))[0]
     results = {
         "command": "auto_tune", "dataset": cfg.training.dataset,
         "accounting": cfg.training.accounting, **result.to_dict(),
         "start_latency_ms": serving.latency_ms(start, batch, cfg.latency_repeats),
         "final_latency_ms": serving.latency_ms(result.model, batch, cfg.latency_repeats),
-        "train_seconds": round(sum((r["summary"] or {}).get("train_seconds", 0.0)
+        "train_seconds": round(sum((r.summary or {}).get("train_seconds", 0.0)
                                    for r in result.runs), 1),
     }
     if run.writer:
@@ -401,7 +403,7 @@ def summary_text(results: dict[str, Any]) -> str:
         f"  restart {row['restart']}: run {row['run']} conflicted after epoch "
         f"{row['epoch']}, first conflicting block {row['first_conflicting_block']}: "
         f"{row['blocks_before']} -> {row['blocks_after']}"
-        for row in restart_rows({"runs": results["runs"]}))
+        for row in restart_rows([check.Restart.from_dict(r) for r in results["restarts"]]))
     accuracy = console.format_value(results["test_accuracy"], ".4f")
     return (f"auto_tune on {results['dataset']}: {results['num_restarts']} restarts, "
             f"{results['total_epochs']} epochs in all ({results['train_seconds']} s of "
@@ -415,7 +417,7 @@ def main(argv: list[str]) -> None:
     """Search (or resume) the architecture given by the flags and print the summary."""
     command.no_arguments("auto_tune", argv)
     cfg = read_flags()
-    command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
+    command.execute(cfg.run, f"{cfg.spec.label}_{cfg.training.dataset}",
                     lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy,
                     check=lambda: recipe.check_data(cfg.training))
 

@@ -69,6 +69,7 @@ from absl import app, flags
 
 from cb_keras import files
 from cb_keras.paper import models
+from cb_keras.paper.spec import NetworkSpec
 from experiments import auto_tune
 from experiments.contestants import optuna_search, tuner
 from experiments.runtime import command, console, rundir, serving
@@ -161,7 +162,7 @@ class Config:
         """Contestant cells in the order they train (fixed depths expanded)."""
         names = []
         for contestant in self.contestants:
-            names += ([f"{self.search.spec['model']}-d{d}" for d in self.fixed_depths]
+            names += ([f"{self.search.spec.kind}-d{d}" for d in self.fixed_depths]
                       if contestant == "fixed" else [contestant])
         return names
 
@@ -201,7 +202,7 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
     print(f"compare: {name}, seed {seed}", flush=True)
     training = dataclasses.replace(cfg.training, seed=seed, runs=1)
     label = f"[{name} seed {seed}]"
-    kind = cfg.search.spec["model"]
+    kind = cfg.search.spec.kind
     start = time.perf_counter()
     if name.startswith("auto_tune"):
         found = auto_tune.search(directory, auto_tune_config(cfg, name, training), dist)
@@ -211,7 +212,7 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
     elif name.startswith(("keras_tuner", "optuna")):
         search = cfg.search.search_config
         space = tuner.Search(
-            kind=kind, max_blocks=tuple(cfg.search.spec["blocks"]), budget=cfg.tuner_budget,
+            kind=kind, max_blocks=cfg.search.spec.blocks, budget=cfg.tuner_budget,
             training=training, check=name.endswith("_check"), rule=search.rule,
             window=search.check_window, at_init=search.check_at_init)
         outcome = (tuner.search(directory, space, dist, label) if name.startswith("keras_tuner")
@@ -219,7 +220,7 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
                        "_median") else None, dist, label))
     else:
         blocks = models.paper_blocks(int(name.rsplit("-d", 1)[1]))
-        result = trial.train_trial(directory, {"model": kind, "blocks": blocks}, training,
+        result = trial.train_trial(directory, NetworkSpec(kind, blocks), training,
                                    seed=seed, strategy=dist, label=label)
         outcome = {"blocks": blocks, **{k: result[k] for k in
                                         ("parameters", "test_accuracy", "epochs",
@@ -228,7 +229,7 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
             "layers": models.num_layers(outcome["blocks"]),
             "wall_seconds": round(time.perf_counter() - start, 1), "resumed": resumed}
     directory.write_json(CELL_FILE, cell)
-    print(f"compare: {name}, seed {seed}: {recipe.spec_name({'model': kind, **cell})}, test "
+    print(f"compare: {name}, seed {seed}: {NetworkSpec(kind, cell['blocks']).label}, test "
           f"accuracy {console.format_value(cell['test_accuracy'], '.4f')}, "
           f"{cell['epochs']} epochs, {cell['wall_seconds']} s", flush=True)
     return cell
@@ -281,8 +282,8 @@ def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:
     batch = next(iter(test))[0]
     out = {}
     for text in dict.fromkeys(blocks_text(c["blocks"]) for c in cells):
-        spec = {"model": cfg.search.spec["model"], "blocks": [int(b) for b in text.split(",")]}
-        model = recipe.build_model(spec, info.input_shape, info.num_classes)
+        spec = NetworkSpec(cfg.search.spec.kind, [int(b) for b in text.split(",")])
+        model = spec.build(info.input_shape, info.num_classes)
         out[text] = serving.latency_ms(model, batch, cfg.search.latency_repeats)
     return out
 
@@ -305,7 +306,7 @@ def tabulate(run: RunDir, cfg: Config, cells: list[dict[str, Any]],
                   CELL_COLUMNS)
     run.write_csv(name(ROWS_CSV), rows, ROW_COLUMNS)
     results = {"command": "compare", "dataset": cfg.training.dataset, "seeds": cfg.seeds,
-               "start_blocks": list(cfg.search.spec["blocks"]),
+               "start_blocks": list(cfg.search.spec.blocks),
                "tuner_budget": cfg.tuner_budget, "cells": cells, "rows": rows}
     if run.writer:
         files.save_png(figure(results), run.file(name(PLOT_FILE)))
@@ -376,7 +377,7 @@ def main(argv: list[str]) -> None:
     """Run (or resume) the comparison given by the flags and print its table."""
     command.no_arguments("compare", argv)
     cfg = read_flags()
-    readable = f"{recipe.spec_name(cfg.search.spec)}_{cfg.training.dataset}"
+    readable = f"{cfg.search.spec.label}_{cfg.training.dataset}"
     if cfg.partial:
         print(report_partial(cfg, readable), flush=True)
         return

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import command, console, rundir, strategy
 from experiments.trials import recipe, trial
 from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
@@ -108,7 +109,7 @@ def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, cfg: TrainCo
     _, test, info = recipe.load_data(cfg, augment=False)
     x, y = recipe.measurement_sampler(cfg)(state["seed"], checkpoints[-1][0])
     with dist.scope():
-        model = recipe.build_model(state["spec"], info.input_shape, info.num_classes)
+        model = NetworkSpec.from_dict(state["spec"]).build(info.input_shape, info.num_classes)
         recipe.compile_model(model, cfg)
     tests = {}
     for epoch, path in checkpoints:  # oldest first: the model ends at the newest

@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import command, console
 from experiments.trials import recipe, trial
 from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
@@ -88,7 +89,7 @@ def read_flags() -> Config:
 def train_cell(run: RunDir, depth: int, width: int, cfg: TrainConfig,
                dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train the runs of one FNN of the grid; its row of the table."""
-    spec = {"model": "fnn", "depth": depth, "width": width}
+    spec = NetworkSpec("fnn", depth=depth, width=width)
     trials = [trial.train_trial(directory, spec, cfg, seed=seed, strategy=dist,
                                 label=f"[d={depth} w={width} seed {seed}]")
               for seed, directory in trial.trial_dirs(run, f"cells/d{depth}_w{width}", cfg)]

@@ -45,6 +45,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import pruning
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import command, console, rundir, serving
 from experiments.trials import recipe, trained, trial
 from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
@@ -86,7 +87,7 @@ class Config:
     run: RunConfig
     strategy: StrategyConfig
     training: TrainConfig
-    spec: dict[str, Any] | None
+    spec: NetworkSpec | None
     source_run: str | None
     finetune_epochs: int
     latency_repeats: int
@@ -104,13 +105,13 @@ def read_flags() -> Config:
                   source, FINETUNE_EPOCHS.value, source_flags.LATENCY_REPEATS.value)
 
 
-def _resnet_spec() -> dict[str, Any]:
+def _resnet_spec() -> NetworkSpec:
     """The --model/--depth/--blocks network, which must be a resnet."""
     spec = model_flags.model_spec()
-    if spec["model"] != "resnet":
+    if spec.kind != "resnet":
         raise app.UsageError(
             f"prune removes residual blocks, so it needs --model=resnet (got "
-            f"--model={spec['model']}), or --source_run=<a train run of a resnet>.")
+            f"--model={spec.kind}), or --source_run=<a train run of a resnet>.")
     return spec
 
 
@@ -137,7 +138,7 @@ def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
     before["latency_ms"], after["latency_ms"] = serving.latencies_ms(
         [source.model, pruned], batch, repeats)
     return {
-        "command": "prune", "source": str(source.trial.path), "spec": source.spec,
+        "command": "prune", "source": str(source.trial.path), "spec": source.spec.to_dict(),
         "dataset": source.cfg.dataset, "blocks": found.names,
         "conflicting_blocks": found.conflicting,
         "removed_block_fraction": len(found.conflicting) / len(found.blocks),
@@ -218,7 +219,7 @@ def main(argv: list[str]) -> None:
     command.no_arguments("prune", argv)
     cfg = read_flags()
     readable = pathlib.Path(cfg.source_run).name if cfg.source_run else \
-        f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}"
+        f"{cfg.spec.label}_{cfg.training.dataset}"
     command.execute(cfg.run, readable, lambda run, dist: train_and_prune(run, cfg, dist),
                     summary_table, cfg.strategy,
                     check=lambda: trained.check_residual_source(cfg.source_run)

@@ -32,6 +32,7 @@ from typing import Any
 import tensorflow as tf
 from absl import app, flags
 
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import command, console
 from experiments.trials import recipe, trial
 from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
@@ -69,7 +70,7 @@ class Config:
     run: RunConfig
     strategy: StrategyConfig
     training: TrainConfig
-    spec: dict[str, Any]
+    spec: NetworkSpec
 
 
 def read_flags() -> Config:
@@ -84,7 +85,7 @@ def train(run_dir: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[st
                                 label=f"[seed {seed}]" if cfg.training.runs > 1 else "")
               for seed, directory in trial.trial_dirs(run_dir, "", cfg.training)]
     return {
-        "command": "train", "spec": cfg.spec, "dataset": cfg.training.dataset,
+        "command": "train", "spec": cfg.spec.to_dict(), "dataset": cfg.training.dataset,
         "trials": trials, **trial.mean_std(trials, AGGREGATED),
         "conflicting_trials": sum(bool(t["conflicting"]) for t in trials),
     }
@@ -96,7 +97,7 @@ def summary_table(results: dict[str, Any]) -> str:
     if len(rows) > 1:
         for stat in ("mean", "std"):
             rows.append({"seed": stat, **{k: results[f"{k}_{stat}"] for k in AGGREGATED}})
-    return f"{recipe.spec_name(results['spec'])} on {results['dataset']}\n" + \
+    return f"{NetworkSpec.from_dict(results['spec']).label} on {results['dataset']}\n" + \
         console.table(rows, SUMMARY_COLUMNS)
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> None:
     """Train (or resume) the run given by the flags and print its summary."""
     command.no_arguments("train", argv)
     cfg = read_flags()
-    command.execute(cfg.run, f"{recipe.spec_name(cfg.spec)}_{cfg.training.dataset}",
+    command.execute(cfg.run, f"{cfg.spec.label}_{cfg.training.dataset}",
                     lambda run_dir, dist: train(run_dir, cfg, dist), summary_table,
                     cfg.strategy, check=lambda: recipe.check_data(cfg.training))
 

@@ -20,6 +20,7 @@ import pytest
 from absl import app
 
 from cb_keras.paper import data, evaluation
+from cb_keras.paper.spec import NetworkSpec
 from experiments import auto_tune, evaluate, train
 from experiments.runtime import rundir
 from experiments.trials import recipe, trial
@@ -94,7 +95,7 @@ def test_a_tiny_training_with_the_reference_schedule(parse, tmp_path):
     _, test, info = data.load("digits", batch_size=64)
     x = np.concatenate([x for x, _ in test])[:320]
     y = np.concatenate([y for _, y in test])[:320]
-    model = recipe.build_model({"model": "fnn", "depth": 8, "width": 3}, info.input_shape,
+    model = NetworkSpec("fnn", depth=8, width=3).build(info.input_shape,
                                info.num_classes)
     recipe.compile_model(model, cfg)
     correct = 0

@@ -51,7 +51,8 @@ def test_each_rule_checks_on_the_schedule_of_its_reference_version(rule, at_init
     ({"samples": 0}, "samples must be"),
     ({"max_restarts": -1}, "max_restarts must be an int >= 0"),
     ({"final_epochs": 0}, "final_epochs must be"),
-    ({"learning_rate": 0.0}, "learning_rate must be a number > 0"),
+    ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ({"learning_rate": 1e-50}, r"learning_rate=1e-50 is 0 in float32"),
 ])
 def test_bad_options_say_what_is_wrong(options, message):
     with pytest.raises(ValueError, match=message):
@@ -71,16 +72,15 @@ def test_search_on_digits_restarts_saves_its_state_and_retrains_the_result(sampl
                           verbose=0)
     result = autotune.auto_tune(
         config, trainer, *sample, num_classes=10,
-        save_state=lambda state: saved.append(json.dumps(state)),
+        save_state=lambda state: saved.append(json.dumps(state.to_dict())),
         on_restart=restarts.append, log=lines.append)
 
     assert result.num_restarts == 1 and list(result.restarts) == restarts
     assert restarts[0].epoch == 1 and restarts[0].blocks_after == (0, 1, 1, 1)
     assert result.final_blocks == (0, 1, 1, 1)
     # run 0 stopped after epoch 1; run 1 (no restarts left) trained 2; the retrain 1
-    assert [(r["blocks"], r["epochs"], r["final"], r["completed_epochs"])
-            for r in result.runs] == [([1, 1, 1, 1], 2, False, 1),
-                                      ([0, 1, 1, 1], 2, False, 2), ([0, 1, 1, 1], 1, True, 1)]
+    assert [(r.blocks, r.epochs, r.final, r.completed_epochs) for r in result.runs] == \
+        [((1, 1, 1, 1), 2, False, 1), ((0, 1, 1, 1), 2, False, 2), ((0, 1, 1, 1), 1, True, 1)]
     assert result.total_epochs == 4
     assert 0.0 <= result.test_accuracy <= 1.0
     assert not any(layer.name.startswith("stage1") for layer in result.model.layers)
@@ -88,8 +88,9 @@ def test_search_on_digits_restarts_saves_its_state_and_retrains_the_result(sampl
     assert lines[0].startswith("restart 1: run 0 conflicts after epoch 1")
     assert any("training it from scratch for 1 epochs" in line for line in lines)
 
-    final_state = json.loads(saved[-1])
-    assert final_state["runs"] == json.loads(json.dumps(list(result.runs)))
+    final_state = autotune.SearchState.from_dict(json.loads(saved[-1]), config)
+    assert final_state.runs == result.runs
+    assert json.loads(saved[-1])["runs"] == result.to_dict()["runs"]
     assert json.loads(saved[1])["runs"][1]["completed_epochs"] is None  # saved before training
     assert json.dumps(result.to_dict())  # plain JSON
     with pytest.raises(ValueError, match=r"another config \(differs in \['epochs'\]\)"):
@@ -120,8 +121,8 @@ def test_the_dec_2020_version_restarts_before_training_and_draws_a_sample_per_ch
 
     result = autotune.auto_tune(config, trainer, num_classes=10, sampler=sampler, log=print)
     assert [(r.run, r.epoch, r.blocks_after) for r in result.restarts] == [(0, 0, (2, 2, 1, 0))]
-    assert [(r["blocks"], r["completed_epochs"]) for r in result.runs] == \
-        [([2, 2, 2, 2], 0), ([2, 2, 1, 0], 1)]
+    assert [(r.blocks, r.completed_epochs) for r in result.runs] == \
+        [((2, 2, 2, 2), 0), ((2, 2, 1, 0), 1)]
     assert result.total_epochs == 1 and draws == [(3, 0)]  # run 1 is not checked
     with pytest.raises(ValueError, match="not both"):
         autotune.auto_tune(config, trainer, *data.measurement_sample("digits", 64),

@@ -6,6 +6,7 @@ import pytest
 
 from cb_keras.paper import models
 from cb_keras.paper.batch_norm import BesselBatchNormalization
+from cb_keras.paper.spec import NetworkSpec
 from cb_keras.taps import strip_taps
 
 MOMENTUM = 0.99  # Keras's default, the reference's
@@ -21,7 +22,7 @@ def test_papers_networks_move_toward_the_unbiased_batch_variance(kind):
     # tf.keras 2.3's fused kernel (the reference's) moved the moving variance
     # toward var * n / (n - 1); Keras 3's layer moves it toward var.
     rng = np.random.default_rng(0)
-    model = models.build(kind, (8, 8, 3), 4, blocks=[1, 1, 0, 0])
+    model = NetworkSpec(kind, [1, 1, 0, 0]).build((8, 8, 3), 4)
     layers = _batch_norms(model)
     assert layers and all(isinstance(layer, BesselBatchNormalization) for layer in layers)
     x = rng.normal(size=(6, 8, 8, 3)).astype("float32")
@@ -93,7 +94,7 @@ def test_inference_is_keras_and_serving_layer_copies_it():
 
 
 def test_strip_taps_replaces_it_by_plain_batch_normalization():
-    model = models.build("resnet", (8, 8, 1), 10, blocks=[1, 1, 0, 0])
+    model = models.resnet([1, 1, 0, 0], (8, 8, 1), 10)
     stripped = strip_taps(model)
     layers = _batch_norms(stripped)
     assert sorted(layer.name for layer in layers) == sorted(

@@ -16,7 +16,7 @@ import numpy as np
 
 from cb_keras.autotune import check as conflict_check
 from cb_keras.autotune import rules
-from cb_keras.paper import models
+from cb_keras.paper.spec import NetworkSpec
 from cb_keras.autotune.check import ConflictCheck, Restart
 
 TINY_LR = 1e-7
@@ -25,7 +25,7 @@ TINY_LR = 1e-7
 def check_callback(sample, blocks, restarts, lines, window=1, kind="vgg",
                    rule="first_conflict", learning_rate=TINY_LR, at_init=False):
     x, y = sample
-    model = models.build(kind, x.shape[1:], 10, blocks=blocks)
+    model = NetworkSpec(kind, blocks).build(x.shape[1:], 10)
     check = ConflictCheck(
         lambda epochs: sample, num_classes=10, learning_rate=learning_rate, batch_size=64,
         run=3, blocks=blocks, kind=kind, rule=rule, window=window,

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from cb_keras.paper import data
+from cb_keras.paper.spec import NetworkSpec
 from experiments import evaluate, fnn_map, train
 from experiments.runtime import rundir, strategy
 from experiments.options import model as model_flags
@@ -212,7 +213,7 @@ def test_flagfiles_hold_valid_configurations_with_the_papers_hyperparameters(par
     cfg = training_flags.training_config()
     assert (cfg.batch_size, cfg.learning_rate, cfg.measure_samples) == (64, 1e-3, 512)
     if module is train:
-        assert model_flags.model_spec()["model"] in ("fnn", "vgg", "resnet")
+        assert model_flags.model_spec().kind in ("fnn", "vgg", "resnet")
     if cfg.dataset != "digits":
         assert cfg.optimizer == "paper" and cfg.augment
 
@@ -223,7 +224,7 @@ def test_a_trial_directory_refuses_another_network(parse, tmp_path):
     trial.write_json(rundir.STATE_FILE, {"spec": {"model": "fnn", "depth": 3, "width": 8},
                                          "seed": 0, "completed_epochs": 1, "history": []})
     with pytest.raises(rundir.RunDirError, match="use another directory"):
-        train_trial(trial, {"model": "fnn", "depth": 2, "width": 8},
+        train_trial(trial, NetworkSpec("fnn", depth=2, width=8),
                     training_flags.training_config(), seed=0,
                     strategy=tf.distribute.get_strategy())
 

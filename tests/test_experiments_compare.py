@@ -17,6 +17,7 @@ import pytest
 
 from cb_keras.autotune import rules
 from cb_keras.paper import models
+from cb_keras.paper.spec import NetworkSpec
 from experiments import compare
 from experiments.contestants import optuna_search, tuner
 from experiments.runtime import console, strategy
@@ -45,7 +46,7 @@ def test_compare_trains_every_contestant_tabulates_and_resumes(parse, tmp_path, 
         assert 0.0 <= cell["test_accuracy"] <= 1.0
     fixed = cells["vgg-d4"]
     assert fixed["blocks"] == [1, 0, 0, 0] and fixed["epochs"] == 2 and fixed["layers"] == 4
-    assert fixed["parameters"] == models.build("vgg", (8, 8, 1), 10, depth=4).count_params()
+    assert fixed["parameters"] == models.vgg(models.paper_blocks(4), (8, 8, 1), 10).count_params()
     for name in ("keras_tuner", "keras_tuner_check"):
         trials = json.loads((run_dir / name / "seed0" / "cell.json").read_text())["trials"]
         assert 3 <= sum(t["epochs"] for t in trials) == cells[name]["epochs"] < 3 + 2
@@ -111,7 +112,7 @@ def test_the_a_l_check_stops_conflicting_tuner_trials_and_scores_them_zero(tmp_p
     from cb_keras.paper import data
     x, y = data.measurement_sample("digits", 64)
     keras.utils.set_random_seed(0)
-    model = models.build("vgg", (8, 8, 1), 10, blocks=stopped[0]["blocks"])
+    model = models.vgg(stopped[0]["blocks"], (8, 8, 1), 10)
     last = measurement.measure(model, x, y, num_classes=10, learning_rate=1e-3, batch_size=64,
                                layers="last", samples=64).last
     assert last.bundle_entropy > 0
@@ -228,7 +229,7 @@ def test_an_optuna_trial_left_running_by_a_killed_process_is_retried_in_its_dire
     left.set_user_attr(optuna_search.DIR_ATTR, "trial_0")
     trial_dir = RunDir(tmp_path).sub("trials").sub("trial_0")
     with pytest.raises(RuntimeError, match="killed"):
-        trial.train_trial(trial_dir, {"model": "vgg", "blocks": [1, 0, 0, 0]}, training,
+        trial.train_trial(trial_dir, NetworkSpec("vgg", [1, 0, 0, 0]), training,
                           seed=0, strategy=dist, callbacks=[Killed()])
 
     found = optuna_search.search(RunDir(tmp_path), search, None, dist)

@@ -25,6 +25,7 @@ from absl import flags
 
 import cb_keras
 from cb_keras.paper import data, models
+from cb_keras.paper.spec import NetworkSpec
 from experiments import auto_tune, evaluate, train
 from experiments.runtime import rundir, serving
 from experiments.options import training as training_flags
@@ -65,7 +66,7 @@ class StopAfter(keras.callbacks.Callback):
 
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path, capsys):
     parse(train, *TINY, "--epochs=4", "--progress=none")
-    cfg, spec = training_flags.training_config(), {"model": "fnn", "depth": 2, "width": 8}
+    cfg, spec = training_flags.training_config(), NetworkSpec("fnn", depth=2, width=8)
     trial = rundir.RunDir(tmp_path / "trial")
     with pytest.raises(KeyboardInterrupt):  # killed in epoch 4: epochs 1-3 committed
         train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy(),
@@ -121,7 +122,7 @@ def test_reading_a_finished_run_writes_nothing_and_the_summary_gives_its_size(
 # -- item: exports load with plain Keras --------------------------------------
 
 def test_saved_keras_files_load_with_plain_keras_without_cb_keras(tmp_path):
-    model = models.build("resnet", (8, 8, 1), 10, blocks=[1, 1, 1, 1])
+    model = models.resnet([1, 1, 1, 1], (8, 8, 1), 10)
     path = tmp_path / "final.keras"
     serving.save_keras(model, path)
     x = np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32)
@@ -142,7 +143,7 @@ def test_saved_keras_files_load_with_plain_keras_without_cb_keras(tmp_path):
 
 
 def test_strip_taps_keeps_the_outputs_and_refuses_subclassed_models():
-    model = models.build("vgg", (8, 8, 1), 10, blocks=[1, 1, 1, 1])
+    model = models.vgg([1, 1, 1, 1], (8, 8, 1), 10)
     stripped = cb_keras.taps.strip_taps(model)
     assert not any(isinstance(layer, cb_keras.taps.Tap) for layer in stripped.layers)
     assert any(isinstance(layer, cb_keras.taps.Tap) for layer in model.layers)
@@ -176,7 +177,7 @@ def test_measuring_many_networks_and_shapes_logs_no_retracing_warning():
     try:
         x, y = data.measurement_sample("digits", 32)
         for width in range(2, 9):
-            model = models.build("fnn", x.shape[1:], 10, depth=1, width=width)
+            model = models.fnn(1, width, x.shape[1:], 10)
             cb_keras.measure(model, x, y, num_classes=10, learning_rate=1e-3, batch_size=64,
                              samples=32)
             cb_keras.bundle_metrics(np.ones((8, width), np.float32), np.zeros(8, np.int32),

@@ -145,7 +145,7 @@ def test_resuming_removes_the_temporary_files_of_a_killed_writer(parse, tmp_path
 
 def test_a_checkpoint_that_loads_only_in_part_is_refused_without_keras_warnings(tmp_path):
     def network(optimizer):
-        model = models.build("fnn", (8, 8, 1), 10, depth=2, width=8)
+        model = models.fnn(2, 8, (8, 8, 1), 10)
         trainer.compile_model(model, optimizer)
         return model
     saved = network(keras.optimizers.Adam())
@@ -181,7 +181,7 @@ def test_timing_many_networks_logs_no_retracing_warning():
     logger.addHandler(handler)
     try:
         for width in range(2, 9):
-            model = models.build("fnn", (8, 8, 1), 10, depth=1, width=width)
+            model = models.fnn(1, width, (8, 8, 1), 10)
             assert serving.latencies_ms([model], np.zeros((4, 8, 8, 1), np.float32), 1)[0] > 0
     finally:
         logger.removeHandler(handler)

@@ -93,8 +93,8 @@ def test_paper_flagfiles_say_which_accounting_they_use_and_use_it(parse, path):
 def test_prune_flagfiles_train_the_reference_120_layer_resnet(parse, dataset):
     parse(prune, f"--flagfile={FLAGFILES / f'prune_{dataset}.cfg'}")
     spec = model_flags.model_spec()
-    assert spec["model"] == "resnet" and spec["blocks"] == [3, 12, 41, 3]
-    assert sum(spec["blocks"]) == 59
+    assert spec.kind == "resnet" and spec.blocks == (3, 12, 41, 3)
+    assert sum(spec.blocks) == 59
     assert models.paper_blocks(120) == [3, 12, 41, 3]
     cfg = training_flags.training_config()
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.optimizer, cfg.augment) == (

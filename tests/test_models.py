@@ -168,8 +168,6 @@ def test_block_names_are_built_and_parsed_in_one_place():
     assert parsed == {(1, 1), (2, 1), (2, 2)}
     assert models.parse_block("stage2_block1_out_tap", models.TAP_SUFFIX) is None
     assert models.parse_block("stage3_block5_tap", models.TAP_SUFFIX) == (3, 5)
-    assert models.spec_label("vgg", [3, 12, 41, 3]) == "vgg-3-12-41-3"
-    assert models.spec_label("fnn", depth=5, width=50) == "fnn-d5-w50"
 
 
 def test_stem_and_down_sampling():
@@ -201,14 +199,6 @@ def test_empty_stages_are_skipped_with_their_down_sampling():
     assert "stage2_block1_proj_conv" in [layer.name for layer in first_stage_empty.layers]
 
 
-def test_build_dispatches_by_kind():
-    assert models.build("fnn", (8, 8, 1), 10, depth=2, width=8).name == "fnn2x8"
-    assert models.build("vgg", (8, 8, 1), 10, depth=4).name == "vgg4"
-    resnet = models.build("resnet", (8, 8, 1), 10, blocks=[1, 1, 0, 0])
-    assert resnet.name == "resnet6"
-    assert "stage2_block1_add" in [layer.name for layer in resnet.layers]
-
-
 @pytest.mark.parametrize("call, message", [
     (lambda: models.vgg([1, 1, 1], (32, 32, 3), 10), "4 non-negative ints"),
     (lambda: models.resnet([1, -1, 1, 1], (32, 32, 3), 10), "4 non-negative ints"),
@@ -218,10 +208,6 @@ def test_build_dispatches_by_kind():
     (lambda: models.resnet([1, 1, 1, 1], (32, 32, 3), 1), "num_classes"),
     (lambda: models.fnn(0, 8, (8,), 10), "depth"),
     (lambda: models.fnn(2, 0, (8,), 10), "width"),
-    (lambda: models.build("mlp", (8,), 10, depth=2, width=8), "known kinds"),
-    (lambda: models.build("vgg", (8, 8, 1), 10, depth=10, blocks=[1, 1, 1, 1]),
-     "exactly one of depth"),
-    (lambda: models.build("fnn", (8,), 10, depth=2), "depth and width"),
 ])
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
@@ -249,7 +235,8 @@ def test_the_papers_smallest_network_learns_digits(kind):
     # ~0.4 s per step in the optimizer alone on one CPU core.
     keras.utils.set_random_seed(0)
     train, test, info = data.load("digits", batch_size=16, augment=False, shuffle_seed=0)
-    model = models.build(kind, info.input_shape, info.num_classes, depth=4)
+    builder = models.vgg if kind == "vgg" else models.resnet
+    model = builder(models.paper_blocks(4), info.input_shape, info.num_classes)
     model.compile(optimizer=optimizers.paper_optimizer(),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

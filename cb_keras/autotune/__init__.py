@@ -2,15 +2,19 @@
 
 - `search`: `auto_tune`, the search loop, and its `AutoTuneConfig` / `AutoTuneResult`.
 - `rules`: the pruning rules (three versions: docs/reproduction.md).
+- `state`: `SearchState`, the runs of a search so far (what ``save_state`` saves), and
+  its `SearchRun` records.
 - `check`: `ConflictCheck`, the a^(L) check during training, and its `Restart` record.
 - `trainer`: what the search calls to train one network (`fit_trainer`).
 
 Built on the measuring core (`cb_keras`) and the papers' setting (`cb_keras.paper`).
 """
 
-from cb_keras.autotune import check, rules, search, trainer
-from cb_keras.autotune.search import AutoTuneConfig, AutoTuneResult, auto_tune, new_state
+from cb_keras.autotune import check, rules, search, state, trainer
+from cb_keras.autotune.search import AutoTuneConfig, AutoTuneResult, auto_tune
+from cb_keras.autotune.state import SearchRun, SearchState
 from cb_keras.autotune.trainer import TrainOutcome, TrainRequest, fit_trainer
 
-__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "new_state", "fit_trainer",
-           "TrainRequest", "TrainOutcome", "check", "rules", "search", "trainer"]
+__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "SearchState", "SearchRun",
+           "fit_trainer", "TrainRequest", "TrainOutcome", "check", "rules", "search", "state",
+           "trainer"]

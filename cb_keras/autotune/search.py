@@ -16,10 +16,11 @@ The search has no training loop: a *trainer* (`cb_keras.autotune.trainer.Trainer
 trains one network per `TrainRequest`, which carries the config's learning
 rate and batch size, the ones the check measures with. `fit_trainer` is a
 plain in-memory one; the ``python -m experiments auto_tune`` command passes
-a resumable one. The search state is a JSON-able dict (`new_state`), handed
-to ``save_state`` after every change, so a caller that writes it atomically
-can resume the search with ``auto_tune(..., state=saved)``: finished
-restarts are never repeated.
+a resumable one. The search state is a record (`cb_keras.autotune.state.SearchState`),
+handed to ``save_state`` after every change, so a caller that writes its
+``to_dict()`` atomically can resume the search with ``auto_tune(...,
+state=SearchState.from_dict(saved, config))``: finished restarts are never
+repeated.
 
 Example:
     >>> train, test, info = cb_keras.paper.data.load("digits", batch_size=64)
@@ -35,21 +36,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
-from cb_keras import validation
+from cb_keras import bundles, validation
 from cb_keras.paper import models, optimizers
+from cb_keras.paper.spec import NetworkSpec
 from cb_keras.autotune.check import ConflictCheck, Restart, Sample
 from cb_keras.autotune.rules import VERSIONS, check_kind, check_rule
+from cb_keras.autotune.state import SearchRun, SearchState
 from cb_keras.autotune.trainer import Trainer, TrainRequest, fit_trainer
 
 # fit_trainer moved to cb_keras.autotune.trainer; the old path still works (CHANGELOG.md, 0.1.0).
-__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "new_state", "fit_trainer"]
+__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "fit_trainer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +78,9 @@ class AutoTuneConfig:
             check is the result. An int: then train the found network once
             more from scratch for this many epochs, without checks, and
             report that run.
-        learning_rate: training learning rate, > 0: the trainer trains with it
-            (`TrainRequest`) and the check measures with it.
+        learning_rate: training learning rate, > 0 in float32
+            (`cb_keras.bundles.check_learning_rate`): the trainer trains with
+            it (`TrainRequest`) and the check measures with it.
         batch_size: training batch size, >= 1, likewise for both.
         seed: run k initialises its network with ``seed + k``.
     """
@@ -116,11 +119,12 @@ class AutoTuneConfig:
             validation.check_int("max_restarts", self.max_restarts, 0)
         if self.final_epochs is not None:
             validation.check_int("final_epochs", self.final_epochs, 1)
-        if isinstance(self.learning_rate, bool) or not isinstance(
-                self.learning_rate, numbers.Real) or not self.learning_rate > 0:
-            raise ValueError(
-                f"learning_rate must be a number > 0, got {self.learning_rate!r}; "
-                "the papers use 1e-3.")
+        bundles.check_learning_rate(self.learning_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (tuples as lists), as a search state holds them."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +140,7 @@ class AutoTuneResult:
         test_accuracy: of the final run, mean over its last 5 epochs (None if
             the trainer did not test).
         start_parameters, final_parameters: parameter counts of the two networks.
-        runs: per run, ``{"run", "blocks", "epochs" (asked), "final",
-            "restart" (record or None), "completed_epochs", "test_accuracy",
-            "summary"}`` (the search state's runs; the last three None until
-            the run ends).
+        runs: every `SearchRun` of the search, in order.
         model: the trained final network.
     """
 
@@ -151,7 +152,7 @@ class AutoTuneResult:
     test_accuracy: float | None
     start_parameters: int
     final_parameters: int
-    runs: tuple[dict[str, Any], ...]
+    runs: tuple[SearchRun, ...]
     model: keras.Model = dataclasses.field(repr=False, compare=False)
 
     @property
@@ -169,20 +170,15 @@ class AutoTuneResult:
                 "restarts": [r.to_dict() for r in self.restarts],
                 "total_epochs": self.total_epochs, "test_accuracy": self.test_accuracy,
                 "start_parameters": self.start_parameters,
-                "final_parameters": self.final_parameters, "runs": list(self.runs)}
-
-
-def new_state(config: AutoTuneConfig) -> dict[str, Any]:
-    """The JSON-able state of a search that has not started: run 0, the start network."""
-    return {"config": _config_dict(config),
-            "runs": [_new_run(0, config.start_blocks, config.epochs, final=False)]}
+                "final_parameters": self.final_parameters,
+                "runs": [r.to_dict() for r in self.runs]}
 
 
 def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = None,
               y: np.ndarray | None = None, *, num_classes: int,
               sampler: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
-              state: dict[str, Any] | None = None,
-              save_state: Callable[[dict[str, Any]], None] = lambda state: None,
+              state: SearchState | None = None,
+              save_state: Callable[[SearchState], None] = lambda state: None,
               on_restart: Callable[[Restart], None] = lambda restart: None,
               log: Callable[[str], None] = print) -> AutoTuneResult:
     """Run (or resume) the architecture search of docs/method.md §3.
@@ -198,10 +194,12 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
             draws the sample of each check: `seed` is the run's seed,
             `epochs` its completed epochs (e.g. `cb_keras.paper.data.sampler` with
             ``augmented=True``, as the reference measured).
-        state: a state saved by `save_state` to resume; None (default) starts
-            anew (`new_state`). It must come from the same config.
-        save_state: called with the state dict after every change (a new
-            run, a restart, a finished run); write it atomically to resume.
+        state: a state saved by `save_state` to resume (e.g.
+            ``SearchState.from_dict(saved, config)``); None (default) starts
+            anew (`SearchState.start`). It must come from the same config.
+        save_state: called with the `SearchState` after every change (a new
+            run, a restart, a finished run); write its ``to_dict()``
+            atomically to resume.
         on_restart: called once per restart, after the state is saved
             (e.g. for logs).
         log: receives one line per restart and per notable event.
@@ -214,97 +212,68 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
             ``config.samples``, or neither or both of `x` and `sampler`.
     """
     sampler = _sampler(x, y, sampler, config.samples)
-    state = _check_state(state or new_state(config), config)
+    state = SearchState.start(config) if state is None else state.check_config(config)
     save_state(state)
     while True:
-        run = state["runs"][-1]
-        seed = config.seed + run["run"]
+        run = state.current
+        seed = config.seed + run.run
+
+        def restart(record: Restart) -> None:
+            nonlocal state
+            state = state.restarted(record)
+            save_state(state)
+            log(f"restart {len(state.restarts)}: run {record.run} conflicts after epoch "
+                f"{record.epoch} (a^L H={record.bundle_entropy:.4f}), first conflicting block "
+                f"{record.first_conflicting_block}: blocks {list(record.blocks_before)} -> "
+                f"{list(record.blocks_after)}")
+            on_restart(record)
+
         check = _check_callback(config, state, functools.partial(sampler, seed), num_classes,
-                                save_state, on_restart, log)
+                                restart, log)
         outcome = trainer(TrainRequest(
-            run=run["run"], kind=config.kind, blocks=tuple(run["blocks"]), epochs=run["epochs"],
+            run=run.run, kind=config.kind, blocks=run.blocks, epochs=run.epochs,
             seed=seed, learning_rate=config.learning_rate, batch_size=config.batch_size,
             callbacks=(check,) if check else (),
             before_training=check.before_training if check and config.check_at_init else None))
-        run.update(completed_epochs=outcome.completed_epochs,
-                   test_accuracy=outcome.test_accuracy, summary=outcome.summary)
+        state = state.ended(run.run, outcome)
         save_state(state)
         if check is not None and check.restart is not None:
             continue  # the callback saved the restart and the next run
-        if config.final_epochs is not None and not run["final"]:
-            log(f"search done: {models.spec_label(config.kind, run['blocks'])} passed the check; "
+        if config.final_epochs is not None and not run.final:
+            log(f"search done: {NetworkSpec(config.kind, run.blocks).label} passed the check; "
                 f"training it from scratch for {config.final_epochs} epochs")
-            state["runs"].append(_new_run(len(state["runs"]), run["blocks"],
-                                          config.final_epochs, final=True))
+            state = state.with_final_run()
             save_state(state)
             continue
-        return _result(config, state, outcome.load_model(), num_classes)
+        return _result(state, outcome.load_model(), num_classes)
 
 
-def _check_callback(config: AutoTuneConfig, state: dict[str, Any], sample: Sample,
-                    num_classes: int, save_state, on_restart, log) -> ConflictCheck | None:
+def _check_callback(config: AutoTuneConfig, state: SearchState, sample: Sample,
+                    num_classes: int, restart: Callable[[Restart], None],
+                    log: Callable[[str], None]) -> ConflictCheck | None:
     """The check of the current run, or None (final run, or no restarts left)."""
-    run = state["runs"][-1]
-    restarts = sum(r["restart"] is not None for r in state["runs"])
-    if run["final"] or (config.max_restarts is not None and restarts >= config.max_restarts):
+    run = state.current
+    if run.final or (config.max_restarts is not None
+                     and len(state.restarts) >= config.max_restarts):
         return None
-
-    def restart(record: Restart) -> None:
-        run.update(restart=record.to_dict(), completed_epochs=record.epoch)
-        state["runs"].append(_new_run(len(state["runs"]), record.blocks_after,
-                                      config.epochs, final=False))
-        save_state(state)
-        log(f"restart {restarts + 1}: run {record.run} conflicts after epoch {record.epoch} "
-            f"(a^L H={record.bundle_entropy:.4f}), first conflicting block "
-            f"{record.first_conflicting_block}: blocks {list(record.blocks_before)} -> "
-            f"{list(record.blocks_after)}")
-        on_restart(record)
-
     return ConflictCheck(
         sample, num_classes=num_classes, learning_rate=config.learning_rate,
-        batch_size=config.batch_size, run=run["run"], blocks=run["blocks"],
+        batch_size=config.batch_size, run=run.run, blocks=run.blocks,
         kind=config.kind, rule=config.rule, window=config.check_window,
         on_restart=restart, log=log, at_init=config.check_at_init)
 
 
-def _result(config: AutoTuneConfig, state: dict[str, Any], model: keras.Model,
-            num_classes: int) -> AutoTuneResult:
+def _result(state: SearchState, model: keras.Model, num_classes: int) -> AutoTuneResult:
     """The result of a finished search state."""
-    runs = state["runs"]
-    start = models.build(config.kind, tuple(model.inputs[0].shape[1:]), num_classes,
-                         blocks=config.start_blocks)
+    config = state.config
+    start = NetworkSpec(config.kind, config.start_blocks).build(
+        tuple(model.inputs[0].shape[1:]), num_classes)
     return AutoTuneResult(
-        start_blocks=config.start_blocks, final_blocks=tuple(runs[-1]["blocks"]),
-        kind=config.kind,
-        restarts=tuple(Restart.from_dict(r["restart"]) for r in runs if r["restart"]),
-        total_epochs=sum(r["completed_epochs"] for r in runs),
-        test_accuracy=runs[-1]["test_accuracy"],
+        start_blocks=config.start_blocks, final_blocks=state.current.blocks,
+        kind=config.kind, restarts=state.restarts, total_epochs=state.total_epochs,
+        test_accuracy=state.current.test_accuracy,
         start_parameters=int(start.count_params()),
-        final_parameters=int(model.count_params()), runs=tuple(runs), model=model)
-
-
-def _new_run(index: int, blocks: Sequence[int], epochs: int, final: bool) -> dict[str, Any]:
-    return {"run": index, "blocks": list(blocks), "epochs": epochs, "final": final,
-            "restart": None, "completed_epochs": None, "test_accuracy": None,
-            "summary": None}
-
-
-def _config_dict(config: AutoTuneConfig) -> dict[str, Any]:
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(config).items()}
-
-
-def _check_state(state: dict[str, Any], config: AutoTuneConfig) -> dict[str, Any]:
-    """`state` if it belongs to `config`, else a ValueError saying what differs."""
-    saved = state.get("config") if isinstance(state, dict) else None
-    if saved != _config_dict(config) or not state.get("runs"):
-        differing = sorted(key for key, value in _config_dict(config).items()
-                           if not isinstance(saved, dict) or saved.get(key) != value)
-        raise ValueError(
-            f"the search state was saved with another config (differs in {differing}) or "
-            "is not a search state; resume with the config it was saved with, or pass "
-            "state=None to start anew.")
-    return state
+        final_parameters=int(model.count_params()), runs=state.runs, model=model)
 
 
 def _sampler(x: np.ndarray | None, y: np.ndarray | None, sampler, samples: int

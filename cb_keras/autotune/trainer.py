@@ -21,7 +21,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from cb_keras.paper import models, optimizers
+from cb_keras.paper import optimizers
+from cb_keras.paper.spec import NetworkSpec
 from cb_keras.callback import dataset_batch_size
 from cb_keras.paper.evaluation import TestEvaluation
 
@@ -56,6 +57,11 @@ class TrainRequest:
     batch_size: int
     callbacks: tuple[keras.callbacks.Callback, ...]
     before_training: Callable[[keras.Model, dict[str, Any]], bool] | None = None
+
+    @property
+    def network(self) -> NetworkSpec:
+        """The network to train: `kind` with `blocks`."""
+        return NetworkSpec(self.kind, self.blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +129,7 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
                 "with that batch size (cb_keras.paper.data.load(name, batch_size=...)), "
                 "batched with drop_remainder=True.")
         keras.utils.set_random_seed(request.seed)
-        model = models.build(request.kind, input_shape, num_classes, blocks=request.blocks)
+        model = request.network.build(input_shape, num_classes)
         compile_model(model, optimizers.paper_optimizer(request.learning_rate))
         if request.before_training is not None and request.before_training(model, {}):
             return TrainOutcome(0, None, {"parameters": int(model.count_params())},
@@ -145,5 +151,5 @@ def _epoch_line(request: TrainRequest, epoch: int, logs: dict[str, Any]) -> str:
             ("check_bundle_entropy", "H(a^L)"))
     parts = [f"{label} {logs[key]:.4f}" for key, label in keys
              if key in logs and np.isfinite(logs[key])]
-    return f"[run {request.run} {models.spec_label(request.kind, request.blocks)}] " \
+    return f"[run {request.run} {request.network.label}] " \
            f"epoch {epoch + 1}/{request.epochs}  " + "  ".join(parts)

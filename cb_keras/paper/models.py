@@ -8,6 +8,8 @@ linear head: train with sparse categorical cross-entropy from logits):
 - `vgg`: plain blocks of conv-BN-ReLU-conv-BN-ReLU.
 - `resnet`: the same blocks with a shortcut added before the last ReLU.
 
+`cb_keras.paper.spec.NetworkSpec` names one of them (kind and sizes) and builds it.
+
 VGG and ResNet share the layout of the papers' reference implementation:
 
     stem_conv 7x7/2, 64 filters -> stem_bn -> stem_relu
@@ -96,14 +98,6 @@ def parse_block(name: str, suffix: str = "") -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def spec_label(kind: str, blocks: Sequence[int] | None = None, *, depth: int | None = None,
-               width: int | None = None) -> str:
-    """A short name of a network: ``vgg-3-12-41-3`` (kind and blocks) or ``fnn-d5-w50``."""
-    if kind == "fnn":
-        return f"fnn-d{depth}-w{width}"
-    return f"{kind}-" + "-".join(str(b) for b in blocks)
-
-
 def paper_blocks(depth: int) -> list[int]:
     """Blocks per stage of the papers' network with `depth` weight layers.
 
@@ -189,30 +183,6 @@ def resnet(blocks: Sequence[int], input_shape: Sequence[int], num_classes: int) 
         ``stage{s}_block{b}_branch_tap`` and a `Tap` ``stage{s}_block{b}_out_tap``.
     """
     return _conv_net("resnet", _residual_block, blocks, input_shape, num_classes)
-
-
-def build(kind: str, input_shape: Sequence[int], num_classes: int, *,
-          depth: int | None = None, blocks: Sequence[int] | None = None,
-          width: int | None = None) -> keras.Model:
-    """Build a network by kind, for experiment mains that read flags.
-
-    - ``build("fnn", shape, C, depth=..., width=...)`` -> `fnn`.
-    - ``build("vgg" | "resnet", shape, C, depth=...)`` -> the papers' network
-      of that depth (`paper_blocks`), or ``blocks=[...]`` for any block list
-      (give exactly one of depth and blocks).
-    """
-    if kind == "fnn":
-        if depth is None or width is None or blocks is not None:
-            raise ValueError("build('fnn', ...) needs depth and width (and no blocks).")
-        return fnn(depth, width, input_shape, num_classes)
-    if kind not in KINDS:
-        raise ValueError(f"Unknown model kind {kind!r}; known kinds: {list(KINDS)}.")
-    if (depth is None) == (blocks is None) or width is not None:
-        raise ValueError(
-            f"build({kind!r}, ...) needs exactly one of depth (a paper depth, one of "
-            f"{sorted(PAPER_BLOCKS)}) and blocks (four ints), and no width.")
-    builder = vgg if kind == "vgg" else resnet
-    return builder(paper_blocks(depth) if blocks is None else blocks, input_shape, num_classes)
 
 
 def _conv_net(kind, block_fn, blocks, input_shape, num_classes) -> keras.Model:

@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from cb_keras.paper.spec import NetworkSpec
 from experiments.contestants import tuner
 from experiments.runtime import console
 from experiments.trials import recipe
@@ -101,7 +102,7 @@ def search(directory: RunDir, cfg: tuner.Search, pruner: str | None,
         callbacks = [ReportAccuracy(trial)] if pruner else []
         result = tuner.train_blocks(trials_dir.sub(name), blocks, cfg, num_classes, strategy,
                                     f"{label}[trial {trial.number}]", callbacks)
-        spec_name = recipe.spec_name({"model": cfg.kind, "blocks": blocks})
+        spec_name = NetworkSpec(cfg.kind, blocks).label
         if result["epochs"] < cfg.training.trained_epochs:
             why = "the a^L check" if cfg.check else f"the {pruner} pruner"
             print(f"{label}[trial {trial.number}] {spec_name}: pruned by {why} after epoch "

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from cb_keras.autotune import check
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import console
 from experiments.trials import recipe, trial
 from experiments.runtime.config import TrainConfig
@@ -168,7 +169,7 @@ def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_class
     result = train_blocks(directory, blocks, cfg, num_classes, strategy, label)
     stopped = result["epochs"] < cfg.training.trained_epochs
     score = conflict_score if stopped else result["test_accuracy"]
-    print(f"{label} {recipe.spec_name({'model': cfg.kind, 'blocks': blocks})}: "
+    print(f"{label} {NetworkSpec(cfg.kind, blocks).label}: "
           + (f"stopped by the a^L check after epoch {result['epochs']}, score {score}" if stopped
              else f"test accuracy {console.format_value(score, '.4f')}"), flush=True)
     return float(score)
@@ -182,7 +183,7 @@ def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, num_classes:
     `callbacks` run after the check; the result is `trial.train_trial`'s
     (its ``epochs`` < ``cfg.training.trained_epochs`` when a callback stopped it).
     """
-    spec = {"model": cfg.kind, "blocks": blocks}
+    spec = NetworkSpec(cfg.kind, blocks)
     before = None
     callbacks = list(callbacks)
     if cfg.check:
@@ -195,7 +196,7 @@ def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, num_classes:
             log=lambda line: print(f"{label} {line}", flush=True))
         callbacks, before = [conflict, *callbacks], conflict.before_training
     return trial.train_trial(directory, spec, cfg.training, seed=cfg.training.seed,
-                             strategy=strategy, label=f"{label} {recipe.spec_name(spec)}",
+                             strategy=strategy, label=f"{label} {spec.label}",
                              callbacks=callbacks, before_training=before)
 
 

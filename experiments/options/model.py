@@ -1,18 +1,11 @@
-"""Flags that choose one network of the papers, and its spec (a JSON-able dict).
-
-A *spec* names a network completely: ``{"model": "fnn", "depth": 5, "width": 50}``
-or ``{"model": "vgg" | "resnet", "blocks": [3, 6, 12, 3]}``. Trial state and
-results store it, and `experiments.trials.recipe.build_model` rebuilds the network from it.
-"""
+"""Flags that choose one network of the papers: its `cb_keras.paper.spec.NetworkSpec`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from absl import app, flags
 
-from cb_keras import validation
 from cb_keras.paper import models
+from cb_keras.paper.spec import NetworkSpec
 from experiments.options.parsers import define_int_list
 
 PAPER_DEPTHS = ', '.join(map(str, sorted(models.PAPER_BLOCKS)))
@@ -36,8 +29,8 @@ def _four_blocks(value: list[int] | None) -> bool:
     return not value or len(value) == 4
 
 
-def model_spec() -> dict[str, Any]:
-    """The spec of the network chosen by the flags above.
+def model_spec() -> NetworkSpec:
+    """The network chosen by the flags above.
 
     Raises:
         app.UsageError: --depth/--blocks missing, both given, or a depth the
@@ -47,15 +40,13 @@ def model_spec() -> dict[str, Any]:
         if DEPTH.value is None or BLOCKS.value:
             raise app.UsageError("--model=fnn needs --depth (number of hidden layers) and "
                                  "--width, not --blocks.")
-        return {"model": "fnn", "depth": DEPTH.value, "width": WIDTH.value}
+        return NetworkSpec("fnn", depth=DEPTH.value, width=WIDTH.value)
     if (DEPTH.value is None) == (not BLOCKS.value):
         raise app.UsageError(
             f"--model={MODEL.value} needs either --depth (a depth of the papers' table: "
             f"{PAPER_DEPTHS}) or --blocks=b1,b2,b3,b4, "
             "not both.")
     try:
-        blocks = validation.check_blocks(BLOCKS.value) if BLOCKS.value else \
-            models.paper_blocks(DEPTH.value)
+        return NetworkSpec(MODEL.value, blocks=BLOCKS.value or models.paper_blocks(DEPTH.value))
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    return {"model": MODEL.value, "blocks": blocks}

@@ -1,19 +1,18 @@
-"""What a `TrainConfig` and a network spec make: the network, its optimizer, its data.
+"""What a `TrainConfig` makes of a network: its optimizer, its data, its measurement sample.
 
-A *spec* names a network completely: ``{"model": "fnn", "depth": 5, "width": 50}``
-or ``{"model": "vgg" | "resnet", "blocks": [3, 6, 12, 3]}`` (see
-`experiments.options.model`). The learning rate and batch size come from the
-one `TrainConfig` (its ``metric_step`` gives the bundle metric the same ones).
+The network itself is named and built by `cb_keras.paper.spec.NetworkSpec`.
+The learning rate and batch size come from the one `TrainConfig` (its
+``metric_step`` gives the bundle metric the same ones).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import keras
 
 from cb_keras.autotune import trainer
-from cb_keras.paper import data, models, optimizers
+from cb_keras.paper import data, optimizers
 from experiments.runtime.config import TrainConfig
 from experiments.runtime.console import CommandError
 
@@ -24,19 +23,6 @@ OPTIMIZERS: dict[str, Callable[[float], keras.optimizers.Optimizer]] = {
     "adam": keras.optimizers.Adam,
     "sgd": keras.optimizers.SGD,
 }
-
-
-def spec_name(spec: dict[str, Any]) -> str:
-    """`cb_keras.paper.models.spec_label` of a network spec, e.g. ``fnn-d5-w50`` or ``vgg-1-1-1-1``."""
-    return models.spec_label(spec["model"], spec.get("blocks"), depth=spec.get("depth"),
-                             width=spec.get("width"))
-
-
-def build_model(spec: dict[str, Any], input_shape: Sequence[int],
-                num_classes: int) -> keras.Model:
-    """The (uncompiled) network described by `spec` (module docstring)."""
-    return models.build(spec["model"], input_shape, num_classes,
-                        **{k: v for k, v in spec.items() if k != "model"})
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras import pruning
+from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import rundir
 from experiments.trials import recipe
 from experiments.runtime.config import TrainConfig
@@ -37,11 +38,11 @@ class Trained:
         x: the measurement sample, float32 ``(N, H, W, C)`` training images.
         y: its int32 labels ``(N,)``.
         num_classes: C.
-        spec: the network (see `experiments.trials.recipe`).
+        spec: the network.
     """
 
     trial: rundir.RunDir
-    spec: dict[str, Any]
+    spec: NetworkSpec
     model: keras.Model
     cfg: TrainConfig
     test: tf.data.Dataset
@@ -88,10 +89,11 @@ def load_trial(path: str | os.PathLike, cfg: TrainConfig | None = None) -> Train
     cfg = cfg or TrainConfig.from_flags(saved)
     _, test, info = recipe.load_data(cfg, augment=False)
     x, y = recipe.measurement_sampler(cfg)(state["seed"], state["completed_epochs"])
-    model = recipe.build_model(state["spec"], info.input_shape, info.num_classes)
+    spec = NetworkSpec.from_dict(state["spec"])
+    model = spec.build(info.input_shape, info.num_classes)
     recipe.compile_model(model, cfg)
     restore(model, trial.file(state["checkpoint"]))
-    return Trained(trial, state["spec"], model, cfg, test, x, y, info.num_classes)
+    return Trained(trial, spec, model, cfg, test, x, y, info.num_classes)
 
 
 def check_residual_source(path: str | os.PathLike) -> None:
@@ -105,10 +107,13 @@ def check_residual_source(path: str | os.PathLike) -> None:
             its network has no residual blocks.
     """
     trial, state, _ = _finished(path, None)
-    spec = state.get("spec") or {}
-    if spec.get("model") != "resnet":
+    try:
+        spec = NetworkSpec.from_dict(state.get("spec"))
+    except ValueError:
+        spec = None
+    if spec is None or spec.kind != "resnet":
         raise rundir.RunDirError(
-            f"{trial.path} trained a {recipe.spec_name(spec) if spec.get('model') else spec} "
+            f"{trial.path} trained a {spec.label if spec else state.get('spec') or {}} "
             "network, which has no residual blocks; --source_run needs a train run of "
             "--model=resnet.")
 

@@ -39,13 +39,14 @@ import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
 from cb_keras.paper.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
+from cb_keras.paper.spec import NetworkSpec
 from cb_keras.measurement import measure
 from cb_keras.report import ConflictReport
 from experiments.runtime import console, serving
 from experiments.trials.callbacks import EpochCommit, ScalarSummaries, number, write_metrics
 from experiments.runtime.config import TrainConfig
-from experiments.trials.recipe import build_model, compile_model, load_data, measurement_sampler
-from experiments.runtime.rundir import STATE_FILE, RunDir, RunDirError, jsonable
+from experiments.trials.recipe import compile_model, load_data, measurement_sampler
+from experiments.runtime.rundir import STATE_FILE, RunDir, RunDirError
 
 # before_training(untrained model, logs measured at initialization) -> do not train
 BeforeTraining = Callable[[keras.Model, dict[str, Any]], bool]
@@ -235,7 +236,7 @@ def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.
     return stop
 
 
-def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: int,
+def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int,
                 strategy: tf.distribute.Strategy, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
@@ -244,7 +245,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
 
     Args:
         trial: the trial's directory (state, metrics, checkpoints, ...).
-        spec: the network (see `build_model`).
+        spec: the network.
         cfg: training and measurement settings.
         seed: initialises the network and seeds the data pipeline.
         strategy: the tf.distribute strategy for training and measurement.
@@ -266,19 +267,19 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
     if state and state.get("finished"):
         print(f"{label} finished earlier: {trial.path}".strip(), flush=True)
         return state["result"]
-    state = state or {"spec": jsonable(spec), "seed": seed, "completed_epochs": 0,
+    state = state or {"spec": spec.to_dict(), "seed": seed, "completed_epochs": 0,
                       "history": [],
                       "data_seeds": [data_seed(seed, e) for e in range(cfg.trained_epochs)]}
-    if (state["spec"], state["seed"]) != (jsonable(spec), seed):
+    if (state["spec"], state["seed"]) != (spec.to_dict(), seed):
         raise RunDirError(
             f"{trial.path} holds a trial of {state['spec']} with seed {state['seed']}, not of "
-            f"{spec} with seed {seed}; use another directory for this network.")
+            f"{spec.to_dict()} with seed {seed}; use another directory for this network.")
     start = state["completed_epochs"]
     _, test, info = load_data(cfg, augment=False)
     sample = measurement_sampler(cfg)
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        model = build_model(spec, info.input_shape, info.num_classes)
+        model = spec.build(info.input_shape, info.num_classes)
         compile_model(model, cfg)
         if start:
             start = resume(model, trial, state, label)
@@ -309,7 +310,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
     if cfg.export:
         serving.export(trial, model)
     state["result"] = {
-        "seed": seed, "spec": spec, "dir": str(trial.path),
+        "seed": seed, "spec": spec.to_dict(), "dir": str(trial.path),
         "parameters": int(model.count_params()),
         **summarize(state["history"], report, cfg.measure_every,
                     cfg.epoch_accounting.last_epochs),
