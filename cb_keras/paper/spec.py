@@ -97,9 +97,9 @@ class NetworkSpec:
             ValueError: not a spec's JSON form (another key, a key missing,
                 or fields `NetworkSpec` refuses).
         """
-        fields = {"fnn": ("model", "depth", "width")}.get(
-            data.get("model") if isinstance(data, Mapping) else None, ("model", "blocks"))
-        if not isinstance(data, Mapping) or set(data) != set(fields):
+        kind = data.get("model") if isinstance(data, Mapping) else None
+        fields = ("depth", "width") if kind == "fnn" else ("blocks",)
+        if not isinstance(data, Mapping) or set(data) != {"model", *fields}:
             raise ValueError(f"A network spec is {{'model': 'fnn', 'depth': ..., 'width': ...}} "
                              f"or {{'model': 'vgg' | 'resnet', 'blocks': [...]}}, got {data!r}.")
-        return cls(data["model"], **{key: data[key] for key in fields[1:]})
+        return cls(kind, **{key: data[key] for key in fields})
