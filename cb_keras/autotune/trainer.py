@@ -21,8 +21,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from cb_keras.inputs import dataset_batch_size
 from cb_keras.paper import models, optimizers
-from cb_keras.callback import dataset_batch_size
 from cb_keras.paper.evaluation import TestEvaluation
 
 
