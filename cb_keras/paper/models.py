@@ -73,7 +73,7 @@ PAPER_BLOCKS = {
     100: [3, 12, 31, 3],
     120: [3, 12, 41, 3],
 }
-KINDS = ("fnn", "vgg", "resnet")
+MODEL_KINDS = ("fnn", "vgg", "resnet")
 # Suffixes of the layers of a block named ``stage{s}_block{b}`` (module docstring).
 TAP_SUFFIX = "_tap"  # the output tap of a VGG block
 BRANCH_TAP_SUFFIX = "_branch_tap"  # the scaled residual branch tap of a ResNet block
@@ -205,8 +205,8 @@ def build(kind: str, input_shape: Sequence[int], num_classes: int, *,
         if depth is None or width is None or blocks is not None:
             raise ValueError("build('fnn', ...) needs depth and width (and no blocks).")
         return fnn(depth, width, input_shape, num_classes)
-    if kind not in KINDS:
-        raise ValueError(f"Unknown model kind {kind!r}; known kinds: {list(KINDS)}.")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"Unknown model kind {kind!r}; known kinds: {list(MODEL_KINDS)}.")
     if (depth is None) == (blocks is None) or width is not None:
         raise ValueError(
             f"build({kind!r}, ...) needs exactly one of depth (a paper depth, one of "
