@@ -140,15 +140,21 @@ def test_fnn_map_trains_the_grid_and_outlines_the_conflicting_networks(
     assert "conflicting" in capsys.readouterr().out
 
 
-def test_mirrored_strategy_trains_several_seeds_on_two_devices(
-        command, parse, tmp_path, cpu_devices):
+def test_mirrored_strategy_trains_several_seeds_on_two_devices_loading_the_data_once(
+        command, parse, tmp_path, cpu_devices, monkeypatch):
     run_dir = tmp_path / "mirrored"
     argv = [*TINY, "--epochs=2", "--model=fnn", "--depth=2", "--width=8", "--seeds=2",
             "--seed=5", "--strategy=mirrored", f"--devices={','.join(cpu_devices)}",
             "--noexport", f"--run_dir={run_dir}"]
     parse(train, *argv)
     assert strategy.make(strategy_flags.strategy_config()).num_replicas_in_sync == 2
+    calls = []
+    for name in ("load", "measurement_sample"):
+        monkeypatch.setattr(data, name, lambda *args, _f=getattr(data, name), _name=name,
+                            **kwargs: calls.append(_name) or _f(*args, **kwargs))
     command(train, *argv)
+    # The test split and the sample once per command; a pipeline per seed and epoch.
+    assert calls.count("load") == 1 + 2 * 2 and calls.count("measurement_sample") == 1
     results = json.loads((run_dir / "results.json").read_text())
     assert [t["seed"] for t in results["trials"]] == [5, 6]
     for seed in (5, 6):
