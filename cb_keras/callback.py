@@ -9,8 +9,9 @@ from typing import Any
 
 import keras
 
-from cb_keras import _backend, bundles, validation
-from cb_keras.measurement import measure, take_sample
+from cb_keras import bundles, validation
+from cb_keras.inputs import dataset_batch_size, learning_rate_of, take_sample
+from cb_keras.measurement import measure
 from cb_keras.probe import LayersArg, check_layers, tap_names
 from cb_keras.report import ConflictReport, LayerResult, write_csv
 
@@ -160,25 +161,6 @@ def bundle_logs(layer: LayerResult) -> dict[str, float]:
             "num_bundles": math.nan if layer.num_bundles is None else layer.num_bundles}
 
 
-def learning_rate_of(optimizer: Any) -> float:
-    """The current learning rate of a Keras optimizer, as a float.
-
-    Follows `LearningRateSchedule`s (evaluated at ``optimizer.iterations``)
-    and callables, and wrappers that expose ``learning_rate`` (e.g.
-    LossScaleOptimizer). Raises ValueError when there is none.
-    """
-    rate = getattr(optimizer, "learning_rate", None)
-    if rate is None:
-        raise ValueError(
-            f"cannot read a learning rate from the optimizer {optimizer!r} (it has no "
-            "`learning_rate`); pass learning_rate= to ConflictingBundles.")
-    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-        rate = rate(optimizer.iterations)
-    elif callable(rate):
-        rate = rate()
-    return float(keras.ops.convert_to_numpy(rate))
-
-
 def _training_batch_size(x: Any, batch_size: int | None) -> int:
     """`batch_size` if given, else the static batch size of a Dataset `x`."""
     if batch_size is not None:
@@ -190,19 +172,6 @@ def _training_batch_size(x: Any, batch_size: int | None) -> int:
         "ConflictingBundles needs the training batch size, which Keras 3 does not give "
         "callbacks: pass batch_size=<the batch_size of fit> (or pass as x the training "
         "tf.data.Dataset batched with drop_remainder=True, whose batch size is static).")
-
-
-def dataset_batch_size(x: Any) -> int | None:
-    """The static batch size of a batched `tf.data.Dataset`, or the ``batch_size`` of a
-    `keras.utils.PyDataset` such as `cb_keras.paper.data.load`'s off TensorFlow (None if unknown)."""
-    if isinstance(x, keras.utils.PyDataset):
-        size = getattr(x, "batch_size", None)
-        return size if validation.is_int(size) else None
-    if _backend.is_tf_dataset(x):
-        static = keras.tree.flatten(x.element_spec)[0].shape
-        if static.rank and static[0] is not None:
-            return int(static[0])
-    return None
 
 
 def _output_classes(model: keras.Model) -> int:

@@ -1,6 +1,7 @@
 """`measure`: the bundle metrics of a^(1)..a^(L) of a model on a fixed sample.
 
-`measure(model, x, y, ...)` takes the first `samples` examples (`take_sample`),
+`measure(model, x, y, ...)` takes the first `samples` examples
+(`cb_keras.inputs.take_sample`),
 runs the probe model (`cb_keras.probe`) on them inside one compiled function per
 forward batch that also fingerprints every measured output
 (`bundles.fingerprint`; `tf.function` on TensorFlow, `jax.jit` on JAX), so
@@ -19,8 +20,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from cb_keras import _backend, bundles, validation
+from cb_keras import bundles, validation
 from cb_keras._backend import kernels
+from cb_keras.inputs import sample_count, take_sample
 from cb_keras.probe import LayersArg, check_layers, entry_points, probe_model, select_taps
 from cb_keras.report import ConflictReport, LayerResult
 
@@ -63,7 +65,7 @@ def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
         ValueError: invalid arguments (see `bundles.scalars`), a model
             without trainable weights, and the errors of `probe`.
         TypeError: `x` is not numeric arrays of shape (N, ...) (see
-            `input_arrays`), or the errors of `probe`.
+            `cb_keras.inputs.input_arrays`), or the errors of `probe`.
 
     The probe and its traced functions are cached per model and layer
     selection (held weakly: freed with the model), so measuring the same
@@ -77,7 +79,7 @@ def measure(model: keras.Model, x: Any, y: Any = None, *, num_classes: int,
         >>> report.last.bundle_entropy, report.first_conflicting
     """
     sample_x, sample_y = take_sample(x, y, samples)
-    num_samples = _num_samples(sample_x)
+    num_samples = sample_count(sample_x)
     labels, columns = bundles.class_columns(
         bundles.check_labels(sample_y, num_samples, num_classes), num_classes)
     measurer = _measurer(model, layers)
@@ -103,94 +105,6 @@ def _weight_amplitude(model: keras.Model) -> float:
     return float(bundles.weight_amplitude_tensor(model.trainable_weights))
 
 
-def take_sample(x: Any, y: Any, samples: int) -> tuple[Any, np.ndarray]:
-    """The first `samples` examples of `x`, `y` as NumPy: ``(x[:n], y[:n])``.
-
-    `x` is an array or a nested structure of arrays with `y` an array, or a
-    `tf.data.Dataset` or `keras.utils.PyDataset` of ``(x, y)`` (or
-    ``(x, y, sample_weight)``) batches with `y` None; a nested list of numbers is one array (`input_arrays`).
-    Raises TypeError for inputs that are not numeric arrays with a sample
-    axis, and ValueError for a wrong `samples`, a length mismatch, an empty
-    source, or `y` given with a Dataset (or missing without one).
-    """
-    validation.check_positive_int("samples", samples)
-    if _backend.is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset):
-        if y is not None:
-            raise ValueError(
-                "x is a tf.data.Dataset, so it must yield (x, y) batches and y must "
-                "be None; pass y=None.")
-        return _sample_from_dataset(x, samples)
-    if y is None:
-        raise ValueError(
-            "y is None but x is not a tf.data.Dataset; pass the integer labels y "
-            "of x, or a Dataset of (x, y) batches as x.")
-    sample_x = keras.tree.map_structure(lambda a: a[:samples], input_arrays(x))
-    sample_y = np.asarray(y)[:samples]
-    if _num_samples(sample_x) != len(sample_y):
-        raise ValueError(
-            f"x holds {_num_samples(sample_x)} samples in its first {samples} but y holds "
-            f"{len(sample_y)}; pass one label per sample.")
-    return sample_x, sample_y
-
-
-def input_arrays(x: Any) -> Any:
-    """`x` as NumPy arrays of shape (N, ...): an array, or a nested structure of them.
-
-    A list or tuple whose elements are all numbers (a nested list of samples)
-    becomes one array; a list of arrays stays a list of model inputs, as in
-    Keras. TypeError for anything that is not a numeric array with a sample
-    axis (strings, ragged lists, scalars).
-    """
-    if isinstance(x, (list, tuple)) and x \
-            and all(np.ndim(leaf) == 0 for leaf in keras.tree.flatten(x)):
-        try:
-            x = np.asarray(x)
-        except ValueError as error:  # ragged nesting
-            raise TypeError(
-                f"x is a nested list that is not rectangular ({error}); pass a NumPy "
-                "array of shape (N, ...).") from error
-    arrays = keras.tree.map_structure(np.asarray, x)
-    if not keras.tree.flatten(arrays):
-        raise TypeError(f"x holds no arrays (got {x!r}); pass the samples as an array "
-                        "of shape (N, ...).")
-    for array in keras.tree.flatten(arrays):
-        if array.ndim == 0 or not (np.issubdtype(array.dtype, np.number)
-                                   or array.dtype == np.bool_):
-            raise TypeError(
-                f"x must be numeric arrays of shape (N, ...) (one per model input), got "
-                f"an array of shape {array.shape} and dtype {array.dtype}; convert it "
-                "with np.asarray(x, dtype='float32').")
-    return arrays
-
-
-def _sample_from_dataset(dataset: Any, samples: int) -> tuple[Any, np.ndarray]:
-    """Concatenate the first batches of a Dataset of (x, y) batches up to `samples`."""
-    xs, ys, count = [], [], 0
-    for element in dataset:
-        if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
-            raise ValueError(
-                "the Dataset must yield (x, y) or (x, y, sample_weight) batches; got "
-                f"elements of structure {keras.tree.map_structure(lambda t: t.shape, element)}.")
-        if np.ndim(element[1]) == 0:
-            raise ValueError(
-                "the Dataset yields single examples, not batches; batch it first, e.g. "
-                "dataset.batch(64).")
-        xs.append(keras.tree.map_structure(np.asarray, element[0]))
-        ys.append(np.asarray(element[1]))
-        count += len(ys[-1])
-        if count >= samples:
-            break
-    if not ys:
-        raise ValueError("the Dataset is empty; pass the training data to measure on.")
-    sample_x = keras.tree.map_structure(lambda *parts: np.concatenate(parts)[:samples], *xs)
-    return sample_x, np.concatenate(ys)[:samples]
-
-
-def _num_samples(x: Any) -> int:
-    """Length of the leading axis of the (first) input array."""
-    return len(keras.tree.flatten(x)[0])
-
-
 class _Measurer:
     """A probe with its traced per-batch fingerprint function, reused across calls."""
 
@@ -209,7 +123,7 @@ class _Measurer:
         `bundles.scalars`; the sample goes through the probe in chunks of
         `eval_batch_size`.
         """
-        num_samples = _num_samples(x)
+        num_samples = sample_count(x)
         if not validation.is_int(eval_batch_size) or eval_batch_size < 1:
             raise ValueError(
                 f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}.")

@@ -73,7 +73,7 @@ LayerSelector = Union[type, str, Callable[[keras.layers.Layer], bool],
                       Sequence[Union[type, str]]]
 GATE_SUFFIX = "_lesion_gate"
 BRANCH_SUFFIX = "_branch"  # the measurement tap of a branch that is no layer's output
-KINDS = ("add", "operator", "layer")
+RESIDUAL_KINDS = ("add", "operator", "layer")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ papers: ``--model=vgg --depth=120``, blocks 3,12,41,3) and runs
 command's code (`experiments.trials.trial.train_trial`, --epochs epochs, seed
 ``--seed + run``); after each of its first --check_window epochs a^L is
 measured on --measure_samples training images (the papers: 64; see
---measure_sample); on a conflict the architecture shrinks by --prune_rule (a
+--measure_sample_source); on a conflict the architecture shrinks by --prune_rule (a
 version of the rule, `cb_keras.autotune.rules.VERSIONS`, docs/reproduction.md, which also
 sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
 restarts; --final_epochs retrains the found network from scratch.
@@ -145,13 +145,13 @@ def read_flags() -> Config:
     """The flags of `auto_tune`, read once.
 
     Raises:
-        app.UsageError: a network that is not a block network, or --runs.
+        app.UsageError: a network that is not a block network, or --seeds.
         ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
     """
     training = training_flags.training_config()
-    if training.runs != 1:
+    if training.seeds != 1:
         raise app.UsageError(
-            f"auto_tune trains one network per run; got --runs={training.runs}. Drop --runs "
+            f"auto_tune trains one network per run; got --seeds={training.seeds}. Drop --seeds "
             "(repeat the search with other --seed values instead).")
     return config_from_flags(run_flags.run_config("auto_tune", __name__), training)
 
@@ -167,10 +167,10 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
         ValueError: search settings that `cb_keras.autotune.AutoTuneConfig` refuses.
     """
     spec = model_flags.model_spec()
-    if spec.kind not in rules.KINDS:
+    if spec.kind not in rules.RULE_KINDS:
         raise app.UsageError(
             f"auto_tune shrinks block networks, so --model must be one of "
-            f"{list(rules.KINDS)}, got --model={spec.kind}; the papers start from "
+            f"{list(rules.RULE_KINDS)}, got --model={spec.kind}; the papers start from "
             "--model=vgg --depth=120.")
     if FINAL_EPOCHS.value is not None:
         try:
@@ -184,14 +184,15 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
     return cfg
 
 
-def trial_trainer(run: rundir.RunDir, cfg: TrainConfig,
+def trial_trainer(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
                   dist: tf.distribute.Strategy) -> trainer.Trainer:
     """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
-    return lambda request: train_run(run, cfg, dist, request)
+    return lambda request: train_run(run, cfg, data, dist, request)
 
 
-def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy,
-              request: trainer.TrainRequest, until: int | None = None) -> trainer.TrainOutcome:
+def train_run(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
+              dist: tf.distribute.Strategy, request: trainer.TrainRequest,
+              until: int | None = None) -> trainer.TrainOutcome:
     """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
 
     A run that restarted keeps only its last checkpoint once it is done.
@@ -200,15 +201,17 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
     result = trial.train_trial(
         directory, request.network,
         dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
-        seed=request.seed, strategy=dist, label=f"[run {request.run} {request.network.label}]",
-        callbacks=request.callbacks, until=until, before_training=request.before_training)
+        data, seed=request.seed, strategy=dist,
+        label=f"[run {request.run} {request.network.label}]", callbacks=request.callbacks,
+        until=until, before_training=request.before_training)
     if result["epochs"] < request.epochs:
         directory.prune_checkpoints(keep=1, protect=result["epochs"])
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
-                                lambda: trained.load_trial(directory.path, cfg).model)
+                                lambda: trained.load_trial(directory.path, data).model)
 
 
 def finish_restarted_runs(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
+                          data: recipe.TrialData,
                           dist: tf.distribute.Strategy) -> autotune.SearchState:
     """Finish the runs whose restart is in `state` but whose trial is not done.
 
@@ -225,7 +228,7 @@ def finish_restarted_runs(run: rundir.RunDir, state: autotune.SearchState, cfg: 
             run=record.run, kind=cfg.spec.kind, blocks=record.blocks,
             epochs=record.epochs, seed=cfg.training.seed + record.run,
             **cfg.training.metric_step, callbacks=())
-        outcome = train_run(run, cfg.training, dist, request, until=record.restart.epoch)
+        outcome = train_run(run, cfg.training, data, dist, request, until=record.restart.epoch)
         state = state.ended(record.run, outcome)
     return state
 
@@ -320,9 +323,10 @@ def restart_scalars(record: check.Restart) -> dict[str, float]:
                for s, b in enumerate(record.blocks_after, start=1)}}
 
 
-def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
-    """Run or resume the search in `run`; export the final network; the results dict."""
-    _, test, info = recipe.load_data(cfg.training, augment=False)
+def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
+           dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Run or resume the search in `run` on `data` (loaded for ``cfg.training``); export
+    the final network; the results dict."""
     summaries = ScalarSummaries(run.file(trial.TENSORBOARD_DIR), enabled=run.writer)
 
     def save_state(state: autotune.SearchState) -> None:
@@ -335,21 +339,22 @@ def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dic
 
     state = read_search_state(run, cfg)
     if state is not None:
-        finished = finish_restarted_runs(run, state, cfg, dist)
+        finished = finish_restarted_runs(run, state, cfg, data, dist)
         if finished is not state:
             save_state(finished)
         state = finished
     result = autotune.auto_tune(
-        cfg.search_config, trial_trainer(run, cfg.training, dist), num_classes=info.num_classes,
-        sampler=recipe.measurement_sampler(cfg.training),
+        cfg.search_config, trial_trainer(run, cfg.training, data, dist),
+        num_classes=data.info.num_classes,
+        sampler=data.sample,
         state=state, save_state=save_state, on_restart=on_restart,
         log=lambda line: print(f"auto_tune: {line}", flush=True))
     if cfg.training.export:
         serving.export(run, result.model)
     serving.save_keras(result.model, run.file(KERAS_FILE))
-    start = NetworkSpec(result.kind, result.start_blocks).build(info.input_shape,
-                                                                info.num_classes)
-    batch = next(iter(test))[0]
+    start = NetworkSpec(result.kind, result.start_blocks).build(data.info.input_shape,
+                                                                data.info.num_classes)
+    batch = next(iter(data.test))[0]
     results = {
         "command": "auto_tune", "dataset": cfg.training.dataset,
         "accounting": cfg.training.accounting, **result.to_dict(),
@@ -417,9 +422,10 @@ def main(argv: list[str]) -> None:
     """Search (or resume) the architecture given by the flags and print the summary."""
     command.no_arguments("auto_tune", argv)
     cfg = read_flags()
+    data = recipe.data_once(cfg.training)
     command.execute(cfg.run, f"{cfg.spec.label}_{cfg.training.dataset}",
-                    lambda run, dist: search(run, cfg, dist), summary_text, cfg.strategy,
-                    check=lambda: recipe.check_data(cfg.training))
+                    lambda run, dist: search(run, cfg, data(), dist), summary_text,
+                    cfg.strategy, check=data)
 
 
 if __name__ == "__main__":

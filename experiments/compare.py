@@ -2,7 +2,7 @@
 
     python -m experiments compare --flagfile=flags/compare_digits.cfg
 
-For each of --runs seeds (--seed, --seed + 1, ...) it trains every contestant
+For each of --seeds seeds (--seed, --seed + 1, ...) it trains every contestant
 of --contestants with the same training flags:
 
 - ``auto_tune``: the `auto_tune` command's search from the network of
@@ -139,7 +139,7 @@ class Config:
     """What the flags of `compare` say.
 
     ``search`` is the auto_tune contestant's config (its training seed is
-    replaced per seed); ``training.runs`` is the number of seeds.
+    replaced per seed); ``training.seeds`` is the number of seeds.
     """
 
     run: RunConfig
@@ -155,7 +155,7 @@ class Config:
 
     @property
     def seeds(self) -> list[int]:
-        return [self.training.seed + k for k in range(self.training.runs)]
+        return [self.training.seed + k for k in range(self.training.seeds)]
 
     @property
     def cells(self) -> list[str]:
@@ -177,7 +177,7 @@ def read_flags() -> Config:
     """
     training = training_flags.training_config()
     search = auto_tune.config_from_flags(run_flags.run_config("compare", __name__),
-                                         dataclasses.replace(training, runs=1))
+                                         dataclasses.replace(training, seeds=1))
     budget = TUNER_BUDGET.value or 2 * training.epochs
     if budget < training.epochs:
         raise app.UsageError(f"--tuner_budget={budget} is below --epochs={training.epochs}: "
@@ -191,21 +191,22 @@ def read_flags() -> Config:
                   tuple(FIXED_DEPTHS.value), budget, PARTIAL.value)
 
 
-def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
-             seed: int) -> dict[str, Any]:
-    """Train (or resume) one contestant with one seed; its cell (`CELL_COLUMNS`)."""
+def run_cell(run: RunDir, cfg: Config, data: recipe.TrialData, dist: tf.distribute.Strategy,
+             name: str, seed: int) -> dict[str, Any]:
+    """Train (or resume) one contestant with one seed on `data` (loaded for
+    ``cfg.training``); its cell (`CELL_COLUMNS`)."""
     directory = run.sub(name).sub(f"seed{seed}")
     done = directory.read_json(CELL_FILE)
     if done:
         return done
     resumed = directory.path.exists()
     print(f"compare: {name}, seed {seed}", flush=True)
-    training = dataclasses.replace(cfg.training, seed=seed, runs=1)
+    training = dataclasses.replace(cfg.training, seed=seed, seeds=1)
     label = f"[{name} seed {seed}]"
     kind = cfg.search.spec.kind
     start = time.perf_counter()
     if name.startswith("auto_tune"):
-        found = auto_tune.search(directory, auto_tune_config(cfg, name, training), dist)
+        found = auto_tune.search(directory, auto_tune_config(cfg, name, training), data, dist)
         outcome = {"blocks": found["final_blocks"], "parameters": found["final_parameters"],
                    "test_accuracy": found["test_accuracy"], "epochs": found["total_epochs"],
                    "train_seconds": found["train_seconds"], "restarts": found["num_restarts"]}
@@ -215,13 +216,14 @@ def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
             kind=kind, max_blocks=cfg.search.spec.blocks, budget=cfg.tuner_budget,
             training=training, check=name.endswith("_check"), rule=search.rule,
             window=search.check_window, at_init=search.check_at_init)
-        outcome = (tuner.search(directory, space, dist, label) if name.startswith("keras_tuner")
+        outcome = (tuner.search(directory, space, data, dist, label)
+                   if name.startswith("keras_tuner")
                    else optuna_search.search(directory, space, "median" if name.endswith(
-                       "_median") else None, dist, label))
+                       "_median") else None, data, dist, label))
     else:
         blocks = models.paper_blocks(int(name.rsplit("-d", 1)[1]))
         result = trial.train_trial(directory, NetworkSpec(kind, blocks), training,
-                                   seed=seed, strategy=dist, label=label)
+                                   data, seed=seed, strategy=dist, label=label)
         outcome = {"blocks": blocks, **{k: result[k] for k in
                                         ("parameters", "test_accuracy", "epochs",
                                          "train_seconds")}}
@@ -276,10 +278,11 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:
+def latencies(cfg: Config, data: recipe.TrialData,
+              cells: list[dict[str, Any]]) -> dict[str, float]:
     """Latency (ms) of every network found, by blocks text; untrained weights time the same."""
-    _, test, info = recipe.load_data(cfg.training, augment=False)
-    batch = next(iter(test))[0]
+    info = data.info
+    batch = next(iter(data.test))[0]
     out = {}
     for text in dict.fromkeys(blocks_text(c["blocks"]) for c in cells):
         spec = NetworkSpec(cfg.search.spec.kind, [int(b) for b in text.split(",")])
@@ -288,16 +291,18 @@ def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def compare(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def compare(run: RunDir, cfg: Config, data: recipe.TrialData,
+            dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train every cell (seed by seed), then measure, tabulate and draw; the results."""
-    cells = [run_cell(run, cfg, dist, name, seed) for seed in cfg.seeds for name in cfg.cells]
-    return tabulate(run, cfg, cells)
+    cells = [run_cell(run, cfg, data, dist, name, seed)
+             for seed in cfg.seeds for name in cfg.cells]
+    return tabulate(run, cfg, data, cells)
 
 
-def tabulate(run: RunDir, cfg: Config, cells: list[dict[str, Any]],
+def tabulate(run: RunDir, cfg: Config, data: recipe.TrialData, cells: list[dict[str, Any]],
              suffix: str = "") -> dict[str, Any]:
     """Latencies, rows, cells.csv, compare.csv and compare.png (names + `suffix`); the results."""
-    rows = aggregate(cells, latencies(cfg, cells))
+    rows = aggregate(cells, latencies(cfg, data, cells))
 
     def name(file: str) -> str:
         return file.replace(".", f"{suffix}.")
@@ -313,7 +318,7 @@ def tabulate(run: RunDir, cfg: Config, cells: list[dict[str, Any]],
     return results
 
 
-def report_partial(cfg: Config, readable: str) -> str:
+def report_partial(cfg: Config, readable: str, data: recipe.TrialData) -> str:
     """`--partial`: tabulate the finished cells of the run the flags name, train nothing.
 
     Raises:
@@ -328,7 +333,7 @@ def report_partial(cfg: Config, readable: str) -> str:
              if (cell := run.sub(name).sub(f"seed{seed}").read_json(CELL_FILE))]
     if not cells:
         raise console.CommandError(f"{run.path} has no finished cell yet; try again later.")
-    results = tabulate(run, cfg, cells, "_partial")
+    results = tabulate(run, cfg, data, cells, "_partial")
     return (f"{len(cells)} of {len(cfg.seeds) * len(cfg.cells)} cells finished "
             + (f"(files *_partial.* in {run.path})" if run.writer else
                f"({run.path} is read-only: no *_partial.* files written)")
@@ -378,12 +383,12 @@ def main(argv: list[str]) -> None:
     command.no_arguments("compare", argv)
     cfg = read_flags()
     readable = f"{cfg.search.spec.label}_{cfg.training.dataset}"
+    data = recipe.data_once(cfg.training)
     if cfg.partial:
-        print(report_partial(cfg, readable), flush=True)
+        print(report_partial(cfg, readable, data()), flush=True)
         return
-    command.execute(cfg.run, readable, lambda run, dist: compare(run, cfg, dist),
-                    summary_table, cfg.search.strategy,
-                    check=lambda: recipe.check_data(cfg.training))
+    command.execute(cfg.run, readable, lambda run, dist: compare(run, cfg, data(), dist),
+                    summary_table, cfg.search.strategy, check=data)
 
 
 if __name__ == "__main__":

@@ -72,15 +72,15 @@ RESNET_BLOCKS = define_int_list(
     "resnet_blocks", [3, 3, 0, 0], "resnet: blocks per stage, four integers.", __name__)
 HEAL_EPOCHS = flags.DEFINE_integer(
     "heal_epochs", 1, "Epochs of healing after each removal (0: none).", lower_bound=0)
-SEEDS = flags.DEFINE_integer("seeds", 3, "Networks trained per kind (seeds).", lower_bound=1)
 SCORE_SAMPLES = flags.DEFINE_integer(
     "score_samples", 512, "Training samples the scores are computed on.", lower_bound=1)
 flags.register_validator(RESNET_BLOCKS, lambda value: len(value) == 4 and sum(value) >= 2,
                          "--resnet_blocks must be four integers with at least 2 blocks.")
 flags.adopt_module_key_flags(run_flags)
 # --dataset, --epochs, --batch_size, --learning_rate, --optimizer (of training and
-# healing) and --seed (of the first network; seed k is seed + k) are the commands'
-# shared training flags; their defaults are train's, so the flagfile sets them.
+# healing), --seed (of the first network; seed k is seed + k) and --seeds (networks
+# trained per kind) are the commands' shared training flags; their defaults are
+# train's, so the flagfile sets them.
 flags.adopt_module_key_flags(training_flags)
 
 CSV_FILE = "depth_prune.csv"
@@ -130,7 +130,7 @@ def read_flags() -> Config:
         {"blocks": VIT_BLOCKS.value, "dim": VIT_DIM.value, "heads": VIT_HEADS.value,
          "patch": VIT_PATCH.value}, tuple(RESNET_BLOCKS.value), training_flags.EPOCHS.value,
         HEAL_EPOCHS.value, training_flags.BATCH_SIZE.value, training_flags.LEARNING_RATE.value,
-        training_flags.OPTIMIZER.value, tuple(range(seed, seed + SEEDS.value)),
+        training_flags.OPTIMIZER.value, tuple(range(seed, seed + training_flags.SEEDS.value)),
         SCORE_SAMPLES.value)
 
 

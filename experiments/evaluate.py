@@ -40,6 +40,7 @@ from absl import app, flags
 from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import command, console, rundir, strategy
 from experiments.trials import recipe, trial
+from experiments.trials.state import TrialState
 from experiments.runtime.config import RunConfig, StrategyConfig, TrainConfig
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
@@ -97,28 +98,31 @@ def read_flags() -> Config:
                   LAST_EPOCHS.value, SAMPLES.value, OUTPUT_DIR.value)
 
 
-def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, cfg: TrainConfig,
+def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, data: recipe.TrialData,
                    last_epochs: int, dist: tf.distribute.Strategy) -> dict[str, Any]:
-    """Test accuracy over the last checkpoints of a trial; per-layer conflicts to `output`."""
-    state = directory.read_json(rundir.STATE_FILE)
+    """Test accuracy over the last checkpoints of a trial; per-layer conflicts to `output`.
+
+    `data` is the run's, loaded for its training settings (``data.config``).
+    """
+    state = TrialState.from_dict(directory.read_json(rundir.STATE_FILE))
     checkpoints = list(directory.checkpoints().items())[-last_epochs:]
     if not checkpoints:
         raise rundir.RunDirError(
             f"{directory.path} has no checkpoints to evaluate; train it first (or keep "
             "checkpoints: --keep_checkpoints).")
-    _, test, info = recipe.load_data(cfg, augment=False)
-    x, y = recipe.measurement_sampler(cfg)(state["seed"], checkpoints[-1][0])
+    cfg, info = data.config, data.info
+    x, y = data.sample(state.seed, checkpoints[-1][0])
     with dist.scope():
-        model = NetworkSpec.from_dict(state["spec"]).build(info.input_shape, info.num_classes)
+        model = NetworkSpec.from_dict(state.spec).build(info.input_shape, info.num_classes)
         recipe.compile_model(model, cfg)
     tests = {}
     for epoch, path in checkpoints:  # oldest first: the model ends at the newest
         trial.restore(model, path)
-        tests[epoch] = model.evaluate(test, verbose=0, return_dict=True)
+        tests[epoch] = model.evaluate(data.test, verbose=0, return_dict=True)
     report = trial.write_conflicts(output, model, x, y, num_classes=info.num_classes,
                                    cfg=cfg)
     return {
-        "dir": str(directory.path), "spec": state["spec"], "seed": state["seed"],
+        "dir": str(directory.path), "spec": state.spec, "seed": state.seed,
         "epochs": list(tests),
         "test_accuracy_by_epoch": {e: v["accuracy"] for e, v in tests.items()},
         "test_accuracy": float(np.mean([v["accuracy"] for v in tests.values()])),
@@ -157,9 +161,10 @@ def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
                                       for part in re.split(r"(\d+)", str(path))])
     if not trials:
         raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
+    data = recipe.trial_data(trained_with)
     results = [evaluate_trial(rundir.RunDir(path, writer=False),
                               output.sub(f"{EVALUATION_DIR}/{path.relative_to(run.path)}"),
-                              trained_with,
+                              data,
                               cfg.last_epochs or trained_with.epoch_accounting.last_epochs,
                               dist) for path in trials]
     output.write_json(EVALUATION_FILE, {

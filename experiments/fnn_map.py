@@ -2,7 +2,7 @@
 
     python -m experiments fnn_map --flagfile=flags/fnn_map_digits.cfg
 
-Trains an FNN for every (depth, width) of --depths x --widths (``--runs``
+Trains an FNN for every (depth, width) of --depths x --widths (``--seeds``
 seeds each) on --dataset, each in ``cells/d<depth>_w<width>/`` (one trial
 directory, see `experiments.trials.trial`). Writes to the run directory:
 
@@ -86,11 +86,11 @@ def read_flags() -> Config:
                   sorted(set(WIDTHS.value)))
 
 
-def train_cell(run: RunDir, depth: int, width: int, cfg: TrainConfig,
+def train_cell(run: RunDir, depth: int, width: int, cfg: TrainConfig, data: recipe.TrialData,
                dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train the runs of one FNN of the grid; its row of the table."""
     spec = NetworkSpec("fnn", depth=depth, width=width)
-    trials = [trial.train_trial(directory, spec, cfg, seed=seed, strategy=dist,
+    trials = [trial.train_trial(directory, spec, cfg, data, seed=seed, strategy=dist,
                                 label=f"[d={depth} w={width} seed {seed}]")
               for seed, directory in trial.trial_dirs(run, f"cells/d{depth}_w{width}", cfg)]
     fraction = float(np.mean([bool(t["conflicting"]) for t in trials]))
@@ -141,9 +141,11 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
     files.save_png(figure, path)
 
 
-def grid(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def grid(run: RunDir, cfg: Config, data: recipe.TrialData,
+         dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train (or resume) every cell of the grid, write the table and the map; the results."""
-    cells = [train_cell(run, d, w, cfg.training, dist) for d in cfg.depths for w in cfg.widths]
+    cells = [train_cell(run, d, w, cfg.training, data, dist)
+             for d in cfg.depths for w in cfg.widths]
     run.write_csv(CSV_FILE, cells, CELL_COLUMNS)
     if run.writer:
         plot_map(cells, cfg.depths, cfg.widths,
@@ -170,8 +172,9 @@ def main(argv: list[str]) -> None:
     """Train (or resume) every cell of the grid, then write the table and the map."""
     command.no_arguments("fnn_map", argv)
     cfg = read_flags()
-    command.execute(cfg.run, cfg.training.dataset, lambda run, dist: grid(run, cfg, dist),
-                    summary_table, cfg.strategy, check=lambda: recipe.check_data(cfg.training))
+    data = recipe.data_once(cfg.training)
+    command.execute(cfg.run, cfg.training.dataset, lambda run, dist: grid(run, cfg, data(), dist),
+                    summary_table, cfg.strategy, check=data)
 
 
 def _mean(values: list[float]) -> float | None:

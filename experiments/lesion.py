@@ -240,10 +240,10 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
     groups = lesion_groups(found, k_rule)
     rows = evaluate_draws(
         draw_sets(groups, largest_k(groups, k_rule, max_k), draws, seed),
-        lambda removed: serving.accuracy(lesion.lesion(removed), source.test),
+        lambda removed: serving.accuracy(lesion.lesion(removed), source.data.test),
         log=lambda line: print(f"lesion: {line}", flush=True))
     curve_rows = curves(rows)
-    intact = serving.accuracy(lesion.lesion([]), source.test)
+    intact = serving.accuracy(lesion.lesion([]), source.data.test)
     pruned = pruning.remove_blocks(source.model, found.conflicting)
     if run.writer:
         found.report.save_csv(run.file(BRANCHES_FILE))
@@ -255,11 +255,11 @@ def lesion_study(source: trained.Trained, run: rundir.RunDir, draws: int, seed: 
              run.file(PLOT_FILE))
     return {
         "command": "lesion", "source": str(source.trial.path),
-        "dataset": source.cfg.dataset, "blocks": found.names,
+        "dataset": source.data.config.dataset, "blocks": found.names,
         "conflicting_blocks": found.conflicting, "test_accuracy": intact,
         "draws": draws, "k_rule": k_rule, "curves": curve_rows,
         "all_conflicting_removed": {
-            "test_accuracy": serving.accuracy(pruned, source.test),
+            "test_accuracy": serving.accuracy(pruned, source.data.test),
             "parameters": int(pruned.count_params()),
             "parameters_before": int(source.model.count_params()),
             "blocks": len(found.non_conflicting)},

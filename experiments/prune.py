@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -125,21 +125,21 @@ def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
     if run.writer:
         found.report.save_csv(run.file(BRANCHES_FILE))
     pruned = pruning.remove_blocks(source.model, found.conflicting)
-    batch = next(iter(source.test))[0]
+    batch = next(iter(source.data.test))[0]
     lesioned = pruning.lesioned(source.model, found.conflicting)
     lesion_diff = _checked_difference(pruned(batch, training=False),
                                       lesioned(batch, training=False),
                                       "the original network with these blocks lesioned")
-    pruned_accuracy = serving.accuracy(pruned, source.test)
+    pruned_accuracy = serving.accuracy(pruned, source.data.test)
     before = _measure(source.model, len(found.blocks), source, run.file(ORIGINAL_FILE), None)
     if finetune_epochs:
-        _finetune(pruned, source.cfg, finetune_epochs)
+        _finetune(pruned, source, finetune_epochs)
     after = _measure(pruned, len(found.non_conflicting), source, run.file(PRUNED_FILE), run)
     before["latency_ms"], after["latency_ms"] = serving.latencies_ms(
         [source.model, pruned], batch, repeats)
     return {
         "command": "prune", "source": str(source.trial.path), "spec": source.spec.to_dict(),
-        "dataset": source.cfg.dataset, "blocks": found.names,
+        "dataset": source.data.config.dataset, "blocks": found.names,
         "conflicting_blocks": found.conflicting,
         "removed_block_fraction": len(found.conflicting) / len(found.blocks),
         "removed_weight_layer_fraction":
@@ -157,17 +157,17 @@ def _measure(model: keras.Model, blocks: int, source: trained.Trained,
     """Size, test accuracy and files of one network (`serving.describe` + more)."""
     return {
         **serving.describe(model, blocks),
-        "test_accuracy": serving.accuracy(model, source.test),
+        "test_accuracy": serving.accuracy(model, source.data.test),
         "keras_bytes": serving.save_keras(model, keras_file),
         "savedmodel_bytes": serving.export_size(model, export_run),
     }
 
 
-def _finetune(model: keras.Model, cfg: TrainConfig, epochs: int) -> None:
+def _finetune(model: keras.Model, source: trained.Trained, epochs: int) -> None:
     """Train `model` `epochs` more epochs with the run's optimizer, loss and data."""
-    recipe.compile_model(model, cfg)
-    train, _, _ = recipe.load_data(cfg, augment=cfg.augment, shuffle_seed=cfg.seed)
-    model.fit(train, epochs=epochs, verbose=2)
+    recipe.compile_model(model, source.data.config)
+    model.fit(source.data.training_batches(shuffle_seed=source.data.config.seed), epochs=epochs,
+              verbose=2)
 
 
 def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: tf.Tensor) -> float:
@@ -203,15 +203,17 @@ def summary_table(results: dict[str, Any]) -> str:
             + console.table(rows, TABLE_COLUMNS))
 
 
-def train_and_prune(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy
-                    ) -> dict[str, Any]:
-    """Prune the network of --source_run, or of a trial trained first into ``train/``."""
-    source = cfg.source_run
-    if not source:
-        trial.train_trial(run.sub(TRAIN_DIR), cfg.spec, cfg.training, seed=cfg.training.seed,
-                          strategy=dist)
-        source = str(run.sub(TRAIN_DIR).path)
-    return prune(trained.load_trial(source), run, cfg.finetune_epochs, cfg.latency_repeats)
+def train_and_prune(run: rundir.RunDir, cfg: Config, data: Callable[[], recipe.TrialData],
+                    dist: tf.distribute.Strategy) -> dict[str, Any]:
+    """Prune the network of --source_run (with the data of its own flags), or of a trial
+    trained first into ``train/`` on ``data()`` (`recipe.data_once`)."""
+    if cfg.source_run:
+        source = trained.load_trial(cfg.source_run)
+    else:
+        trial.train_trial(run.sub(TRAIN_DIR), cfg.spec, cfg.training, data(),
+                          seed=cfg.training.seed, strategy=dist)
+        source = trained.load_trial(run.sub(TRAIN_DIR).path, data())
+    return prune(source, run, cfg.finetune_epochs, cfg.latency_repeats)
 
 
 def main(argv: list[str]) -> None:
@@ -220,10 +222,11 @@ def main(argv: list[str]) -> None:
     cfg = read_flags()
     readable = pathlib.Path(cfg.source_run).name if cfg.source_run else \
         f"{cfg.spec.label}_{cfg.training.dataset}"
-    command.execute(cfg.run, readable, lambda run, dist: train_and_prune(run, cfg, dist),
+    data = recipe.data_once(cfg.training)
+    command.execute(cfg.run, readable, lambda run, dist: train_and_prune(run, cfg, data, dist),
                     summary_table, cfg.strategy,
                     check=lambda: trained.check_residual_source(cfg.source_run)
-                    if cfg.source_run else recipe.check_data(cfg.training))
+                    if cfg.source_run else data())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m experiments train --flagfile=flags/train_digits.cfg
 
-Trains ``--runs`` seeds of the network given by --model/--depth/--blocks/--width
+Trains ``--seeds`` seeds of the network given by --model/--depth/--blocks/--width
 on --dataset (see `experiments.training` for what one trial writes), then
 writes results.json with every trial and the mean and std over them:
 
@@ -79,10 +79,12 @@ def read_flags() -> Config:
                   training_flags.training_config(), model_flags.model_spec())
 
 
-def train(run_dir: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def train(run_dir: RunDir, cfg: Config, data: recipe.TrialData,
+          dist: tf.distribute.Strategy) -> dict[str, Any]:
     """Train (or resume) every seed of the network; the results dict (module docstring)."""
-    trials = [trial.train_trial(directory, cfg.spec, cfg.training, seed=seed, strategy=dist,
-                                label=f"[seed {seed}]" if cfg.training.runs > 1 else "")
+    trials = [trial.train_trial(directory, cfg.spec, cfg.training, data, seed=seed,
+                                strategy=dist,
+                                label=f"[seed {seed}]" if cfg.training.seeds > 1 else "")
               for seed, directory in trial.trial_dirs(run_dir, "", cfg.training)]
     return {
         "command": "train", "spec": cfg.spec.to_dict(), "dataset": cfg.training.dataset,
@@ -105,9 +107,10 @@ def main(argv: list[str]) -> None:
     """Train (or resume) the run given by the flags and print its summary."""
     command.no_arguments("train", argv)
     cfg = read_flags()
+    data = recipe.data_once(cfg.training)
     command.execute(cfg.run, f"{cfg.spec.label}_{cfg.training.dataset}",
-                    lambda run_dir, dist: train(run_dir, cfg, dist), summary_table,
-                    cfg.strategy, check=lambda: recipe.check_data(cfg.training))
+                    lambda run_dir, dist: train(run_dir, cfg, data(), dist), summary_table,
+                    cfg.strategy, check=data)
 
 
 if __name__ == "__main__":

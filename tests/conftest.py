@@ -129,6 +129,55 @@ def short_branch_block(branch_kernel: int = 3) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
 
 
+def run_command(module, *argv: str) -> None:
+    """What ``python -m experiments <module> ARGV`` does, in this process.
+
+    absl parses `argv` for the command module and ``module.main`` runs with
+    what remains; the flags are reset afterwards, also when it raises.
+    """
+    flags.FLAGS.unparse_flags()
+    try:
+        module.main(flags.FLAGS([module.__name__, *argv]))
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="session")
+def command():
+    """`run_command`: ``command(module, *argv)`` runs an experiments command in-process
+    (session-scoped, so module-scoped fixtures can make their runs with it)."""
+    return run_command
+
+
+# A small auto_tune search that restarts once: --learning_rate=1e-7 makes a^L one
+# bundle, so run 0 (blocks 1,1,0,0) restarts after epoch 1 as 0,1,0,0, and
+# --max_restarts=1 lets run 1 train its 2 epochs unchecked.
+RESTARTING_SEARCH = (
+    "--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--check_window=1",
+    "--max_restarts=1", "--learning_rate=1e-7", "--measure_every=0", "--measure_samples=64",
+    "--latency_repeats=1", "--noaugment", "--noexport", "--progress=none")
+
+
+@pytest.fixture(scope="session")
+def restarting_search() -> tuple[str, ...]:
+    """The flags of `RESTARTING_SEARCH` (add --run_dir)."""
+    return RESTARTING_SEARCH
+
+
+@pytest.fixture(scope="session")
+def tensorboard_tags():
+    """``tensorboard_tags(folder) -> set[str]``: the tags of the scalar summaries in the
+    events files of `folder`."""
+    def tags_of(folder: pathlib.Path) -> set[str]:
+        tags = set()
+        for path in folder.glob("events.out.tfevents.*"):
+            for record in tf.data.TFRecordDataset(str(path)):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                tags.update(value.tag for value in event.summary.value)
+        return tags
+    return tags_of
+
+
 @pytest.fixture
 def parse():
     """Parse argv for an experiments command module; flags are reset after the test.

@@ -117,7 +117,7 @@ def test_a_tiny_training_with_the_reference_schedule(parse, tmp_path):
 def test_a_config_trains_the_epochs_asked_for_in_its_accounting():
     cfg = TrainConfig.from_flags(dict(
         dataset="digits", data_dir=None, augment=False, epochs=120, batch_size=64,
-        learning_rate=1e-3, optimizer="paper", seed=0, runs=1, test_every=1, measure_every=1,
+        learning_rate=1e-3, optimizer="paper", seed=0, seeds=1, test_every=1, measure_every=1,
         measure_layers="last", measure_samples=64, keep_checkpoints=2, export=False,
         progress="none", accounting="reference"))
     assert cfg.trained_epochs == 119

@@ -118,7 +118,7 @@ def test_the_callback_reads_sample_and_batch_size_from_training_batches():
     train = batches(seed=0, batch_size=32)
     callback = cb_keras.ConflictingBundles(train, samples=40)
     assert callback.batch_size == 32
-    from cb_keras.measurement import take_sample
+    from cb_keras.inputs import take_sample
     x, y = take_sample(train, None, 40)
     np.testing.assert_array_equal(y, np.concatenate([train[0][1], train[1][1]])[:40])
     assert x.shape == (40, 8, 8, 1)

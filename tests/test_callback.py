@@ -11,7 +11,8 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import cb_keras
-from cb_keras.callback import LOG_KEYS, learning_rate_of
+from cb_keras.callback import LOG_KEYS
+from cb_keras.inputs import learning_rate_of
 from cb_keras.probe import tap_names
 from cb_keras.report import read_csv
 

@@ -26,7 +26,7 @@ from experiments.runtime import rundir, strategy
 from experiments.options import model as model_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
-from experiments.trials.recipe import compile_model
+from experiments.trials.recipe import compile_model, trial_data
 from experiments.trials.trial import entropy_integral, train_trial
 
 FLAGS = flags.FLAGS
@@ -34,24 +34,9 @@ FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
 TINY = ["--dataset=digits", "--epochs=3", "--measure_samples=128", "--progress=line"]
 
 
-def run(parse, module, *argv: str) -> None:
-    """What ``python -m experiments <module> argv`` does, in this process."""
-    module.main(parse(module, *argv))
-
-
 def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def tensorboard_tags(folder: pathlib.Path) -> set[str]:
-    """Tags of the scalar summaries in the events files of `folder`."""
-    tags = set()
-    for path in folder.glob("events.out.tfevents.*"):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            tags.update(value.tag for value in event.summary.value)
-    return tags
 
 
 TRIAL_FILES = {"state.json", "metrics.csv", "conflicts.csv", "conflicts.png",
@@ -59,11 +44,11 @@ TRIAL_FILES = {"state.json", "metrics.csv", "conflicts.csv", "conflicts.png",
 
 
 def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
-        parse, tmp_path, capsys):
+        command, tmp_path, capsys, tensorboard_tags):
     run_dir = tmp_path / "run"
     argv = [*TINY, "--model=fnn", "--depth=2", "--width=16", "--measure_layers=all",
             "--keep_checkpoints=2", f"--run_dir={run_dir}"]
-    run(parse, train, *argv)
+    command(train, *argv)
     out = capsys.readouterr().out
     assert "epoch 3/3" in out and "a^L bundles" in out  # one line per epoch
     assert "test_acc(last5)" in out  # the summary table
@@ -112,15 +97,15 @@ def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
     assert exported.serve(tf.constant(x)).shape == (4, 10)
 
     before = (run_dir / "results.json").stat().st_mtime_ns
-    run(parse, train, *argv)
+    command(train, *argv)
     out = capsys.readouterr().out
     assert "already finished" in out and "epoch 1/3" not in out
     assert (run_dir / "results.json").stat().st_mtime_ns == before
 
     with pytest.raises(rundir.RunDirError, match=r"--epochs=3 \(now 4\)"):
-        run(parse, train, *argv, "--epochs=4")
+        command(train, *argv, "--epochs=4")
 
-    run(parse, evaluate, f"--run_dir={run_dir}")
+    command(evaluate, f"--run_dir={run_dir}")
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     (evaluated,) = evaluation["trials"]
     assert evaluated["epochs"] == [2, 3]  # the checkpoints kept
@@ -130,9 +115,9 @@ def test_train_writes_the_whole_run_directory_and_resumes_nothing_when_finished(
 
 
 def test_fnn_map_trains_the_grid_and_outlines_the_conflicting_networks(
-        parse, tmp_path, capsys):
+        command, tmp_path, capsys):
     run_dir = tmp_path / "map"
-    run(parse, fnn_map, "--dataset=digits", "--epochs=4", "--optimizer=adam", "--noaugment",
+    command(fnn_map, "--dataset=digits", "--epochs=4", "--optimizer=adam", "--noaugment",
         "--depths=1,12", "--widths=2,32", "--noexport", "--progress=none",
         f"--run_dir={run_dir}")
     assert {p.name for p in run_dir.iterdir()} == {
@@ -156,15 +141,21 @@ def test_fnn_map_trains_the_grid_and_outlines_the_conflicting_networks(
     assert "conflicting" in capsys.readouterr().out
 
 
-def test_mirrored_strategy_trains_several_seeds_on_two_devices(
-        parse, tmp_path, cpu_devices):
+def test_mirrored_strategy_trains_several_seeds_on_two_devices_loading_the_data_once(
+        command, parse, tmp_path, cpu_devices, monkeypatch):
     run_dir = tmp_path / "mirrored"
-    argv = [*TINY, "--epochs=2", "--model=fnn", "--depth=2", "--width=8", "--runs=2",
+    argv = [*TINY, "--epochs=2", "--model=fnn", "--depth=2", "--width=8", "--seeds=2",
             "--seed=5", "--strategy=mirrored", f"--devices={','.join(cpu_devices)}",
             "--noexport", f"--run_dir={run_dir}"]
     parse(train, *argv)
     assert strategy.make(strategy_flags.strategy_config()).num_replicas_in_sync == 2
-    run(parse, train, *argv)
+    calls = []
+    for name in ("load", "measurement_sample"):
+        monkeypatch.setattr(data, name, lambda *args, _f=getattr(data, name), _name=name,
+                            **kwargs: calls.append(_name) or _f(*args, **kwargs))
+    command(train, *argv)
+    # The test split and the sample once per command; a pipeline per seed and epoch.
+    assert calls.count("load") == 1 + 2 * 2 and calls.count("measurement_sample") == 1
     results = json.loads((run_dir / "results.json").read_text())
     assert [t["seed"] for t in results["trials"]] == [5, 6]
     for seed in (5, 6):
@@ -183,25 +174,29 @@ def test_mirrored_strategy_trains_several_seeds_on_two_devices(
     (train, ["--depth=2", "--devices=/cpu:0"], "only used with --strategy=mirrored"),
     (train, ["--depth=2", "--optimizer=adamw"], "paper"),
     (fnn_map, ["--depths=0,2"], "each >= 1"),
+    # the names before 0.2 (CHANGELOG.md) are unknown flags, not aliases
+    (train, ["--depth=2", "--runs=2"], "Unknown command line flag 'runs'"),
+    (train, ["--depth=2", "--measure_sample=augmented"],
+     "Unknown command line flag 'measure_sample'"),
 ])
 def test_bad_flags_are_rejected_with_what_to_do(parse, module, argv, message):
     with pytest.raises(flags.Error, match=message):
         parse(module, *argv)
 
 
-def test_errors_of_main_say_what_to_do(parse, tmp_path):
+def test_errors_of_main_say_what_to_do(command, tmp_path):
     for argv, message in ((["--model=vgg"], "needs either --depth"),
                           (["--model=fnn"], "needs --depth"),
                           (["--model=resnet", "--depth=10", "--blocks=1,1,1,1"], "not both"),
                           (["--model=vgg", "--depth=7"], r"known depths: \[4, 10")):
         with pytest.raises(app.UsageError, match=message):
-            run(parse, train, *argv, f"--run_dir={tmp_path}/r")
+            command(train, *argv, f"--run_dir={tmp_path}/r")
     with pytest.raises(app.UsageError, match="needs the run to evaluate"):
-        run(parse, evaluate)
+        command(evaluate)
     with pytest.raises(app.UsageError, match="holds no run"):
-        run(parse, evaluate, f"--run_dir={tmp_path}")
+        command(evaluate, f"--run_dir={tmp_path}")
     with pytest.raises(app.UsageError, match="no positional arguments"):
-        run(parse, train, "--depth=2", "extra")
+        command(train, "--depth=2", "extra")
 
 
 @pytest.mark.parametrize(
@@ -222,11 +217,12 @@ def test_a_trial_directory_refuses_another_network(parse, tmp_path):
     parse(train, "--depth=2")
     trial = rundir.RunDir(tmp_path)
     trial.write_json(rundir.STATE_FILE, {"spec": {"model": "fnn", "depth": 3, "width": 8},
-                                         "seed": 0, "completed_epochs": 1, "history": []})
+                                         "seed": 0, "completed_epochs": 1, "history": [],
+                                         "data_seeds": [1, 2, 3]})
+    cfg = training_flags.training_config()
     with pytest.raises(rundir.RunDirError, match="use another directory"):
-        train_trial(trial, NetworkSpec("fnn", depth=2, width=8),
-                    training_flags.training_config(), seed=0,
-                    strategy=tf.distribute.get_strategy())
+        train_trial(trial, NetworkSpec("fnn", depth=2, width=8), cfg, trial_data(cfg),
+                    seed=0, strategy=tf.distribute.get_strategy())
 
 
 # -- the run directory module ------------------------------------------------

@@ -19,7 +19,6 @@ import time
 
 import keras
 import pytest
-import tensorflow as tf
 from absl import app, flags
 
 from experiments import auto_tune
@@ -65,15 +64,8 @@ def start_and_kill_in_run1(run_dir: pathlib.Path) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-def tensorboard_tags(folder: pathlib.Path) -> set[str]:
-    tags = set()
-    for path in folder.glob("events.out.tfevents.*"):
-        for record in tf.data.TFRecordDataset(str(path)):
-            tags.update(v.tag for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value)
-    return tags
-
-
-def test_auto_tune_restarts_resumes_after_sigkill_and_exports(parse, tmp_path, capsys):
+def test_auto_tune_restarts_resumes_after_sigkill_and_exports(
+        parse, tmp_path, capsys, tensorboard_tags):
     run_dir = tmp_path / "run"
     start_and_kill_in_run1(run_dir)
     killed = state_of(run_dir / "search.json")
@@ -116,7 +108,7 @@ def test_auto_tune_restarts_resumes_after_sigkill_and_exports(parse, tmp_path, c
 
 @pytest.mark.parametrize("argv, message", [
     (["--model=fnn", "--depth=3"], "--model must be one of"),
-    (["--model=vgg", "--depth=10", "--runs=2"], "--runs=2"),
+    (["--model=vgg", "--depth=10", "--seeds=2"], "--seeds=2"),
 ])
 def test_bad_flags_say_what_to_do(parse, tmp_path, argv, message):
     with pytest.raises(app.UsageError, match=message):
@@ -136,7 +128,7 @@ def test_the_dec_2020_version_restarts_at_initialization_on_augmented_batches(
     run_dir = tmp_path / "run"
     auto_tune.main(parse(
         "--dataset=digits", "--model=vgg", "--blocks=2,2,2,2", "--epochs=1", "--seed=3",
-        "--prune_rule=all_non_conflicting", "--measure_sample=augmented", "--max_restarts=1",
+        "--prune_rule=all_non_conflicting", "--measure_sample_source=augmented", "--max_restarts=1",
         "--measure_samples=64", "--latency_repeats=2", "--noexport", f"--run_dir={run_dir}"))
     assert "restart 1: run 0 conflicts after epoch 0" in capsys.readouterr().out
     with open(run_dir / "restarts.csv", newline="") as f:

@@ -75,8 +75,9 @@ def test_a_wrong_grappler_setting_is_one_clear_line():
 def test_helpfull_documents_every_flag_of_the_command():
     out = experiments("train", "--helpfull", check_rc=1).stdout  # absl exits 1 after help
     for name in ("model", "depth", "blocks", "width", "dataset", "data_dir", "augment",
-                 "epochs", "batch_size", "learning_rate", "optimizer", "seed", "runs",
+                 "epochs", "batch_size", "learning_rate", "optimizer", "seed", "seeds",
                  "test_every", "measure_every", "measure_layers", "measure_samples",
+                 "measure_sample_source",
                  "keep_checkpoints", "export", "progress", "strategy", "devices",
                  "runs_root", "name", "run_dir"):
         assert re.search(rf"--(\[no\])?{name}:", out), name

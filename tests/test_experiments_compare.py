@@ -23,9 +23,10 @@ from experiments.contestants import optuna_search, tuner
 from experiments.runtime import console, strategy
 from experiments.runtime.config import StrategyConfig, TrainConfig
 from experiments.runtime.rundir import RunDir
+from experiments.trials.recipe import trial_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGV = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--runs=1",
+ARGV = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--seeds=1",
         "--fixed_depths=4", "--tuner_budget=3", "--measure_samples=64", "--test_every=1",
         "--check_window=2", "--noexport", "--latency_repeats=2", "--progress=none"]
 
@@ -92,12 +93,13 @@ def test_the_a_l_check_stops_conflicting_tuner_trials_and_scores_them_zero(tmp_p
     # ...: the check at init stops the deep ones before their first epoch.
     training = TrainConfig(
         dataset="digits", data_dir=None, augment=False, epochs=1, batch_size=64,
-        learning_rate=1e-3, optimizer="paper", seed=0, runs=1, test_every=1,
+        learning_rate=1e-3, optimizer="paper", seed=0, seeds=1, test_every=1,
         measure_every=1, measure_layers="last", measure_samples=64, keep_checkpoints=1,
         export=False, progress="none")
     search = tuner.Search(kind="vgg", max_blocks=(6, 12, 0, 0), budget=1, training=training,
                           check=True, rule="first_conflict", window=1, at_init=True)
-    found = tuner.search(RunDir(tmp_path), search, strategy.make(StrategyConfig("none")))
+    found = tuner.search(RunDir(tmp_path), search, trial_data(training),
+                         strategy.make(StrategyConfig("none")))
     trials = found["trials"]
     stopped = [t for t in trials if t["stopped_by_check"]]
     trained = [t for t in trials if not t["stopped_by_check"]]
@@ -168,7 +170,7 @@ def test_the_digits_flagfile_compares_the_main_job_with_three_seeds(parse):
     search = cfg.search.search_config
     assert (search.start_blocks, search.epochs, search.rule, search.samples) == (
         (3, 6, 12, 3), 30, "first_conflict", 64)
-    assert cfg.training.runs == 3 and cfg.search.training.runs == 3
+    assert cfg.training.seeds == 3 and cfg.search.training.seeds == 3
 
 
 NEW = ("auto_tune_non_conflicting", "auto_tune_all_non_conflicting", "optuna_tpe_median",
@@ -213,7 +215,7 @@ def test_an_optuna_trial_left_running_by_a_killed_process_is_retried_in_its_dire
     from experiments.trials import trial
     training = TrainConfig(
         dataset="digits", data_dir=None, augment=False, epochs=2, batch_size=64,
-        learning_rate=1e-3, optimizer="paper", seed=0, runs=1, test_every=1,
+        learning_rate=1e-3, optimizer="paper", seed=0, seeds=1, test_every=1,
         measure_every=0, measure_layers="last", measure_samples=64, keep_checkpoints=1,
         export=False, progress="none")
     search = tuner.Search(kind="vgg", max_blocks=(1, 1, 0, 0), budget=2, training=training,
@@ -230,9 +232,9 @@ def test_an_optuna_trial_left_running_by_a_killed_process_is_retried_in_its_dire
     trial_dir = RunDir(tmp_path).sub("trials").sub("trial_0")
     with pytest.raises(RuntimeError, match="killed"):
         trial.train_trial(trial_dir, NetworkSpec("vgg", [1, 0, 0, 0]), training,
-                          seed=0, strategy=dist, callbacks=[Killed()])
+                          trial_data(training), seed=0, strategy=dist, callbacks=[Killed()])
 
-    found = optuna_search.search(RunDir(tmp_path), search, None, dist)
+    found = optuna_search.search(RunDir(tmp_path), search, None, trial_data(training), dist)
     assert "resuming" in capsys.readouterr().out  # after epoch 1, in the same directory
     states = [t.state for t in optuna.load_study(study_name="compare", storage=storage).trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

@@ -7,7 +7,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import app
 
 from cb_keras import pruning
 from experiments import depth_prune
@@ -19,19 +19,10 @@ TINY_RUN = ["--dataset=digits", "--vit_blocks=3", "--vit_dim=8", "--resnet_block
             "--optimizer=adam"]
 
 
-def _command(*argv: str) -> None:
-    """What ``python -m experiments depth_prune ARGV`` does, in this process."""
-    flags.FLAGS.unparse_flags()
-    try:
-        depth_prune.main(flags.FLAGS([depth_prune.__name__, *argv]))
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> pathlib.Path:
+def tiny_run(tmp_path_factory, command) -> pathlib.Path:
     run = tmp_path_factory.mktemp("runs") / "depth_prune"
-    _command(f"--run_dir={run}", *TINY_RUN)
+    command(depth_prune, f"--run_dir={run}", *TINY_RUN)
     return run
 
 
@@ -118,7 +109,7 @@ def test_a_dataset_that_needs_a_download_is_a_usage_error(parse):
         depth_prune.read_flags()
 
 
-def test_a_vit_that_does_not_fit_the_images_is_a_usage_error(tmp_path):
+def test_a_vit_that_does_not_fit_the_images_is_a_usage_error(command, tmp_path):
     with pytest.raises(app.UsageError, match=r"divisible by patch=3"):
-        _command(f"--run_dir={tmp_path / 'bad'}", "--networks=vit", "--vit_patch=3",
+        command(depth_prune, f"--run_dir={tmp_path / 'bad'}", "--networks=vit", "--vit_patch=3",
                  "--epochs=1", "--seeds=1", "--optimizer=adam")

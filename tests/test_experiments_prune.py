@@ -22,20 +22,11 @@ TINY_RUN = ["--dataset=digits", "--model=resnet", "--blocks=1,1,0,0", "--epochs=
             "--measure_samples=128", "--noexport", "--progress=none"]
 
 
-def _command(module, *argv: str) -> None:
-    """What ``python -m experiments <module> ARGV`` does, in this process."""
-    flags.FLAGS.unparse_flags()
-    try:
-        module.main(flags.FLAGS([module.__name__, *argv]))
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
 @pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory) -> pathlib.Path:
+def pruned_run(tmp_path_factory, command) -> pathlib.Path:
     """A prune run that trained its own tiny network."""
     run = tmp_path_factory.mktemp("runs") / "prune"
-    _command(prune, f"--run_dir={run}", "--latency_repeats=3", *TINY_RUN)
+    command(prune, f"--run_dir={run}", "--latency_repeats=3", *TINY_RUN)
     return run
 
 
@@ -57,9 +48,9 @@ def test_prune_removes_exports_and_reports(pruned_run):
     assert reloaded.count_params() == after["parameters"]
 
 
-def test_lesion_study_writes_curves_and_plot(pruned_run, tmp_path):
+def test_lesion_study_writes_curves_and_plot(command, pruned_run, tmp_path):
     run = tmp_path / "lesion"
-    _command(lesion, f"--run_dir={run}", f"--source_run={pruned_run / 'train'}",
+    command(lesion, f"--run_dir={run}", f"--source_run={pruned_run / 'train'}",
              "--lesion_draws=3")
     with open(run / "lesion.csv", newline="") as file:
         rows = list(csv.DictReader(file))
@@ -77,9 +68,9 @@ def test_lesion_study_writes_curves_and_plot(pruned_run, tmp_path):
     assert results["all_conflicting_removed"]["blocks"] == 0
 
 
-def test_lesion_study_with_the_reference_codes_k_ranges(pruned_run, tmp_path):
+def test_lesion_study_with_the_reference_codes_k_ranges(command, pruned_run, tmp_path):
     run = tmp_path / "lesion"
-    _command(lesion, f"--run_dir={run}", f"--source_run={pruned_run / 'train'}",
+    command(lesion, f"--run_dir={run}", f"--source_run={pruned_run / 'train'}",
              "--lesion_draws=2", "--lesion_k=reference")
     results = json.loads((run / "results.json").read_text())
     # 2 conflicting blocks, 0 others: k = 1 .. 2-1 for conflicting and for any.

@@ -29,6 +29,7 @@ from cb_keras.paper.spec import NetworkSpec
 from experiments import auto_tune, evaluate, train
 from experiments.runtime import rundir, serving
 from experiments.options import training as training_flags
+from experiments.trials.recipe import trial_data
 from experiments.trials.trial import train_trial
 
 FLAGS = flags.FLAGS
@@ -67,15 +68,16 @@ class StopAfter(keras.callbacks.Callback):
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path, capsys):
     parse(train, *TINY, "--epochs=4", "--progress=none")
     cfg, spec = training_flags.training_config(), NetworkSpec("fnn", depth=2, width=8)
+    data = trial_data(cfg)
     trial = rundir.RunDir(tmp_path / "trial")
     with pytest.raises(KeyboardInterrupt):  # killed in epoch 4: epochs 1-3 committed
-        train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy(),
+        train_trial(trial, spec, cfg, data, seed=0, strategy=tf.distribute.get_strategy(),
                     callbacks=[StopAfter(4)])
     assert list(trial.checkpoints()) == [2, 3]  # the newest plus one fallback (default)
     newest = trial.checkpoints()[3]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, e.g. by a full disk
 
-    result = train_trial(trial, spec, cfg, seed=0,
+    result = train_trial(trial, spec, cfg, data, seed=0,
                          strategy=tf.distribute.get_strategy())
     out = capsys.readouterr().out
     assert "epoch_0003.weights.h5 does not load" in out
@@ -90,7 +92,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(parse, tmp_path
     state.update(finished=False, completed_epochs=4)
     trial.write_json(rundir.STATE_FILE, state)
     with pytest.raises(rundir.RunDirError, match="No older checkpoint .* loads either"):
-        train_trial(trial, spec, cfg, seed=0, strategy=tf.distribute.get_strategy())
+        train_trial(trial, spec, cfg, data, seed=0, strategy=tf.distribute.get_strategy())
 
 
 # -- items: read-only finished runs, disk use --------------------------------
@@ -257,27 +259,19 @@ def test_a_second_process_on_a_run_stops_at_once_and_ctrl_c_says_how_to_resume(t
 
 # -- item: auto_tune killed right after a restart ----------------------------
 
-# --learning_rate=1e-7 makes a^L one bundle: run 0 (blocks 1,1,0,0) restarts
-# after epoch 1 as 0,1,0,0; --max_restarts=1 lets run 1 train its 2 epochs unchecked.
-AUTO_TUNE = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2",
-             "--check_window=1", "--max_restarts=1", "--learning_rate=1e-7",
-             "--measure_every=0", "--measure_samples=64", "--latency_repeats=1",
-             "--noaugment", "--noexport", "--progress=none"]
-
-
 def test_auto_tune_killed_right_after_a_restart_rebuilds_that_runs_record(
-        parse, tmp_path, monkeypatch):
-    auto_tune.main(parse(auto_tune, *AUTO_TUNE, f"--run_dir={tmp_path / 'reference'}"))
+        parse, restarting_search, tmp_path, monkeypatch):
+    auto_tune.main(parse(auto_tune, *restarting_search, f"--run_dir={tmp_path / 'reference'}"))
 
     def killed(record):  # the first thing after the restart is saved
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
         patch.setattr(auto_tune, "restart_scalars", killed)
         with pytest.raises(KeyboardInterrupt):
-            auto_tune.main(parse(auto_tune, *AUTO_TUNE, f"--run_dir={tmp_path / 'run'}"))
+            auto_tune.main(parse(auto_tune, *restarting_search, f"--run_dir={tmp_path / 'run'}"))
     killed_runs = json.loads((tmp_path / "run" / "search.json").read_text())["runs"]
     assert killed_runs[0]["restart"] and killed_runs[0]["summary"] is None
-    auto_tune.main(parse(auto_tune, *AUTO_TUNE, f"--run_dir={tmp_path / 'run'}"))
+    auto_tune.main(parse(auto_tune, *restarting_search, f"--run_dir={tmp_path / 'run'}"))
 
     reference, resumed = (json.loads((tmp_path / name / "results.json").read_text())
                           for name in ("reference", "run"))

@@ -12,33 +12,15 @@ import pathlib
 import shutil
 
 import pytest
-from absl import flags
 
 from experiments import auto_tune
 from experiments.runtime import rundir
 
-# --learning_rate=1e-7 makes a^L one bundle: run 0 (blocks 1,1,0,0) restarts
-# after epoch 1 as 0,1,0,0; --max_restarts=1 lets run 1 train its 2 epochs unchecked.
-AUTO_TUNE = ["--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2",
-             "--check_window=1", "--max_restarts=1", "--learning_rate=1e-7",
-             "--measure_every=0", "--measure_samples=64", "--latency_repeats=1",
-             "--noaugment", "--noexport", "--progress=none"]
-
-
-def run_command(module, *argv: str) -> None:
-    """``module.main`` with `argv` parsed as absl would; flags are reset afterwards."""
-    flags.FLAGS.unparse_flags()
-    try:
-        module.main(flags.FLAGS([module.__name__, *argv]))
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
 @pytest.fixture(scope="module")
-def finished_search(tmp_path_factory) -> pathlib.Path:
+def finished_search(command, tmp_path_factory, restarting_search) -> pathlib.Path:
     """A finished search: run 0 restarted after epoch 1, run 1 is the result."""
     path = tmp_path_factory.mktemp("search") / "reference"
-    run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+    command(auto_tune, *restarting_search, f"--run_dir={path}")
     results = json.loads((path / "results.json").read_text())
     assert results["final_blocks"] == [0, 1, 0, 0] and results["num_restarts"] == 1
     return path
@@ -53,9 +35,9 @@ def unfinished_copy(finished_search: pathlib.Path, tmp_path: pathlib.Path) -> pa
 
 
 def test_a_search_whose_state_agrees_with_its_trials_finishes_as_before(
-        finished_search, tmp_path):
+        command, finished_search, tmp_path, restarting_search):
     path = unfinished_copy(finished_search, tmp_path)
-    run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+    command(auto_tune, *restarting_search, f"--run_dir={path}")
     resumed, reference = (json.loads((p / "results.json").read_text())
                           for p in (path, finished_search))
     assert resumed["final_blocks"] == reference["final_blocks"] == [0, 1, 0, 0]
@@ -94,7 +76,7 @@ def _forget_restart(state):  # as saved before run 0 stopped at its conflict
 ], ids=["missing", "empty-object", "last-run-lost", "field-lost", "config-edited",
         "truncated", "restart-lost"])
 def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_file(
-        finished_search, tmp_path, damage, message):
+        command, finished_search, tmp_path, damage, message, restarting_search):
     path = unfinished_copy(finished_search, tmp_path)
     search = path / auto_tune.SEARCH_FILE
     if damage == "missing":
@@ -106,7 +88,7 @@ def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_fil
     else:
         search.write_text(json.dumps(damage(json.loads(search.read_text()))))
     with pytest.raises(rundir.RunDirError) as refused:
-        run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+        command(auto_tune, *restarting_search, f"--run_dir={path}")
     assert str(refused.value).startswith(str(search)) and message in str(refused.value)
     assert "\n" not in str(refused.value)
     assert not (path / "results.json").exists()
@@ -114,10 +96,11 @@ def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_fil
 
 @pytest.mark.parametrize("content", ["{}", '{"finished": true}', '{"finished": false}'],
                          ids=["empty-object", "no-numbers", "not-finished"])
-def test_an_edited_results_file_is_refused_in_one_line(finished_search, tmp_path, content):
+def test_an_edited_results_file_is_refused_in_one_line(
+        command, finished_search, tmp_path, content, restarting_search):
     path = tmp_path / "run"
     shutil.copytree(finished_search, path, ignore=shutil.ignore_patterns(".lock"))
     (path / "results.json").write_text(content)
     with pytest.raises(rundir.RunDirError, match="results.json is not the results of a "
                                                   "finished run .* edited or damaged"):
-        run_command(auto_tune, *AUTO_TUNE, f"--run_dir={path}")
+        command(auto_tune, *restarting_search, f"--run_dir={path}")

@@ -112,7 +112,7 @@ def test_evaluate_into_a_file_is_one_message(parse, tmp_path):
 
 def test_compare_partial_of_a_read_only_run_prints_the_table_and_writes_nothing(
         parse, tmp_path, read_only, capsys):
-    argv = ["--dataset=digits", "--model=vgg", "--blocks=1,0,0,0", "--epochs=1", "--runs=1",
+    argv = ["--dataset=digits", "--model=vgg", "--blocks=1,0,0,0", "--epochs=1", "--seeds=1",
             "--contestants=fixed", "--fixed_depths=4", "--measure_samples=64", "--noexport",
             "--latency_repeats=1", "--progress=none"]
     compare.main(parse(compare, *argv, f"--run_dir={tmp_path / 'run'}"))

@@ -17,7 +17,7 @@ from experiments.runtime.config import TrainConfig
 from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import training as training_flags
-from experiments.trials.recipe import load_data
+from experiments.trials.recipe import trial_data
 
 FLAGS = flags.FLAGS
 FLAGFILES = pathlib.Path(__file__).resolve().parents[1] / "flags"
@@ -134,9 +134,9 @@ def test_mnist_flagfiles_shuffle_like_the_reference(parse, name, module, buffer)
 
 
 def test_shuffle_buffer_reaches_the_data_pipeline(parse):
-    parse(train, "--dataset=digits", "--shuffle_buffer=1", "--batch_size=479")
+    parse(train, "--dataset=digits", "--shuffle_buffer=1", "--batch_size=479", "--noaugment")
     cfg = training_flags.training_config()
-    train_batches, _, _ = load_data(cfg, augment=False, shuffle_seed=5)
+    train_batches = trial_data(cfg).training_batches(shuffle_seed=5)
     in_order, _, _ = data.load("digits", batch_size=479, augment=False, shuffle_seed=5,
                                shuffle_buffer=1)
     shuffled, _, _ = data.load("digits", batch_size=479, augment=False, shuffle_seed=5)

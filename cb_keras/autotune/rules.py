@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from cb_keras import validation
 from cb_keras.paper import models
 
-KINDS = ("vgg", "resnet")
+RULE_KINDS = ("vgg", "resnet")
 # The tap that decides whether a block conflicts, per model kind.
 _DECIDING_TAP = {"vgg": models.TAP_SUFFIX, "resnet": models.BRANCH_TAP_SUFFIX}
 
@@ -155,9 +155,9 @@ def block_names(pattern: Pattern) -> list[str]:
 
 
 def check_kind(kind: str) -> None:
-    """ValueError unless `kind` is one of `KINDS`."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}.")
+    """ValueError unless `kind` is one of `RULE_KINDS`."""
+    if kind not in RULE_KINDS:
+        raise ValueError(f"kind must be one of {list(RULE_KINDS)}, got {kind!r}.")
 
 
 def check_rule(rule: str) -> None:

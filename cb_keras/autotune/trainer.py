@@ -21,9 +21,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from cb_keras.inputs import dataset_batch_size
 from cb_keras.paper import optimizers
 from cb_keras.paper.spec import NetworkSpec
-from cb_keras.callback import dataset_batch_size
 from cb_keras.paper.evaluation import TestEvaluation
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from cb_keras import validation
 from cb_keras.callback import ConflictingBundles
-from cb_keras.measurement import take_sample
+from cb_keras.inputs import take_sample
 from cb_keras.report import LayerResult
 
 SAMPLES = 64  # auto-tune's measurement sample (`AutoTuneConfig.samples`)

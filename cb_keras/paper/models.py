@@ -75,7 +75,7 @@ PAPER_BLOCKS = {
     100: [3, 12, 31, 3],
     120: [3, 12, 41, 3],
 }
-KINDS = ("fnn", "vgg", "resnet")
+MODEL_KINDS = ("fnn", "vgg", "resnet")
 # Suffixes of the layers of a block named ``stage{s}_block{b}`` (module docstring).
 TAP_SUFFIX = "_tap"  # the output tap of a VGG block
 BRANCH_TAP_SUFFIX = "_branch_tap"  # the scaled residual branch tap of a ResNet block

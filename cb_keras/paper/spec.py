@@ -31,7 +31,7 @@ class NetworkSpec:
     """A network of `cb_keras.paper.models`, checked when made.
 
     Attributes:
-        kind: ``"fnn"``, ``"vgg"`` or ``"resnet"`` (`cb_keras.paper.models.KINDS`).
+        kind: ``"fnn"``, ``"vgg"`` or ``"resnet"`` (`cb_keras.paper.models.MODEL_KINDS`).
         blocks: vgg/resnet: blocks per stage, four ints >= 0, not all zero
             (`cb_keras.paper.models.paper_blocks` gives the papers' depths);
             None for an FNN.
@@ -48,9 +48,9 @@ class NetworkSpec:
     width: int | None = None
 
     def __post_init__(self):
-        if self.kind not in models.KINDS:
+        if self.kind not in models.MODEL_KINDS:
             raise ValueError(f"Unknown model kind {self.kind!r}; known kinds: "
-                             f"{list(models.KINDS)}.")
+                             f"{list(models.MODEL_KINDS)}.")
         if self.kind == "fnn":
             if self.depth is None or self.width is None or self.blocks is not None:
                 raise ValueError("An fnn spec needs depth and width (and no blocks), e.g. "

@@ -60,9 +60,10 @@ class ReportAccuracy(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def search(directory: RunDir, cfg: tuner.Search, pruner: str | None,
+def search(directory: RunDir, cfg: tuner.Search, pruner: str | None, data: recipe.TrialData,
            strategy: tf.distribute.Strategy, label: str = "") -> dict[str, Any]:
-    """Run (or resume) the study in `directory`; the best completed trial and the costs.
+    """Run (or resume) the study in `directory` on `data` (loaded for ``cfg.training``);
+    the best completed trial and the costs.
 
     Returns:
         The keys of `tuner.search`; a trial's ``score`` is its test accuracy,
@@ -90,7 +91,6 @@ def search(directory: RunDir, cfg: tuner.Search, pruner: str | None,
     for left in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(left.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(left.params, user_attrs={DIR_ATTR: left.user_attrs[DIR_ATTR]})
-    num_classes = recipe.load_data(cfg.training, augment=False)[2].num_classes
 
     def objective(trial) -> float:
         blocks = [trial.suggest_int(f"stage{s}", 0, most)
@@ -100,7 +100,7 @@ def search(directory: RunDir, cfg: tuner.Search, pruner: str | None,
         if not any(blocks):
             raise optuna.TrialPruned("a network needs at least one block")
         callbacks = [ReportAccuracy(trial)] if pruner else []
-        result = tuner.train_blocks(trials_dir.sub(name), blocks, cfg, num_classes, strategy,
+        result = tuner.train_blocks(trials_dir.sub(name), blocks, cfg, data, strategy,
                                     f"{label}[trial {trial.number}]", callbacks)
         spec_name = NetworkSpec(cfg.kind, blocks).label
         if result["epochs"] < cfg.training.trained_epochs:

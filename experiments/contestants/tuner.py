@@ -80,9 +80,10 @@ class Search:
     at_init: bool
 
 
-def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
-           label: str = "") -> dict[str, Any]:
-    """Run (or resume) the search in `directory`; its best network and what it cost.
+def search(directory: RunDir, cfg: Search, data: recipe.TrialData,
+           strategy: tf.distribute.Strategy, label: str = "") -> dict[str, Any]:
+    """Run (or resume) the search in `directory` on `data` (loaded for ``cfg.training``);
+    its best network and what it cost.
 
     Returns:
         ``blocks`` and ``parameters`` of the best trial, its ``test_accuracy``,
@@ -106,10 +107,9 @@ def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
     oracle = _budget_oracle(keras_tuner)(
         lambda: spent_epochs(trials_dir) >= cfg.budget, objective=objective,
         max_trials=MAX_TRIALS, seed=oracle_seed(cfg.training.seed), hyperparameters=space)
-    num_classes = recipe.load_data(cfg.training, augment=False)[2].num_classes
     tuner = _tuner(keras_tuner)(oracle, directory=str(directory.path), project_name="tuner",
                                run=lambda hp, trial_id: _run_trial(
-                                   trials_dir.sub(f"trial_{trial_id}"), hp, cfg, num_classes,
+                                   trials_dir.sub(f"trial_{trial_id}"), hp, cfg, data,
                                    strategy, f"{label}[trial {trial_id}]",
                                    worst_score(objective)))
     try:
@@ -162,11 +162,12 @@ def spent_epochs(trials_dir: RunDir) -> int:
     return sum(s["completed_epochs"] for s in states if s)
 
 
-def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_classes: int,
-               strategy: tf.distribute.Strategy, label: str, conflict_score: float) -> float:
+def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search,
+               data: recipe.TrialData, strategy: tf.distribute.Strategy, label: str,
+               conflict_score: float) -> float:
     """Train the trial's network (resumably); its score (`conflict_score` if stopped)."""
     blocks = _blocks(values, len(cfg.max_blocks))
-    result = train_blocks(directory, blocks, cfg, num_classes, strategy, label)
+    result = train_blocks(directory, blocks, cfg, data, strategy, label)
     stopped = result["epochs"] < cfg.training.trained_epochs
     score = conflict_score if stopped else result["test_accuracy"]
     print(f"{label} {NetworkSpec(cfg.kind, blocks).label}: "
@@ -175,7 +176,7 @@ def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_class
     return float(score)
 
 
-def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, num_classes: int,
+def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, data: recipe.TrialData,
                  strategy: tf.distribute.Strategy, label: str,
                  callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one network of the search (resumably), with the check if ``cfg.check``.
@@ -187,15 +188,14 @@ def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, num_classes:
     before = None
     callbacks = list(callbacks)
     if cfg.check:
-        sample = recipe.measurement_sampler(cfg.training)
         conflict = check.ConflictCheck(
-            lambda epochs: sample(cfg.training.seed, epochs),
-            num_classes=num_classes, **cfg.training.metric_step,
+            lambda epochs: data.sample(cfg.training.seed, epochs),
+            num_classes=data.info.num_classes, **cfg.training.metric_step,
             run=0, blocks=blocks, kind=cfg.kind, rule=cfg.rule, window=cfg.window,
             on_restart=lambda restart: None, at_init=cfg.at_init,
             log=lambda line: print(f"{label} {line}", flush=True))
         callbacks, before = [conflict, *callbacks], conflict.before_training
-    return trial.train_trial(directory, spec, cfg.training, seed=cfg.training.seed,
+    return trial.train_trial(directory, spec, cfg.training, data, seed=cfg.training.seed,
                              strategy=strategy, label=f"{label} {spec.label}",
                              callbacks=callbacks, before_training=before)
 

@@ -11,7 +11,7 @@ from experiments.options.parsers import define_int_list
 PAPER_DEPTHS = ', '.join(map(str, sorted(models.PAPER_BLOCKS)))
 
 MODEL = flags.DEFINE_enum(
-    "model", "fnn", list(models.KINDS),
+    "model", "fnn", list(models.MODEL_KINDS),
     "fnn: Dense+ReLU layers; vgg: plain conv blocks; resnet: residual blocks.")
 DEPTH = flags.DEFINE_integer(
     "depth", None,

@@ -35,9 +35,11 @@ OPTIMIZER = flags.DEFINE_enum(
     "optimizer", "paper", list(OPTIMIZERS),
     "paper: Lookahead(RAdam(eps 1e-6, weight decay 1e-2)) of the papers; radam: RAdam "
     "alone; adam / sgd: Keras's own.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of the first run; run k uses seed + k.")
-RUNS = flags.DEFINE_integer(
-    "runs", 1, "Independent trainings (seeds) per network, for mean and std.", lower_bound=1)
+SEED = flags.DEFINE_integer(
+    "seed", 0, "Seed of the first training; the k-th of --seeds uses seed + k.")
+SEEDS = flags.DEFINE_integer(
+    "seeds", 1, "Independent trainings per network (seeds --seed, --seed + 1, ...), for "
+    "mean and std.", lower_bound=1)
 TEST_EVERY = flags.DEFINE_integer(
     "test_every", 1,
     "Evaluate the test split every k epochs (and always in the last 5, whose mean is "
@@ -49,10 +51,11 @@ MEASURE_LAYERS = flags.DEFINE_enum(
     "measure_layers", "last", ["last", "all"],
     "Layers measured every epoch: last (a^L) or all (per-layer report of each epoch).")
 MEASURE_SAMPLES = flags.DEFINE_integer(
-    "measure_samples", 512, "Training samples for the bundle metric (see --measure_sample).",
+    "measure_samples", 512,
+    "How many training samples the bundle metric measures (which: --measure_sample_source).",
     lower_bound=1)
-MEASURE_SAMPLE = flags.DEFINE_enum(
-    "measure_sample", "fixed", ["fixed", "augmented"],
+MEASURE_SAMPLE_SOURCE = flags.DEFINE_enum(
+    "measure_sample_source", "fixed", ["fixed", "augmented"],
     "fixed: the same training examples without augmentation at every measurement "
     "(reproducible); augmented: the first examples of the shuffled, augmented training "
     "batches, new at every measurement, as the reference measured.")

@@ -63,7 +63,7 @@ def locate(cfg: RunConfig, readable: str) -> pathlib.Path:
 
 
 def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
-             check: Callable[[], None] = lambda: None) -> RunDir:
+             check: Callable[[], object] = lambda: None) -> RunDir:
     """Locate the run and start or resume it (see `RunDir.start`).
 
     Args:
@@ -72,7 +72,8 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
         writer: False on non-chief workers.
         check: raises a `CommandError` for flags the run cannot use (e.g.
             more measurement samples than the data set has); called for an
-            unfinished run before anything is written.
+            unfinished run before anything is written (what it returns is
+            ignored: `experiments.trials.recipe.data_once` loads the data here).
 
     A finished run is returned as is (check ``run.results``) and nothing is
     written to it, so it may sit on read-only storage. An unfinished run is
@@ -103,7 +104,7 @@ def open_run(cfg: RunConfig, readable: str, *, writer: bool = True,
 def execute(cfg: RunConfig, readable: str, work: Work,
             summary: Callable[[dict[str, Any]], str],
             placement: StrategyConfig = StrategyConfig("none"),
-            check: Callable[[], None] = lambda: None) -> dict[str, Any]:
+            check: Callable[[], object] = lambda: None) -> dict[str, Any]:
     """Open the run, do `work` unless it is finished, print its summary; its results.
 
     Args:

@@ -46,7 +46,7 @@ class TrainConfig:
 
     ``learning_rate`` and ``batch_size`` are held here once: the optimizer
     (`experiments.trials.recipe.compile_model`), the data batches
-    (`experiments.trials.recipe.load_data`) and the bundle metric (`metric_step`)
+    (`experiments.trials.recipe.trial_data`) and the bundle metric (`metric_step`)
     all take them from this record.
     """
 
@@ -58,7 +58,7 @@ class TrainConfig:
     learning_rate: float
     optimizer: str
     seed: int
-    runs: int
+    seeds: int  # trainings per network, seeds seed, seed + 1, ...
     test_every: int
     measure_every: int
     measure_layers: str  # "last" or "all"
@@ -67,7 +67,7 @@ class TrainConfig:
     export: bool
     progress: str  # "line", "bar" or "none"
     shuffle_buffer: int = data.SHUFFLE_BUFFER  # runs made before this flag used the default
-    measure_sample: str = "fixed"  # or "augmented" (see recipe.measurement_sampler)
+    measure_sample_source: str = "fixed"  # or "augmented" (see recipe.measurement_sampler)
     accounting: str = "cb_keras"  # or "reference" (cb_keras.paper.evaluation.ACCOUNTINGS)
 
     @property

@@ -51,7 +51,7 @@ def _cross_device_ops(devices: tuple[str, ...]) -> tf.distribute.CrossDeviceOps 
 
     On CPUs the default all-reduce uses collective ops whose instance keys
     restart with every new strategy; a second strategy in one process (the
-    next seed of --runs, or a test after another) then fails with "Shape
+    next seed of --seeds, or a test after another) then fails with "Shape
     mismatch in the collective instance".
     """
     devices = devices or tuple(d.name for d in tf.config.list_logical_devices("GPU"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from experiments.runtime.rundir import STATE_FILE, RunDir
+from experiments.trials.state import TrialState
 
 METRICS_FILE = "metrics.csv"
 _FIRST_COLUMNS = ("epoch", "loss", "accuracy", "test_loss", "test_accuracy")
@@ -37,12 +38,13 @@ class EpochCommit(keras.callbacks.Callback):
 
     Args:
         trial: the trial directory.
-        state: the trial state; ``history``, ``completed_epochs`` and
-            ``checkpoint`` are updated in place.
+        state: the trial's state before the first epoch of this `fit`;
+            `state` is the committed one after each epoch
+            (`TrialState.commit_epoch`).
         keep: checkpoints to keep.
     """
 
-    def __init__(self, trial: RunDir, state: dict[str, Any], keep: int):
+    def __init__(self, trial: RunDir, state: TrialState, keep: int):
         super().__init__()
         self.trial, self.state, self.keep = trial, state, keep
         self._started = 0.0
@@ -55,10 +57,9 @@ class EpochCommit(keras.callbacks.Callback):
         row = {"epoch": done, **{k: number(v) for k, v in (logs or {}).items()},
                "seconds": round(time.monotonic() - self._started, 3)}
         checkpoint = self.trial.save_checkpoint(self.model, done)
-        self.state["history"] = [r for r in self.state["history"] if r["epoch"] < done] + [row]
-        self.state.update(completed_epochs=done, checkpoint=checkpoint)
-        write_metrics(self.trial, self.state["history"])
-        self.trial.write_json(STATE_FILE, self.state)
+        self.state = self.state.commit_epoch(row, checkpoint)
+        write_metrics(self.trial, self.state.history)
+        self.trial.write_json(STATE_FILE, self.state.to_dict())
         self.trial.prune_checkpoints(self.keep, protect=done)
 
 
@@ -106,7 +107,7 @@ def _scalar_metadata() -> summary_pb2.SummaryMetadata:
 _SCALAR_METADATA = _scalar_metadata()
 
 
-def write_metrics(trial: RunDir, history: list[dict[str, Any]]) -> None:
+def write_metrics(trial: RunDir, history: Sequence[dict[str, Any]]) -> None:
     """metrics.csv: one row per epoch, the known columns first."""
     columns = [c for c in _FIRST_COLUMNS if any(c in row for row in history)]
     for row in history:

@@ -7,7 +7,9 @@ The learning rate and batch size come from the one `TrainConfig` (its
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Any, Callable
 
 import keras
 
@@ -30,7 +32,54 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
     trainer.compile_model(model, OPTIMIZERS[cfg.optimizer](cfg.learning_rate))
 
 
-def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
+@dataclasses.dataclass(frozen=True)
+class TrialData:
+    """The data of a command's trainings, loaded once per command (`trial_data`).
+
+    Attributes:
+        config: the `TrainConfig` it was loaded for (data set, batch size,
+            augmentation, shuffle buffer, measurement sample, accounting).
+        test: the test batches (`cb_keras.paper.data.load`).
+        info: the data set's `cb_keras.paper.data.DataInfo`.
+        sample: ``sample(seed, epochs) -> (x, y)``, what a trial measures
+            after `epochs` epochs (`measurement_sampler`).
+    """
+
+    config: TrainConfig
+    test: Any
+    info: data.DataInfo
+    sample: data.Sampler
+
+    def training_batches(self, shuffle_seed: int) -> Any:
+        """The training batches of one epoch: shuffled and augmented (with
+        ``config.augment``) as seeded by `shuffle_seed`."""
+        return _load(self.config, augment=self.config.augment, shuffle_seed=shuffle_seed)[0]
+
+
+def trial_data(cfg: TrainConfig) -> TrialData:
+    """The test split, the data set's numbers and the measurement sampler of `cfg`.
+
+    Raises:
+        CommandError: settings the data set cannot serve: --batch_size or
+            --measure_samples larger than the training split.
+        DatasetNotPreparedError: a TFDS data set is not prepared.
+    """
+    _, test, info = _load(cfg, augment=False)
+    if cfg.measure_samples > info.train_size:
+        raise CommandError(
+            f"--measure_samples={cfg.measure_samples} is more than the {cfg.dataset} training "
+            f"split holds ({info.train_size} examples); lower it.")
+    return TrialData(cfg, test, info, measurement_sampler(cfg))
+
+
+def data_once(cfg: TrainConfig) -> Callable[[], TrialData]:
+    """``load() -> TrialData``: `trial_data` on the first call, the same record on later
+    ones. A command passes it as `experiments.runtime.command.execute`'s check (bad
+    settings fail before a run directory is made) and its work reuses what it loaded."""
+    return functools.cache(functools.partial(trial_data, cfg))
+
+
+def _load(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
     """``(train, test, info)`` of the configured data set (`cb_keras.paper.data.load`).
 
     Raises:
@@ -46,31 +95,16 @@ def load_data(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = Non
         raise CommandError(str(error)) from error
 
 
-def check_data(cfg: TrainConfig) -> None:
-    """Refuse settings the data set cannot serve, before a run directory is made.
-
-    Raises:
-        CommandError: --batch_size or --measure_samples larger than the
-            training split.
-        DatasetNotPreparedError: a TFDS data set is not prepared.
-    """
-    _, _, info = load_data(cfg, augment=False)
-    if cfg.measure_samples > info.train_size:
-        raise CommandError(
-            f"--measure_samples={cfg.measure_samples} is more than the {cfg.dataset} training "
-            f"split holds ({info.train_size} examples); lower it.")
-
-
 def measurement_sampler(cfg: TrainConfig) -> data.Sampler:
     """``sample(seed, epochs) -> (x, y)``: what the trial measures after `epochs` epochs.
 
-    ``cfg.measure_sample == "fixed"``: always `cb_keras.paper.data.measurement_sample`
+    ``cfg.measure_sample_source == "fixed"``: always `cb_keras.paper.data.measurement_sample`
     (reproducible, no augmentation); ``"augmented"``: the first
     ``cfg.measure_samples`` examples of the shuffled, augmented training
     batches, drawn anew for every measurement and seeded by the trial's seed
     and the epoch, as the reference measured (`cb_keras.paper.data.sampler`).
     """
     return data.sampler(cfg.dataset, cfg.measure_samples,
-                        augmented=cfg.measure_sample == "augmented",
+                        augmented=cfg.measure_sample_source == "augmented",
                         batch_size=cfg.batch_size, data_dir=cfg.data_dir,
                         shuffle_buffer=cfg.shuffle_buffer)

@@ -16,13 +16,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from cb_keras import pruning
 from cb_keras.paper.spec import NetworkSpec
 from experiments.runtime import rundir
 from experiments.trials import recipe
 from experiments.runtime.config import TrainConfig
+from experiments.trials.state import TrialState
 from experiments.trials.trial import restore
 
 
@@ -32,29 +32,26 @@ class Trained:
 
     Attributes:
         trial: the trial's directory.
+        spec: the network.
         model: the network, compiled as in training, final weights loaded.
-        cfg: the run's training configuration.
-        test: the test split, batched ``(images, labels)``.
+        data: the run's data and, as ``data.config``, its training configuration.
         x: the measurement sample, float32 ``(N, H, W, C)`` training images.
         y: its int32 labels ``(N,)``.
-        num_classes: C.
-        spec: the network.
     """
 
     trial: rundir.RunDir
     spec: NetworkSpec
     model: keras.Model
-    cfg: TrainConfig
-    test: tf.data.Dataset
+    data: recipe.TrialData
     x: np.ndarray
     y: np.ndarray
-    num_classes: int
 
     def conflicts(self) -> pruning.BlockConflicts:
         """Bundle metrics of every residual branch, on the run's measurement sample."""
+        cfg = self.data.config
         return pruning.conflicting_blocks(
-            self.model, self.x, self.y, num_classes=self.num_classes,
-            **self.cfg.metric_step, samples=self.cfg.measure_samples)
+            self.model, self.x, self.y, num_classes=self.data.info.num_classes,
+            **cfg.metric_step, samples=cfg.measure_samples)
 
 
 def trial_path(path: str | os.PathLike) -> pathlib.Path:
@@ -74,26 +71,26 @@ def trial_path(path: str | os.PathLike) -> pathlib.Path:
     return trials[0]
 
 
-def load_trial(path: str | os.PathLike, cfg: TrainConfig | None = None) -> Trained:
+def load_trial(path: str | os.PathLike, data: recipe.TrialData | None = None) -> Trained:
     """The final network of the trial at `path` (see `trial_path`) and its data.
 
     Args:
         path: a trial directory, or a run directory holding one trial.
-        cfg: the trial's training settings; default: its run's flags.json
-            (in the trial directory or its parent).
+        data: the data of the trial's training settings, when the caller
+            loaded it (`recipe.trial_data`); default: loaded for the settings
+            of its run's flags.json (in the trial directory or its parent).
 
     Raises:
         rundir.RunDirError: not a finished trial of a training run.
     """
-    trial, state, saved = _finished(path, cfg)
-    cfg = cfg or TrainConfig.from_flags(saved)
-    _, test, info = recipe.load_data(cfg, augment=False)
-    x, y = recipe.measurement_sampler(cfg)(state["seed"], state["completed_epochs"])
-    spec = NetworkSpec.from_dict(state["spec"])
-    model = spec.build(info.input_shape, info.num_classes)
-    recipe.compile_model(model, cfg)
-    restore(model, trial.file(state["checkpoint"]))
-    return Trained(trial, spec, model, cfg, test, x, y, info.num_classes)
+    trial, state, saved = _finished(path, data is not None)
+    data = data or recipe.trial_data(TrainConfig.from_flags(saved))
+    x, y = data.sample(state.seed, state.completed_epochs)
+    spec = NetworkSpec.from_dict(state.spec)
+    model = spec.build(data.info.input_shape, data.info.num_classes)
+    recipe.compile_model(model, data.config)
+    restore(model, trial.file(state.checkpoint))
+    return Trained(trial, spec, model, data, x, y)
 
 
 def check_residual_source(path: str | os.PathLike) -> None:
@@ -106,29 +103,31 @@ def check_residual_source(path: str | os.PathLike) -> None:
         rundir.RunDirError: not a single finished trial of a training run, or
             its network has no residual blocks.
     """
-    trial, state, _ = _finished(path, None)
+    trial, state, _ = _finished(path, False)
     try:
-        spec = NetworkSpec.from_dict(state.get("spec"))
+        spec = NetworkSpec.from_dict(state.spec)
     except ValueError:
         spec = None
     if spec is None or spec.kind != "resnet":
         raise rundir.RunDirError(
-            f"{trial.path} trained a {spec.label if spec else state.get('spec') or {}} "
+            f"{trial.path} trained a {spec.label if spec else state.spec} "
             "network, which has no residual blocks; --source_run needs a train run of "
             "--model=resnet.")
 
 
-def _finished(path: str | os.PathLike, cfg: TrainConfig | None
-              ) -> tuple[rundir.RunDir, dict[str, Any], dict[str, Any] | None]:
-    """(trial, its state.json, its run's flags.json or None with `cfg`) of a finished trial.
+def _finished(path: str | os.PathLike, have_settings: bool
+              ) -> tuple[rundir.RunDir, TrialState, dict[str, Any] | None]:
+    """(trial, its state, its run's flags.json) of a finished trial; no flags.json is read
+    when the caller `have_settings`.
 
     Raises:
         rundir.RunDirError: not a single trial (`trial_path`), or not finished.
     """
     trial = rundir.RunDir(trial_path(path), writer=False)
-    state = trial.read_json(rundir.STATE_FILE)
-    saved = None if cfg else rundir.RunDir(_run_root(trial.path)).read_json(rundir.FLAGS_FILE)
-    if not state.get("finished") or (saved is None and cfg is None):
+    state = TrialState.from_dict(trial.read_json(rundir.STATE_FILE))
+    saved = None if have_settings else \
+        rundir.RunDir(_run_root(trial.path)).read_json(rundir.FLAGS_FILE)
+    if not state.finished or (saved is None and not have_settings):
         raise rundir.RunDirError(
             f"{trial.path} has not finished training; finish it first by rerunning its "
             "train command.")

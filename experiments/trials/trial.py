@@ -2,9 +2,9 @@
 
 Flag-free: every function takes plain values, so `train`, `fnn_map`, `prune`
 and `auto_tune` call it the same way, with the `TrainConfig` their `main`
-read from the flags:
+read from the flags and the data it loaded once (`recipe.trial_data`):
 
-    result = train_trial(run.sub("cell_a"), spec, cfg, seed=cfg.seed,
+    result = train_trial(run.sub("cell_a"), spec, cfg, data, seed=cfg.seed,
                          strategy=strategy, label="[a]")
 
 One trial trains ``spec`` for ``cfg.trained_epochs`` epochs (``cfg.epochs``,
@@ -38,14 +38,15 @@ import numpy as np
 import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
-from cb_keras.paper.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
 from cb_keras.paper.spec import NetworkSpec
 from cb_keras.measurement import measure
+from cb_keras.paper.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
 from cb_keras.report import ConflictReport
 from experiments.runtime import console, serving
 from experiments.trials.callbacks import EpochCommit, ScalarSummaries, number, write_metrics
 from experiments.runtime.config import TrainConfig
-from experiments.trials.recipe import compile_model, load_data, measurement_sampler
+from experiments.trials.recipe import TrialData, compile_model
+from experiments.trials.state import TrialState
 from experiments.runtime.rundir import STATE_FILE, RunDir, RunDirError
 
 # before_training(untrained model, logs measured at initialization) -> do not train
@@ -96,22 +97,23 @@ def restore(model: keras.Model, checkpoint: os.PathLike) -> None:
                           "damaged or of another network.") from error
 
 
-def resume(model: keras.Model, trial: RunDir, state: dict[str, Any], label: str = "") -> int:
-    """Restore the newest checkpoint of `trial` that loads; returns its epoch.
+def resume(model: keras.Model, trial: RunDir, state: TrialState,
+           label: str = "") -> TrialState:
+    """Restore the newest checkpoint of `trial` that loads; the state at its epoch.
 
     Tries the checkpoint of ``state`` first, then older ones. Falling back
-    to epoch k prints one line and rolls ``state`` back to k (history,
-    ``completed_epochs``, ``checkpoint``), so training redoes the lost epochs.
+    to epoch k prints one line and rolls the state back to k
+    (`TrialState.roll_back`), so training redoes the lost epochs.
 
     Raises:
         RunDirError: no checkpoint loads.
     """
-    done = state["completed_epochs"]
+    done = state.completed_epochs
     older = [(epoch, path) for epoch, path in reversed(trial.checkpoints().items())
              if epoch < done]
     try:
-        restore(model, trial.file(state["checkpoint"]))
-        return done
+        restore(model, trial.file(state.checkpoint))
+        return state
     except RunDirError as error:
         problem = error
     for epoch, path in older:
@@ -121,9 +123,7 @@ def resume(model: keras.Model, trial: RunDir, state: dict[str, Any], label: str 
             continue
         print(f"{label} {problem} Resuming from the checkpoint of epoch {epoch} instead."
               .strip(), flush=True)
-        state.update(completed_epochs=epoch, checkpoint=str(path.relative_to(trial.path)),
-                     history=[row for row in state["history"] if row["epoch"] <= epoch])
-        return epoch
+        return state.roll_back(epoch, str(path.relative_to(trial.path)))
     raise RunDirError(f"{problem} No older checkpoint of {trial.path} loads either; delete "
                       f"its {STATE_FILE} to retrain the trial.")
 
@@ -195,8 +195,8 @@ def entropy_integral(history: list[dict[str, Any]], every: int) -> float | None:
     ``every=1`` and T trained epochs, ``sum(H_0 .. H_T) / (T + 1)``. The
     reference's evaluate.py (commit 1a4c762) summed ``H_e / epochs`` over its
     checkpoints e = 0 .. epochs - 1, after ``epochs - 1`` trained epochs: the
-    same number when T = epochs - 1 (``--accounting=reference``). None when a scheduled measurement is missing (not
-    measured at initialization, ``every=0``, or a^L diverged).
+    same number when T = epochs - 1 (``--accounting=reference``). None when a scheduled
+    measurement is missing (not measured at initialization, ``every=0``, or a^L diverged).
 
     Args:
         history: rows of metrics.csv, ``{"epoch": completed epochs,
@@ -211,9 +211,9 @@ def entropy_integral(history: list[dict[str, Any]], every: int) -> float | None:
     return float(np.mean(values))
 
 
-def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.ndarray,
+def begin_trial(trial: RunDir, state: TrialState, model: keras.Model, x: np.ndarray,
                 y: np.ndarray, *, num_classes: int, cfg: TrainConfig,
-                before_training: BeforeTraining | None) -> bool:
+                before_training: BeforeTraining | None) -> tuple[TrialState, bool]:
     """Epoch 0 of a trial: measure the untrained network and commit the row ``epoch=0``.
 
     The row holds the bundle metrics of a^L on ``(x, y)`` (with
@@ -221,8 +221,8 @@ def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.
     metrics.csv and state.json (no checkpoint: the seed rebuilds the network).
 
     Returns:
-        True when ``before_training(model, logs)`` decided that the trial must
-        not train.
+        The state with that row, and True when ``before_training(model, logs)``
+        decided that the trial must not train.
     """
     logs: dict[str, Any] = {}
     if cfg.measure_every:
@@ -230,14 +230,14 @@ def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.
                        layers="last", samples=cfg.measure_samples).last
         logs.update(bundle_logs(last))
     stop = bool(before_training and before_training(model, logs))
-    state["history"] = [{"epoch": 0, **{k: number(v) for k, v in logs.items()}}]
-    write_metrics(trial, state["history"])
-    trial.write_json(STATE_FILE, state)
-    return stop
+    state = state.begin({"epoch": 0, **{k: number(v) for k, v in logs.items()}})
+    write_metrics(trial, state.history)
+    trial.write_json(STATE_FILE, state.to_dict())
+    return state, stop
 
 
-def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int,
-                strategy: tf.distribute.Strategy, label: str = "",
+def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialData, *,
+                seed: int, strategy: tf.distribute.Strategy, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
                 before_training: BeforeTraining | None = None) -> dict[str, Any]:
@@ -247,6 +247,7 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int
         trial: the trial's directory (state, metrics, checkpoints, ...).
         spec: the network.
         cfg: training and measurement settings.
+        data: the command's data, loaded once for `cfg` (`recipe.trial_data`).
         seed: initialises the network and seeds the data pipeline.
         strategy: the tf.distribute strategy for training and measurement.
         label: prefix of the progress lines, e.g. ``"[seed 1]"``.
@@ -263,61 +264,59 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
         `summarize`; the same dict is stored in ``state.json["result"]``.
     """
-    state = trial.read_json(STATE_FILE)
-    if state and state.get("finished"):
+    saved = trial.read_json(STATE_FILE)
+    state = TrialState.from_dict(saved) if saved else TrialState.new(
+        spec.to_dict(), seed, [data_seed(seed, e) for e in range(cfg.trained_epochs)])
+    if state.finished:
         print(f"{label} finished earlier: {trial.path}".strip(), flush=True)
-        return state["result"]
-    state = state or {"spec": spec.to_dict(), "seed": seed, "completed_epochs": 0,
-                      "history": [],
-                      "data_seeds": [data_seed(seed, e) for e in range(cfg.trained_epochs)]}
-    if (state["spec"], state["seed"]) != (spec.to_dict(), seed):
-        raise RunDirError(
-            f"{trial.path} holds a trial of {state['spec']} with seed {state['seed']}, not of "
-            f"{spec.to_dict()} with seed {seed}; use another directory for this network.")
-    start = state["completed_epochs"]
-    _, test, info = load_data(cfg, augment=False)
-    sample = measurement_sampler(cfg)
+        return state.result
+    state.check_trial(spec.to_dict(), seed, trial.path)
+    start = state.completed_epochs
+    info = data.info
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         model = spec.build(info.input_shape, info.num_classes)
         compile_model(model, cfg)
         if start:
-            start = resume(model, trial, state, label)
+            state = resume(model, trial, state, label)
+            start = state.completed_epochs
             print(f"{label} resuming {trial.path} after epoch {start}".strip(), flush=True)
-    measuring = measuring_callbacks(trial, *sample(seed, start), info.num_classes, cfg)
+    measuring = measuring_callbacks(trial, *data.sample(seed, start), info.num_classes, cfg)
+    stopped = False
+    if not state.history:
+        state, stopped = begin_trial(
+            trial, state, model, *data.sample(seed, 0), num_classes=info.num_classes,
+            cfg=cfg, before_training=before_training)
+    commit = EpochCommit(trial, state, cfg.keep_checkpoints)
     epoch_callbacks = [
-        TestEvaluation(test, cfg.test_every, cfg.trained_epochs,
+        TestEvaluation(data.test, cfg.test_every, cfg.trained_epochs,
                        cfg.epoch_accounting.last_epochs),
         *measuring,
         *callbacks,
-        EpochCommit(trial, state, cfg.keep_checkpoints),
+        commit,
         ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
         *console.progress_callbacks(cfg.progress, cfg.trained_epochs, label, BUNDLE_FIELDS)]
-    stopped = not state["history"] and begin_trial(
-        trial, state, model, *sample(seed, 0), num_classes=info.num_classes, cfg=cfg,
-        before_training=before_training)
     for epoch in range(start, 0 if stopped else cfg.trained_epochs if until is None else until):
-        train, _, _ = load_data(cfg, augment=cfg.augment,
-                                shuffle_seed=state["data_seeds"][epoch])
+        train = data.training_batches(shuffle_seed=state.data_seeds[epoch])
         for callback in measuring:  # it takes its sample once per fit: this epoch's
-            callback.x, callback.y = sample(seed, epoch + 1)
+            callback.x, callback.y = data.sample(seed, epoch + 1)
         model.fit(train, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
                   callbacks=epoch_callbacks)
         if model.stop_training:
             break
-    report = write_conflicts(trial, model, *sample(seed, state["completed_epochs"]),
+    state = commit.state
+    report = write_conflicts(trial, model, *data.sample(seed, state.completed_epochs),
                              num_classes=info.num_classes, cfg=cfg)
     if cfg.export:
         serving.export(trial, model)
-    state["result"] = {
+    state = state.finish({
         "seed": seed, "spec": spec.to_dict(), "dir": str(trial.path),
         "parameters": int(model.count_params()),
-        **summarize(state["history"], report, cfg.measure_every,
+        **summarize(list(state.history), report, cfg.measure_every,
                     cfg.epoch_accounting.last_epochs),
-    }
-    state["finished"] = True
-    trial.write_json(STATE_FILE, state)
-    return state["result"]
+    })
+    trial.write_json(STATE_FILE, state.to_dict())
+    return state.result
 
 
 def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes: int,
@@ -333,14 +332,14 @@ def measuring_callbacks(trial: RunDir, x: np.ndarray, y: np.ndarray, num_classes
 
 
 def trial_dirs(run: RunDir, prefix: str, cfg: TrainConfig) -> list[tuple[int, RunDir]]:
-    """(seed, directory) of the `cfg.runs` trials of one network.
+    """(seed, directory) of the `cfg.seeds` trials of one network.
 
-    One run: the network's directory itself (``run/prefix``, or the run
+    One seed: the network's directory itself (``run/prefix``, or the run
     directory when `prefix` is empty); several: ``seed<k>/`` inside it.
     """
     base = run.sub(prefix) if prefix else run
-    seeds = [cfg.seed + k for k in range(cfg.runs)]
-    if cfg.runs == 1:
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    if cfg.seeds == 1:
         return [(seeds[0], base)]
     return [(s, base.sub(f"seed{s}")) for s in seeds]
 
