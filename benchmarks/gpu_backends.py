@@ -99,7 +99,6 @@ def callback_share(samples: int, blocks: tuple[int, ...]) -> str:
 def main_job(quick: bool) -> str:
     try:
         from cb_keras import autotune
-        from cb_keras.paper import optimizers
     except ImportError as error:
         return f"not run: {error}"
     from cb_keras.autotune import trainer
