@@ -44,7 +44,6 @@ import dataclasses
 import re
 from typing import Any
 
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import autotune, files
@@ -59,6 +58,7 @@ from experiments.options import run as run_flags
 from experiments.options import source as source_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
+from experiments.runtime.strategy import Placement
 
 PRUNE_RULE = flags.DEFINE_enum(
     "prune_rule", "first_conflict", list(rules.RULES),
@@ -183,12 +183,12 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
 
 
 def trial_trainer(run: rundir.RunDir, cfg: TrainConfig,
-                  dist: tf.distribute.Strategy) -> trainer.Trainer:
+                  dist: Placement) -> trainer.Trainer:
     """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
     return lambda request: train_run(run, cfg, dist, request)
 
 
-def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy,
+def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: Placement,
               request: trainer.TrainRequest, until: int | None = None) -> trainer.TrainOutcome:
     """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
 
@@ -207,7 +207,7 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, dist: tf.distribute.Strategy
 
 
 def finish_restarted_runs(run: rundir.RunDir, state: dict[str, Any], cfg: Config,
-                          dist: tf.distribute.Strategy) -> bool:
+                          dist: Placement) -> bool:
     """Finish the runs whose restart is in `state` but whose trial is not done.
 
     A search killed right after saving a restart has not finished that run's
@@ -321,7 +321,7 @@ def restart_scalars(record: check.Restart) -> dict[str, float]:
                for s, b in enumerate(record.blocks_after, start=1)}}
 
 
-def search(run: rundir.RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def search(run: rundir.RunDir, cfg: Config, dist: Placement) -> dict[str, Any]:
     """Run or resume the search in `run`; export the final network; the results dict."""
     _, test, info = recipe.load_data(cfg.training, augment=False)
     summaries = ScalarSummaries(run.file(trial.TENSORBOARD_DIR), enabled=run.writer)

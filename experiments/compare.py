@@ -64,7 +64,6 @@ import time
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
@@ -78,6 +77,7 @@ from experiments.options import run as run_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
 from experiments.runtime.rundir import RunDir
+from experiments.runtime.strategy import Placement
 
 CONTESTANTS = ("auto_tune", "auto_tune_non_conflicting", "auto_tune_all_non_conflicting",
                "fixed", "keras_tuner", "keras_tuner_check", "optuna_tpe_median",
@@ -190,7 +190,7 @@ def read_flags() -> Config:
                   tuple(FIXED_DEPTHS.value), budget, PARTIAL.value)
 
 
-def run_cell(run: RunDir, cfg: Config, dist: tf.distribute.Strategy, name: str,
+def run_cell(run: RunDir, cfg: Config, dist: Placement, name: str,
              seed: int) -> dict[str, Any]:
     """Train (or resume) one contestant with one seed; its cell (`CELL_COLUMNS`)."""
     directory = run.sub(name).sub(f"seed{seed}")
@@ -287,7 +287,7 @@ def latencies(cfg: Config, cells: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def compare(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def compare(run: RunDir, cfg: Config, dist: Placement) -> dict[str, Any]:
     """Train every cell (seed by seed), then measure, tabulate and draw; the results."""
     cells = [run_cell(run, cfg, dist, name, seed) for seed in cfg.seeds for name in cfg.cells]
     return tabulate(run, cfg, cells)

@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
@@ -36,6 +35,7 @@ from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
 from experiments.runtime.rundir import RunDir
+from experiments.runtime.strategy import Placement
 
 DEPTHS = define_int_list(
     "depths", [1, 2, 4, 8, 16, 32], "Hidden layers of the FNNs of the grid.", __name__)
@@ -86,7 +86,7 @@ def read_flags() -> Config:
 
 
 def train_cell(run: RunDir, depth: int, width: int, cfg: TrainConfig,
-               dist: tf.distribute.Strategy) -> dict[str, Any]:
+               dist: Placement) -> dict[str, Any]:
     """Train the runs of one FNN of the grid; its row of the table."""
     spec = {"model": "fnn", "depth": depth, "width": width}
     trials = [trial.train_trial(directory, spec, cfg, seed=seed, strategy=dist,
@@ -140,7 +140,7 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
     files.save_png(figure, path)
 
 
-def grid(run: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def grid(run: RunDir, cfg: Config, dist: Placement) -> dict[str, Any]:
     """Train (or resume) every cell of the grid, write the table and the map; the results."""
     cells = [train_cell(run, d, w, cfg.training, dist) for d in cfg.depths for w in cfg.widths]
     run.write_csv(CSV_FILE, cells, CELL_COLUMNS)

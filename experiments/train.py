@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import tensorflow as tf
 from absl import app, flags
 
 from experiments.runtime import command, console
@@ -40,6 +39,7 @@ from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
+from experiments.runtime.strategy import Placement
 
 flags.adopt_module_key_flags(run_flags)
 flags.adopt_module_key_flags(strategy_flags)
@@ -78,7 +78,7 @@ def read_flags() -> Config:
                   training_flags.training_config(), model_flags.model_spec())
 
 
-def train(run_dir: RunDir, cfg: Config, dist: tf.distribute.Strategy) -> dict[str, Any]:
+def train(run_dir: RunDir, cfg: Config, dist: Placement) -> dict[str, Any]:
     """Train (or resume) every seed of the network; the results dict (module docstring)."""
     trials = [trial.train_trial(directory, cfg.spec, cfg.training, seed=seed, strategy=dist,
                                 label=f"[seed {seed}]" if cfg.training.runs > 1 else "")

@@ -36,13 +36,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-import tensorflow as tf
 
 from cb_keras.autotune import check
 from experiments.runtime import console
 from experiments.trials import recipe, trial
 from experiments.runtime.config import TrainConfig
 from experiments.runtime.rundir import STATE_FILE, RunDir
+from experiments.runtime.strategy import Placement
 
 OBJECTIVE = "test_accuracy"
 MAX_TRIALS = 100  # the budget ends a search long before
@@ -79,7 +79,7 @@ class Search:
     at_init: bool
 
 
-def search(directory: RunDir, cfg: Search, strategy: tf.distribute.Strategy,
+def search(directory: RunDir, cfg: Search, strategy: Placement,
            label: str = "") -> dict[str, Any]:
     """Run (or resume) the search in `directory`; its best network and what it cost.
 
@@ -162,7 +162,7 @@ def spent_epochs(trials_dir: RunDir) -> int:
 
 
 def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_classes: int,
-               strategy: tf.distribute.Strategy, label: str, conflict_score: float) -> float:
+               strategy: Placement, label: str, conflict_score: float) -> float:
     """Train the trial's network (resumably); its score (`conflict_score` if stopped)."""
     blocks = _blocks(values, len(cfg.max_blocks))
     result = train_blocks(directory, blocks, cfg, num_classes, strategy, label)
@@ -175,7 +175,7 @@ def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search, num_class
 
 
 def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, num_classes: int,
-                 strategy: tf.distribute.Strategy, label: str,
+                 strategy: Placement, label: str,
                  callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one network of the search (resumably), with the check if ``cfg.check``.
 

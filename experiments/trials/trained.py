@@ -16,7 +16,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from cb_keras import pruning
 from experiments.runtime import rundir
@@ -33,7 +32,7 @@ class Trained:
         trial: the trial's directory.
         model: the network, compiled as in training, final weights loaded.
         cfg: the run's training configuration.
-        test: the test split, batched ``(images, labels)``.
+        test: the test split, batched ``(images, labels)`` (`cb_keras.paper.data.load`).
         x: the measurement sample, float32 ``(N, H, W, C)`` training images.
         y: its int32 labels ``(N,)``.
         num_classes: C.
@@ -44,7 +43,7 @@ class Trained:
     spec: dict[str, Any]
     model: keras.Model
     cfg: TrainConfig
-    test: tf.data.Dataset
+    test: Any
     x: np.ndarray
     y: np.ndarray
     num_classes: int

@@ -35,7 +35,6 @@ from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
 from cb_keras.paper.evaluation import LAST_EPOCHS, TestEvaluation, in_last_epochs
@@ -46,6 +45,7 @@ from experiments.trials.callbacks import EpochCommit, ScalarSummaries, number, w
 from experiments.runtime.config import TrainConfig
 from experiments.trials.recipe import build_model, compile_model, load_data, measurement_sampler
 from experiments.runtime.rundir import STATE_FILE, RunDir, RunDirError, jsonable
+from experiments.runtime.strategy import Placement
 
 # before_training(untrained model, logs measured at initialization) -> do not train
 BeforeTraining = Callable[[keras.Model, dict[str, Any]], bool]
@@ -236,7 +236,7 @@ def begin_trial(trial: RunDir, state: dict[str, Any], model: keras.Model, x: np.
 
 
 def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: int,
-                strategy: tf.distribute.Strategy, label: str = "",
+                strategy: Placement, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
                 before_training: BeforeTraining | None = None) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def train_trial(trial: RunDir, spec: dict[str, Any], cfg: TrainConfig, *, seed: 
         spec: the network (see `build_model`).
         cfg: training and measurement settings.
         seed: initialises the network and seeds the data pipeline.
-        strategy: the tf.distribute strategy for training and measurement.
+        strategy: where training and measurement run (`experiments.runtime.strategy`).
         label: prefix of the progress lines, e.g. ``"[seed 1]"``.
         callbacks: extra Keras callbacks (e.g. one that stops training).
         until: train epochs up to this one only (default:
