@@ -3,6 +3,7 @@
 Importing this package sets TensorFlow's process defaults for the commands,
 the benchmarks and the tests; it imports nothing else, so it runs before
 TensorFlow is imported. A variable already set in the environment wins.
+On other Keras backends nothing reads them (docs/experiments.md, On JAX).
 
 - ``TF_CPP_MIN_LOG_LEVEL=2``: TensorFlow's C++ INFO and WARNING lines
   (oneDNN, CUDA probing, XLA) print before absl's logging is set up; 0
@@ -31,6 +32,9 @@ os.environ.setdefault("CB_KERAS_GRAPPLER", "0")
 
 def configure_tensorflow() -> None:
     """Apply the defaults above that need TensorFlow: call before any tf.function runs.
+
+    Imports TensorFlow: ``python -m experiments`` calls it on the TensorFlow
+    backend only.
 
     Exits with a one-line message when ``CB_KERAS_GRAPPLER`` is not 0 or 1.
     """

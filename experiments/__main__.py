@@ -66,8 +66,8 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         print(f"Unknown command {command!r}.\n\n{command_list()}", file=sys.stderr)
         return 2
-    _import_tensorflow_quietly()
-    experiments.configure_tensorflow()
+    if _start_keras_quietly() == "tensorflow":
+        experiments.configure_tensorflow()
     module = importlib.import_module(COMMANDS[command][0])
     flags.adopt_module_key_flags(module)  # --helpshort shows the command's flags
     app.run(_messages_without_traceback(command, module.main),
@@ -75,27 +75,50 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and find its devices, printing its start-up lines but the noise.
+def _start_keras_quietly() -> str:
+    """Import Keras and start its backend, printing its start-up lines but the noise.
 
-    The C++ code writes to file descriptor 2 directly, so it is redirected
-    to a temporary file meanwhile; lines not matching `_STARTUP_NOISE` are
-    printed to stderr afterwards. TF_CPP_MIN_LOG_LEVEL=0 shows every line.
+    Returns the backend's name. On TensorFlow this imports TensorFlow and
+    finds its devices; its C++ code writes to file descriptor 2 directly,
+    so that is redirected to a temporary file meanwhile, and lines not
+    matching `_STARTUP_NOISE` are printed to stderr afterwards.
+    TF_CPP_MIN_LOG_LEVEL=0 shows every line. Other backends never import
+    TensorFlow.
     """
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
-        return
+        return _start_keras()
     with tempfile.TemporaryFile() as captured:
         stderr = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-            tf.config.list_physical_devices()
+            backend = _start_keras()
         finally:
             os.dup2(stderr, 2)
             os.close(stderr)
         captured.seek(0)
         lines = captured.read().decode(errors="replace").splitlines(keepends=True)
     sys.stderr.writelines(line for line in lines if not _STARTUP_NOISE.search(line))
+    return backend
+
+
+def _start_keras() -> str:
+    """Import Keras and start its backend; the backend's name.
+
+    On TensorFlow, finds TensorFlow's devices. On any other backend, marks
+    TensorFlow as not importable for this process (``None`` in
+    `sys.modules`): no command needs it there (docs/experiments.md, On
+    JAX), and Keras would otherwise import it wherever it is installed, e.g.
+    in ``keras.utils.set_random_seed`` only to seed it.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+    else:
+        sys.modules.setdefault("tensorflow", None)
+    return backend
 
 
 def _messages_without_traceback(command: str, command_main):

@@ -45,7 +45,6 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import autotune, files
@@ -61,6 +60,7 @@ from experiments.options import run as run_flags
 from experiments.options import source as source_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
+from experiments.runtime.strategy import Placement
 
 PRUNE_RULE = flags.DEFINE_enum(
     "prune_rule", "first_conflict", list(rules.RULES),
@@ -185,13 +185,13 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
 
 
 def trial_trainer(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
-                  dist: tf.distribute.Strategy) -> trainer.Trainer:
+                  dist: Placement) -> trainer.Trainer:
     """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
     return lambda request: train_run(run, cfg, data, dist, request)
 
 
 def train_run(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
-              dist: tf.distribute.Strategy, request: trainer.TrainRequest,
+              dist: Placement, request: trainer.TrainRequest,
               until: int | None = None) -> trainer.TrainOutcome:
     """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
 
@@ -212,7 +212,7 @@ def train_run(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
 
 def finish_restarted_runs(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
                           data: recipe.TrialData,
-                          dist: tf.distribute.Strategy) -> autotune.SearchState:
+                          dist: Placement) -> autotune.SearchState:
     """Finish the runs whose restart is in `state` but whose trial is not done.
 
     A search killed right after saving a restart has not finished that run's
@@ -324,7 +324,7 @@ def restart_scalars(record: check.Restart) -> dict[str, float]:
 
 
 def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
-           dist: tf.distribute.Strategy) -> dict[str, Any]:
+           dist: Placement) -> dict[str, Any]:
     """Run or resume the search in `run` on `data` (loaded for ``cfg.training``); export
     the final network; the results dict."""
     summaries = ScalarSummaries(run.file(trial.TENSORBOARD_DIR), enabled=run.writer)

@@ -64,7 +64,6 @@ import time
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
@@ -79,6 +78,7 @@ from experiments.options import run as run_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
 from experiments.runtime.rundir import RunDir
+from experiments.runtime.strategy import Placement
 
 CONTESTANTS = ("auto_tune", "auto_tune_non_conflicting", "auto_tune_all_non_conflicting",
                "fixed", "keras_tuner", "keras_tuner_check", "optuna_tpe_median",
@@ -191,7 +191,7 @@ def read_flags() -> Config:
                   tuple(FIXED_DEPTHS.value), budget, PARTIAL.value)
 
 
-def run_cell(run: RunDir, cfg: Config, data: recipe.TrialData, dist: tf.distribute.Strategy,
+def run_cell(run: RunDir, cfg: Config, data: recipe.TrialData, dist: Placement,
              name: str, seed: int) -> dict[str, Any]:
     """Train (or resume) one contestant with one seed on `data` (loaded for
     ``cfg.training``); its cell (`CELL_COLUMNS`)."""
@@ -292,7 +292,7 @@ def latencies(cfg: Config, data: recipe.TrialData,
 
 
 def compare(run: RunDir, cfg: Config, data: recipe.TrialData,
-            dist: tf.distribute.Strategy) -> dict[str, Any]:
+            dist: Placement) -> dict[str, Any]:
     """Train every cell (seed by seed), then measure, tabulate and draw; the results."""
     cells = [run_cell(run, cfg, data, dist, name, seed)
              for seed in cfg.seeds for name in cfg.cells]

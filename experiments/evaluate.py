@@ -34,7 +34,6 @@ import re
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras.paper.spec import NetworkSpec
@@ -99,7 +98,7 @@ def read_flags() -> Config:
 
 
 def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, data: recipe.TrialData,
-                   last_epochs: int, dist: tf.distribute.Strategy) -> dict[str, Any]:
+                   last_epochs: int, dist: strategy.Placement) -> dict[str, Any]:
     """Test accuracy over the last checkpoints of a trial; per-layer conflicts to `output`.
 
     `data` is the run's, loaded for its training settings (``data.config``).
@@ -136,7 +135,7 @@ def evaluate_trial(directory: rundir.RunDir, output: rundir.RunDir, data: recipe
 
 
 def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
-                 dist: tf.distribute.Strategy) -> list[dict[str, Any]]:
+                 dist: strategy.Placement) -> list[dict[str, Any]]:
     """Evaluate every trial of `run` into `output` (evaluation.json); the trials' dicts.
 
     Raises:
@@ -180,7 +179,8 @@ def main(argv: list[str]) -> None:
     dist = strategy.make(cfg.strategy)
     run = rundir.RunDir(command.locate(cfg.run, ""), writer=False)
     output = rundir.RunDir(cfg.output_dir or run.path, writer=strategy.is_chief(dist))
-    results = evaluate_run(run, output, cfg, dist)
+    with strategy.active(dist):
+        results = evaluate_run(run, output, cfg, dist)
     rows = [{**r, "epochs": f"{r['epochs'][0]}-{r['epochs'][-1]}",
              "conflicting": len(r["conflicting_layers"])} for r in results]
     print(console.table(rows, TABLE_COLUMNS), flush=True)

@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import files
@@ -37,6 +36,7 @@ from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
 from experiments.options.parsers import define_int_list
 from experiments.runtime.rundir import RunDir
+from experiments.runtime.strategy import Placement
 
 DEPTHS = define_int_list(
     "depths", [1, 2, 4, 8, 16, 32], "Hidden layers of the FNNs of the grid.", __name__)
@@ -87,7 +87,7 @@ def read_flags() -> Config:
 
 
 def train_cell(run: RunDir, depth: int, width: int, cfg: TrainConfig, data: recipe.TrialData,
-               dist: tf.distribute.Strategy) -> dict[str, Any]:
+               dist: Placement) -> dict[str, Any]:
     """Train the runs of one FNN of the grid; its row of the table."""
     spec = NetworkSpec("fnn", depth=depth, width=width)
     trials = [trial.train_trial(directory, spec, cfg, data, seed=seed, strategy=dist,
@@ -142,7 +142,7 @@ def plot_map(cells: list[dict[str, Any]], depths: list[int], widths: list[int],
 
 
 def grid(run: RunDir, cfg: Config, data: recipe.TrialData,
-         dist: tf.distribute.Strategy) -> dict[str, Any]:
+         dist: Placement) -> dict[str, Any]:
     """Train (or resume) every cell of the grid, write the table and the map; the results."""
     cells = [train_cell(run, d, w, cfg.training, data, dist)
              for d in cfg.depths for w in cfg.widths]

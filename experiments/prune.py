@@ -18,7 +18,8 @@ of this run, with the `train` command's code. Then:
    run's optimizer and data;
 4. exports it as SavedModel (``export/``) and ``pruned.keras`` (the
    original as ``original.keras``), reloads the SavedModel and compares its
-   outputs with the pruned network's.
+   outputs with the pruned network's. Off TensorFlow there is no SavedModel:
+   its two numbers are null and a one-line note says why.
 
 Writes ``branches.csv`` (bundle metrics of every block's branch) and
 ``results.json``: ``command``, ``source`` (the trial), ``spec``, ``dataset``,
@@ -41,7 +42,6 @@ from typing import Any, Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras import pruning
@@ -54,6 +54,7 @@ from experiments.options import run as run_flags
 from experiments.options import source as source_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
+from experiments.runtime.strategy import Placement
 
 FINETUNE_EPOCHS = flags.DEFINE_integer(
     "finetune_epochs", 0, "Epochs of training after the removal (0: none).", lower_bound=0)
@@ -147,7 +148,8 @@ def prune(source: trained.Trained, run: rundir.RunDir, finetune_epochs: int,
         "finetune_epochs": finetune_epochs,
         "test_accuracy_pruned_before_finetune": pruned_accuracy,
         "pruned_vs_lesioned_max_abs_diff": lesion_diff,
-        "savedmodel_vs_pruned_max_abs_diff": _savedmodel_diff(run, pruned, batch),
+        "savedmodel_vs_pruned_max_abs_diff": _savedmodel_diff(run, pruned, batch)
+        if serving.CAN_EXPORT else None,
         "before": before, "after": after,
     }
 
@@ -159,7 +161,8 @@ def _measure(model: keras.Model, blocks: int, source: trained.Trained,
         **serving.describe(model, blocks),
         "test_accuracy": serving.accuracy(model, source.data.test),
         "keras_bytes": serving.save_keras(model, keras_file),
-        "savedmodel_bytes": serving.export_size(model, export_run),
+        "savedmodel_bytes": serving.export_size(model, export_run) if serving.CAN_EXPORT
+        else None,
     }
 
 
@@ -170,8 +173,10 @@ def _finetune(model: keras.Model, source: trained.Trained, epochs: int) -> None:
               verbose=2)
 
 
-def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: tf.Tensor) -> float:
-    """Reload export/ with tf.saved_model.load; max |served - model| on `batch`."""
+def _savedmodel_diff(run: rundir.RunDir, model: keras.Model, batch: Any) -> float:
+    """Reload export/ with tf.saved_model.load; max |served - model| on `batch` (TensorFlow only)."""
+    import tensorflow as tf
+
     served = tf.saved_model.load(str(run.file(serving.EXPORT_DIR)))
     return _checked_difference(served.serve(batch), model(batch, training=False),
                                f"the SavedModel in {run.file(serving.EXPORT_DIR)}")
@@ -204,7 +209,7 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 def train_and_prune(run: rundir.RunDir, cfg: Config, data: Callable[[], recipe.TrialData],
-                    dist: tf.distribute.Strategy) -> dict[str, Any]:
+                    dist: Placement) -> dict[str, Any]:
     """Prune the network of --source_run (with the data of its own flags), or of a trial
     trained first into ``train/`` on ``data()`` (`recipe.data_once`)."""
     if cfg.source_run:

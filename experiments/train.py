@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import tensorflow as tf
 from absl import app, flags
 
 from cb_keras.paper.spec import NetworkSpec
@@ -41,6 +40,7 @@ from experiments.options import model as model_flags
 from experiments.options import run as run_flags
 from experiments.options import strategy as strategy_flags
 from experiments.options import training as training_flags
+from experiments.runtime.strategy import Placement
 
 flags.adopt_module_key_flags(run_flags)
 flags.adopt_module_key_flags(strategy_flags)
@@ -80,7 +80,7 @@ def read_flags() -> Config:
 
 
 def train(run_dir: RunDir, cfg: Config, data: recipe.TrialData,
-          dist: tf.distribute.Strategy) -> dict[str, Any]:
+          dist: Placement) -> dict[str, Any]:
     """Train (or resume) every seed of the network; the results dict (module docstring)."""
     trials = [trial.train_trial(directory, cfg.spec, cfg.training, data, seed=seed,
                                 strategy=dist,

@@ -24,13 +24,13 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from cb_keras.paper.spec import NetworkSpec
 from experiments.contestants import tuner
 from experiments.runtime import console
 from experiments.trials import recipe
 from experiments.runtime.rundir import STATE_FILE, RunDir
+from experiments.runtime.strategy import Placement
 
 JOURNAL = "optuna.journal"
 DIR_ATTR = "directory"  # user attribute: the trial's directory (kept when retried)
@@ -61,7 +61,7 @@ class ReportAccuracy(keras.callbacks.Callback):
 
 
 def search(directory: RunDir, cfg: tuner.Search, pruner: str | None, data: recipe.TrialData,
-           strategy: tf.distribute.Strategy, label: str = "") -> dict[str, Any]:
+           strategy: Placement, label: str = "") -> dict[str, Any]:
     """Run (or resume) the study in `directory` on `data` (loaded for ``cfg.training``);
     the best completed trial and the costs.
 

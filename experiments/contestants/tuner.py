@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-import tensorflow as tf
 
 from cb_keras.autotune import check
 from cb_keras.paper.spec import NetworkSpec
@@ -44,6 +43,7 @@ from experiments.runtime import console
 from experiments.trials import recipe, trial
 from experiments.runtime.config import TrainConfig
 from experiments.runtime.rundir import STATE_FILE, RunDir
+from experiments.runtime.strategy import Placement
 
 OBJECTIVE = "test_accuracy"
 MAX_TRIALS = 100  # the budget ends a search long before
@@ -81,7 +81,7 @@ class Search:
 
 
 def search(directory: RunDir, cfg: Search, data: recipe.TrialData,
-           strategy: tf.distribute.Strategy, label: str = "") -> dict[str, Any]:
+           strategy: Placement, label: str = "") -> dict[str, Any]:
     """Run (or resume) the search in `directory` on `data` (loaded for ``cfg.training``);
     its best network and what it cost.
 
@@ -163,7 +163,7 @@ def spent_epochs(trials_dir: RunDir) -> int:
 
 
 def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search,
-               data: recipe.TrialData, strategy: tf.distribute.Strategy, label: str,
+               data: recipe.TrialData, strategy: Placement, label: str,
                conflict_score: float) -> float:
     """Train the trial's network (resumably); its score (`conflict_score` if stopped)."""
     blocks = _blocks(values, len(cfg.max_blocks))
@@ -177,7 +177,7 @@ def _run_trial(directory: RunDir, values: dict[str, Any], cfg: Search,
 
 
 def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, data: recipe.TrialData,
-                 strategy: tf.distribute.Strategy, label: str,
+                 strategy: Placement, label: str,
                  callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one network of the search (resumably), with the check if ``cfg.check``.
 

@@ -9,8 +9,9 @@ from experiments.runtime.config import StrategyConfig
 
 STRATEGY = flags.DEFINE_enum(
     "strategy", "none", ["none", "mirrored", "multi_worker"],
-    "tf.distribute strategy for training and measurement: none (one device), mirrored "
-    "(the GPUs of this machine, or --devices), multi_worker (several machines, TF_CONFIG).")
+    "Where training and measurement run: none (one device), mirrored (the GPUs of this "
+    "machine, or --devices; on JAX keras.distribution.DataParallel), multi_worker (several "
+    "machines, TF_CONFIG; TensorFlow only).")
 DEVICES = flags.DEFINE_list(
     "devices", [],
     "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 or /cpu:0,/cpu:1 (logical CPUs). "

@@ -13,7 +13,7 @@ from absl import app, flags
 
 from cb_keras import bundles
 from cb_keras.paper import data, evaluation
-from experiments.runtime import rundir
+from experiments.runtime import rundir, serving
 from experiments.runtime.config import TrainConfig
 from experiments.trials.recipe import OPTIMIZERS
 
@@ -77,7 +77,9 @@ ACCOUNTING = flags.DEFINE_enum(
     "accuracy pooled over the last 4 without the test split's last partial batch; needs "
     "E >= 5 and --measure_every=1 (a^L at epoch 0 and after every epoch, whose mean is "
     "bundle_entropy_integral).")
-EXPORT = flags.DEFINE_bool("export", True, "Export each final network as SavedModel (export/).")
+EXPORT = flags.DEFINE_bool(
+    "export", True, "Export each final network as SavedModel (export/); TensorFlow backend only "
+    "(elsewhere the default is skipped with a note).")
 PROGRESS = flags.DEFINE_enum(
     "progress", "line", ["line", "bar", "none"],
     "Per-epoch output: one compact line, Keras's progress bar, or nothing.")
@@ -100,9 +102,12 @@ rundir.operational(DATA_DIR, KEEP_CHECKPOINTS, EXPORT, PROGRESS)
 def training_config() -> TrainConfig:
     """The training configuration given by the flags above.
 
+    Off TensorFlow the default --export is turned off with a one-line note
+    (`serving.CAN_EXPORT`).
+
     Raises:
         app.UsageError: --accounting=reference with fewer than 5 epochs or
-            with --measure_every other than 1.
+            with --measure_every other than 1; --export given off TensorFlow.
     """
     cfg = TrainConfig.from_flags({field.name: flags.FLAGS[field.name].value
                                   for field in dataclasses.fields(TrainConfig)})
@@ -114,4 +119,11 @@ def training_config() -> TrainConfig:
         raise app.UsageError(
             f"--accounting={cfg.accounting} measures a^L at epoch 0 and after every epoch, "
             f"as the reference's evaluate.py did; drop --measure_every={cfg.measure_every}.")
+    if cfg.export and not serving.CAN_EXPORT:
+        if EXPORT.present:
+            raise app.UsageError(f"--export: {serving.NO_EXPORT}; drop --export or use "
+                                 "KERAS_BACKEND=tensorflow.")
+        print(f"note: no SavedModel export: {serving.NO_EXPORT} (--noexport hides this note).",
+              flush=True)
+        cfg = dataclasses.replace(cfg, export=False)
     return cfg

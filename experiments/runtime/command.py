@@ -10,10 +10,10 @@ A command reads its flags once, at the top of `main`, into a frozen config
         command.execute(cfg.run, readable, lambda run, dist: work(run, cfg, dist),
                         summary_table, cfg.strategy)
 
-`execute` makes the tf.distribute strategy, locates the run directory, locks
-an unfinished run, records or checks its flags, does the work unless
-results.json marks the run finished, writes results.json, and prints the
-summary with the directory's size.
+`execute` makes the placement (`experiments.runtime.strategy`), locates the
+run directory, locks an unfinished run, records or checks its flags, does the
+work unless results.json marks the run finished, writes results.json, and
+prints the summary with the directory's size.
 Errors a user can fix are `console.CommandError`s (a `rundir.RunDirError`
 for the run directory), which ``python -m experiments`` prints as one line.
 """
@@ -24,14 +24,13 @@ import os
 import pathlib
 from typing import Any, Callable, Mapping
 
-import tensorflow as tf
 from absl import app
 
 from experiments.runtime import environment, strategy
 from experiments.runtime.config import RunConfig, StrategyConfig
 from experiments.runtime.rundir import RESULTS_FILE, RunDir, RunDirError, default_name
 
-Work = Callable[[RunDir, tf.distribute.Strategy], Mapping[str, Any]]
+Work = Callable[[RunDir, strategy.Placement], Mapping[str, Any]]
 
 
 def no_arguments(command: str, argv: list[str]) -> None:
@@ -119,13 +118,14 @@ def execute(cfg: RunConfig, readable: str, work: Work,
             (see `open_run`).
     """
     dist = strategy.make(placement)
-    run = open_run(cfg, readable, writer=strategy.is_chief(dist), check=check)
-    results = run.results
-    if results is None:
-        results = run.finish(work(run, dist))
-        text = summary(results)
-    else:
-        text = _summary_of_saved(run, results, summary)
+    with strategy.active(dist):
+        run = open_run(cfg, readable, writer=strategy.is_chief(dist), check=check)
+        results = run.results
+        if results is None:
+            results = run.finish(work(run, dist))
+            text = summary(results)
+        else:
+            text = _summary_of_saved(run, results, summary)
     print(text, run.size_line(), sep="\n", flush=True)
     return results
 

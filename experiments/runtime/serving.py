@@ -3,6 +3,10 @@
 `prune`, `auto_tune` and the trials export with `export` (SavedModel) and
 `save_keras` (.keras that plain Keras loads); `latencies_ms` times inference
 calls of several networks in turns.
+
+A SavedModel is written through TensorFlow, so `export` works where Keras
+runs on TensorFlow only (`CAN_EXPORT`; the commands skip or refuse it
+elsewhere with `NO_EXPORT`); everything else works on every backend.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from cb_keras import files, logs, pruning
+from cb_keras import _backend, files, logs, pruning
 from cb_keras.taps import strip_taps
 from experiments.runtime.rundir import RunDir
 
 EXPORT_DIR = "export"
+CAN_EXPORT = _backend.NAME == "tensorflow"
+NO_EXPORT = (f"a SavedModel (export/) is written through TensorFlow, and Keras runs on "
+             f"{_backend.NAME!r}")
 
 
 def export(trial: RunDir, model: keras.Model) -> None:
-    """Export `model` as a SavedModel to export/, replacing an older export."""
+    """Export `model` as a SavedModel to export/, replacing an older export (`CAN_EXPORT`)."""
     if not trial.writer:
         return
     tmp, target = trial.file(f".tmp-{EXPORT_DIR}"), trial.file(EXPORT_DIR)
@@ -72,37 +78,53 @@ def describe(model: keras.Model, blocks: int) -> dict[str, Any]:
             "parameters": int(model.count_params())}
 
 
-def accuracy(model: keras.Model, test: tf.data.Dataset) -> float:
-    """Fraction of the test split whose arg-max output is the label, in [0, 1]."""
-    labels = np.concatenate([y.numpy() for _, y in test])
-    outputs = model.predict(test.map(lambda x, y: x), verbose=0)
+def accuracy(model: keras.Model, test: Any) -> float:
+    """Fraction of the test split whose arg-max output is the label, in [0, 1].
+
+    `test`: ``(images, labels)`` batches (`cb_keras.paper.data.load`);
+    `predict` reads the images of each.
+    """
+    labels = np.concatenate([np.asarray(y) for _, y in test])
+    outputs = model.predict(test, verbose=0)
     return float(np.mean(np.argmax(outputs, axis=-1) == labels))
 
 
-def latency_ms(model: keras.Model, batch: tf.Tensor, repeats: int) -> float:
+def latency_ms(model: keras.Model, batch: Any, repeats: int) -> float:
     """Median wall time of one inference call of `model` on `batch`, in ms (`latencies_ms`)."""
     return latencies_ms([model], batch, repeats)[0]
 
 
 def _inference(model: keras.Model):
-    """``model(images, training=False)`` as a new tf.function, traced on its first call.
+    """``model(images, training=False)`` compiled anew, traced on its first call.
 
-    TensorFlow counts the traces of all of them as retracing of one function
-    (they share their code) and warns after a few networks; the warning is
-    filtered (`cb_keras.logs`), as each network is traced only once.
+    On TensorFlow a ``tf.function``: TensorFlow counts the traces of all of
+    them as retracing of one function (they share their code) and warns
+    after a few networks; the warning is filtered (`cb_keras.logs`), as each
+    network is traced only once. On JAX a ``jax.jit`` of the model's
+    stateless call on its current weights.
     """
-    def infer(images):
-        return model(images, training=False)
-    return tf.function(infer)
+    if _backend.NAME == "tensorflow":
+        import tensorflow as tf
+
+        def infer(images):
+            return model(images, training=False)
+        return tf.function(infer)
+    import jax
+
+    weights = ([v.value for v in model.trainable_variables],
+               [v.value for v in model.non_trainable_variables])
+    call = jax.jit(lambda weights, images: model.stateless_call(
+        *weights, images, training=False)[0])
+    return lambda images: call(weights, images)
 
 
 logs.quiet_expected_retracing([_inference.__qualname__ + ".<locals>.infer"])
 
 
-def latencies_ms(models: Sequence[keras.Model], batch: tf.Tensor, repeats: int) -> list[float]:
+def latencies_ms(models: Sequence[keras.Model], batch: Any, repeats: int) -> list[float]:
     """Median wall time of one inference call on `batch` per model, in milliseconds.
 
-    Each call is a traced ``tf.function`` of ``model(batch, training=False)``
+    Each call is a compiled ``model(batch, training=False)`` (`_inference`)
     that waits for its result; every model is warmed up once, then the
     models take turns for `repeats` rounds, so load from other processes
     affects all of them alike.
@@ -112,7 +134,7 @@ def latencies_ms(models: Sequence[keras.Model], batch: tf.Tensor, repeats: int) 
     for round_ in range(repeats + 1):
         for serve, samples in zip(serves, times):
             start = time.perf_counter()
-            serve(batch).numpy()
+            np.asarray(serve(batch))
             if round_:  # round 0 traces and warms up
                 samples.append(time.perf_counter() - start)
     return [1000.0 * statistics.median(samples) for samples in times]

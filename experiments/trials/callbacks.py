@@ -7,7 +7,7 @@ numbers of the ones before it in the epoch's logs:
 1. `cb_keras.paper.evaluation.TestEvaluation` adds ``test_loss`` and ``test_accuracy``;
 2. ``ConflictingBundles`` adds the bundle metrics of a^L;
 3. `EpochCommit` saves the checkpoint, metrics.csv and state.json;
-4. `ScalarSummaries` writes the numbers for TensorBoard.
+4. `ScalarSummaries` writes the numbers for TensorBoard (on TensorFlow).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
+from cb_keras import _backend
 from experiments.runtime.rundir import STATE_FILE, RunDir
 from experiments.trials.state import TrialState
 
@@ -72,6 +71,10 @@ class ScalarSummaries(keras.callbacks.Callback):
     step is the number of completed epochs. One writer serves all `fit`
     calls of a trial (one events file per process).
 
+    Event files are written through TensorFlow, so only where Keras runs on
+    it; elsewhere this writes nothing, and metrics.csv (and auto_tune's
+    restarts.csv) hold the same numbers (docs/experiments.md, On JAX).
+
     Args:
         log_dir: folder of the events file.
         enabled: False on non-chief workers (writes nothing).
@@ -79,12 +82,15 @@ class ScalarSummaries(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str | pathlib.Path, enabled: bool = True):
         super().__init__()
-        self.log_dir, self.enabled = str(log_dir), enabled
+        self.log_dir = str(log_dir)
+        self.enabled = enabled and _backend.NAME == "tensorflow"
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.enabled:
             return
+        import tensorflow as tf
+
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():
@@ -92,19 +98,18 @@ class ScalarSummaries(keras.callbacks.Callback):
                 value = number(value)
                 if isinstance(value, (int, float)):
                     tf.summary.write(f"epoch_{key}", tf.constant(value, tf.float32),
-                                     step=epoch + 1, metadata=_SCALAR_METADATA)
+                                     step=epoch + 1, metadata=_scalar_metadata())
         self._writer.flush()
 
 
-def _scalar_metadata() -> summary_pb2.SummaryMetadata:
-    """What TensorBoard's scalars plugin expects of a float32 scalar summary."""
+def _scalar_metadata():
+    """What TensorBoard's scalars plugin expects of a float32 scalar summary (a SummaryMetadata)."""
+    from tensorflow.core.framework import summary_pb2
+
     metadata = summary_pb2.SummaryMetadata()
     metadata.plugin_data.plugin_name = "scalars"
     metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
     return metadata
-
-
-_SCALAR_METADATA = _scalar_metadata()
 
 
 def write_metrics(trial: RunDir, history: Sequence[dict[str, Any]]) -> None:

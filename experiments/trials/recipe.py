@@ -15,6 +15,7 @@ import keras
 
 from cb_keras.autotune import trainer
 from cb_keras.paper import data, optimizers
+from experiments.runtime import strategy
 from experiments.runtime.config import TrainConfig
 from experiments.runtime.console import CommandError
 
@@ -84,15 +85,20 @@ def _load(cfg: TrainConfig, *, augment: bool, shuffle_seed: int | None = None):
 
     Raises:
         CommandError: the flags do not fit the data set (e.g. --batch_size
-            larger than the training split).
+            larger than the training split) or the placement
+            (`experiments.runtime.strategy.check_batches`).
     """
+    drop_test_remainder = cfg.epoch_accounting.drop_test_remainder
     try:
-        return data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
-                         data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
-                         shuffle_buffer=cfg.shuffle_buffer,
-                         drop_test_remainder=cfg.epoch_accounting.drop_test_remainder)
+        loaded = data.load(cfg.dataset, batch_size=cfg.batch_size, augment=augment,
+                           data_dir=cfg.data_dir, shuffle_seed=shuffle_seed,
+                           shuffle_buffer=cfg.shuffle_buffer,
+                           drop_test_remainder=drop_test_remainder)
     except ValueError as error:
         raise CommandError(str(error)) from error
+    test_size = loaded[2].test_size
+    strategy.check_batches(cfg.batch_size, 0 if drop_test_remainder else test_size % cfg.batch_size)
+    return loaded
 
 
 def measurement_sampler(cfg: TrainConfig) -> data.Sampler:

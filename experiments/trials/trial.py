@@ -35,7 +35,6 @@ from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from cb_keras.callback import ConflictingBundles, bundle_logs
 from cb_keras.paper.spec import NetworkSpec
@@ -48,6 +47,7 @@ from experiments.runtime.config import TrainConfig
 from experiments.trials.recipe import TrialData, compile_model
 from experiments.trials.state import TrialState
 from experiments.runtime.rundir import STATE_FILE, RunDir, RunDirError
+from experiments.runtime.strategy import Placement
 
 # before_training(untrained model, logs measured at initialization) -> do not train
 BeforeTraining = Callable[[keras.Model, dict[str, Any]], bool]
@@ -237,7 +237,7 @@ def begin_trial(trial: RunDir, state: TrialState, model: keras.Model, x: np.ndar
 
 
 def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialData, *,
-                seed: int, strategy: tf.distribute.Strategy, label: str = "",
+                seed: int, strategy: Placement, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
                 before_training: BeforeTraining | None = None) -> dict[str, Any]:
@@ -249,7 +249,7 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
         cfg: training and measurement settings.
         data: the command's data, loaded once for `cfg` (`recipe.trial_data`).
         seed: initialises the network and seeds the data pipeline.
-        strategy: the tf.distribute strategy for training and measurement.
+        strategy: where training and measurement run (`experiments.runtime.strategy`).
         label: prefix of the progress lines, e.g. ``"[seed 1]"``.
         callbacks: extra Keras callbacks (e.g. one that stops training).
         until: train epochs up to this one only (default:
