@@ -240,7 +240,8 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int
                 strategy: tf.distribute.Strategy, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
-                before_training: BeforeTraining | None = None) -> dict[str, Any]:
+                before_training: BeforeTraining | None = None,
+                checkpoint_stopped: bool = True) -> dict[str, Any]:
     """Train one network with one seed, resumably; returns its result.
 
     Args:
@@ -258,6 +259,10 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int
         before_training: called once, with the untrained network and the
             numbers measured at initialization, before the first epoch of a
             new trial (`begin_trial`); True: do not train.
+        checkpoint_stopped: False: the epoch at which a callback stops
+            training is committed with the trial's result, without a
+            checkpoint (`EpochCommit`), for a trial whose network nobody
+            loads once it stopped (auto_tune's restarted runs).
 
     Returns:
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
@@ -290,7 +295,7 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, *, seed: int
                        cfg.epoch_accounting.last_epochs),
         *measuring,
         *callbacks,
-        EpochCommit(trial, state, cfg.keep_checkpoints),
+        EpochCommit(trial, state, cfg.keep_checkpoints, checkpoint_stopped),
         ScalarSummaries(trial.file(TENSORBOARD_DIR), enabled=trial.writer),
         *console.progress_callbacks(cfg.progress, cfg.trained_epochs, label, BUNDLE_FIELDS)]
     stopped = not state["history"] and begin_trial(
