@@ -1,7 +1,8 @@
 """Where the main job's time goes, and the papers' optimizer against Keras AdamW.
 
 Run: ``python -m benchmarks.bench_main_job [--part optimizers|search|both]
-[--repeats 2] [--epochs 3] [--flagfile flags/auto_tune_digits.cfg] [-- absl flags]``
+[--repeats 2] [--epochs 3] [--flagfile flags/auto_tune_digits.cfg] [--keep_run_dir]
+[-- absl flags]``
 
 ``optimizers``: trains the main job's start network (50-layer VGG, blocks
 3,6,12,3, digits, batch 64, one ``fit`` per epoch as the main job does) from
