@@ -1,7 +1,8 @@
 """Where the main job's time goes, and the papers' optimizer against Keras AdamW.
 
 Run: ``python -m benchmarks.bench_main_job [--part optimizers|search|both]
-[--repeats 2] [--epochs 3] [--flagfile flags/auto_tune_digits.cfg] [-- absl flags]``
+[--repeats 2] [--epochs 3] [--flagfile flags/auto_tune_digits.cfg] [--keep_run_dir]
+[-- absl flags]``
 
 ``optimizers``: trains the main job's start network (50-layer VGG, blocks
 3,6,12,3, digits, batch 64, one ``fit`` per epoch as the main job does) from
@@ -19,8 +20,11 @@ splits its wall time into phases by timing the functions that do the work
 first step of each network (tracing), training steps, measurement (a^L
 checks and all-block measurements), test evaluation, checkpoints, export and
 latency; ``other`` is the rest (data pipelines, files, callbacks). It also
-prints the first and the median later epoch of every run, then deletes
-the run directory.
+prints the first and the median later epoch of every run, the ratio of the
+wall time to the time in training steps (the main job's goal: at most 1.5,
+docs/performance.md) and the bytes the run directory holds at the end, then
+deletes the run directory (``--keep_run_dir``: keeps it and prints its path,
+e.g. for ``du -sh``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import contextlib
 import csv
 import functools
 import os
+import pathlib
 import shutil
 import statistics
 import sys
@@ -210,10 +215,11 @@ def epoch_seconds(run_dir: str) -> list[tuple[str, float, float | None, int]]:
     return rows
 
 
-def report_search(flagfile: str, extra_flags: list[str]) -> None:
-    """Print the main job's wall time by phase and its epoch times per run."""
+def report_search(flagfile: str, extra_flags: list[str], keep_run_dir: bool = False) -> None:
+    """Print the main job's wall time by phase, its epoch times per run and its run directory."""
     wall, clock, run_dir = run_search(flagfile, extra_flags)
-    print(f"\nmain job ({flagfile} {' '.join(extra_flags)}): {wall:.1f} s wall")
+    print(f"\nmain job ({flagfile} {' '.join(extra_flags)}): {wall:.1f} s wall, "
+          f"{wall / clock.seconds['training steps']:.2f} x the training steps")
     print(f"{'phase':>20} {'seconds':>8} {'share':>6} {'calls':>6}")
     for name, seconds in clock.seconds.most_common():
         print(f"{name:>20} {seconds:8.1f} {seconds / wall:6.1%} {clock.calls[name]:6d}")
@@ -221,7 +227,11 @@ def report_search(flagfile: str, extra_flags: list[str]) -> None:
     for name, first, later, count in epoch_seconds(run_dir):
         later_text = f"{later:14.2f}" if later is not None else f"{'-':>14}"
         print(f"{name:>20} {count:6d} {first:14.2f} {later_text}", flush=True)
-    shutil.rmtree(os.path.dirname(run_dir))
+    size = sum(f.stat().st_size for f in pathlib.Path(run_dir).rglob("*") if f.is_file())
+    print(f"run directory: {size / 1e6:.1f} MB"
+          + (f" (kept: {run_dir})" if keep_run_dir else ""), flush=True)
+    if not keep_run_dir:
+        shutil.rmtree(os.path.dirname(run_dir))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per optimizer")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per optimizer run (>= 2)")
     parser.add_argument("--flagfile", default="flags/auto_tune_digits.cfg")
+    parser.add_argument("--keep_run_dir", action="store_true",
+                        help="keep the main job's run directory (its path is printed)")
     parser.add_argument("search_flags", nargs="*", help="absl flags for the main job, after --")
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.repeats < 1:
@@ -237,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("optimizers", "both"):
         compare_optimizers(args.repeats, args.epochs)
     if args.part in ("search", "both"):
-        report_search(args.flagfile, args.search_flags)
+        report_search(args.flagfile, args.search_flags, args.keep_run_dir)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ Run directory (besides flags.json):
   atomically after every change; rerunning the command resumes from it and
   the current run's trial resumes after its last committed epoch.
 - ``run00/``, ``run01/``, ...: one trial directory per training run
-  (state.json, metrics.csv, checkpoints/, tensorboard/, conflicts.csv/png).
+  (state.json, metrics.csv, checkpoints/, tensorboard/, conflicts.csv/png);
+  a run that restarted loses its checkpoints once its numbers are in
+  search.json (`drop_restarted_checkpoints`).
 - ``restarts.csv``: one row per restart (`RESTART_COLUMNS`).
 - ``tensorboard/``: per restart (step = restart number = conflicting run + 1) the scalars
   ``epoch_restart_conflict_epoch``, ``epoch_restart_layers_after`` and
@@ -193,19 +195,14 @@ def trial_trainer(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
 def train_run(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
               dist: Placement, request: trainer.TrainRequest,
               until: int | None = None) -> trainer.TrainOutcome:
-    """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`.
-
-    A run that restarted keeps only its last checkpoint once it is done.
-    """
+    """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`."""
     directory = run.sub(f"run{request.run:02d}")
     result = trial.train_trial(
         directory, request.network,
         dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
         data, seed=request.seed, strategy=dist,
         label=f"[run {request.run} {request.network.label}]", callbacks=request.callbacks,
-        until=until, before_training=request.before_training)
-    if result["epochs"] < request.epochs:
-        directory.prune_checkpoints(keep=1, protect=result["epochs"])
+        until=until, before_training=request.before_training, checkpoint_stopped=False)
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
                                 lambda: trained.load_trial(directory.path, data).model)
 
@@ -231,6 +228,22 @@ def finish_restarted_runs(run: rundir.RunDir, state: autotune.SearchState, cfg: 
         outcome = train_run(run, cfg.training, data, dist, request, until=record.restart.epoch)
         state = state.ended(record.run, outcome)
     return state
+
+
+def drop_restarted_checkpoints(run: rundir.RunDir, state: autotune.SearchState) -> None:
+    """Delete the checkpoints of every run that restarted and whose trial is done.
+
+    A restarted run's checkpoints serve only to finish its trial after a kill
+    (`finish_restarted_runs`: the epochs up to the restart, then its
+    conflicts.csv and numbers). Once `state` holds its numbers, its trial's
+    state.json is finished and a rerun reads the numbers from there, so the
+    checkpoints (model and optimizer state, by far the largest files of the
+    run directory) are of no further use. Called after `state` is saved, so a
+    kill during the deletion leaves a state that a rerun completes.
+    """
+    for record in state.runs:
+        if record.restart and record.summary is not None:
+            run.sub(f"run{record.run:02d}").prune_checkpoints(keep=0)
 
 
 def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState | None:
@@ -332,6 +345,7 @@ def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
     def save_state(state: autotune.SearchState) -> None:
         run.write_json(SEARCH_FILE, state.to_dict())
         run.write_csv(RESTARTS_FILE, restart_rows(state.restarts), RESTART_COLUMNS)
+        drop_restarted_checkpoints(run, state)
 
     def on_restart(record: check.Restart) -> None:
         # Only checked runs restart and each restart adds one run: run k's is number k + 1.

@@ -71,6 +71,9 @@ def test_auto_tune_restarts_resumes_after_sigkill_and_exports(
     killed = state_of(run_dir / "search.json")
     assert [r["blocks"] for r in killed["runs"]] == [[1, 1, 1, 1], [0, 1, 1, 1]]
     assert not (run_dir / "results.json").exists()
+    # run 1 has a checkpoint: the restarted run 0 keeps none (its numbers are in search.json)
+    assert killed["runs"][0]["summary"] is not None
+    assert not list((run_dir / "run00").glob("checkpoints/*"))
 
     auto_tune.main(parse(*ARGV, f"--run_dir={run_dir}"))  # resume in this process
     out = capsys.readouterr().out

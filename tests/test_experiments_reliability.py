@@ -26,10 +26,12 @@ from absl import flags
 import cb_keras
 from cb_keras.paper import data, models
 from cb_keras.paper.spec import NetworkSpec
+from conftest import RESTARTING_SEARCH
 from experiments import auto_tune, evaluate, train
 from experiments.runtime import rundir, serving
 from experiments.options import training as training_flags
 from experiments.trials.recipe import trial_data
+from experiments.trials import trial as trial_code
 from experiments.trials.trial import train_trial
 
 FLAGS = flags.FLAGS
@@ -259,22 +261,63 @@ def test_a_second_process_on_a_run_stops_at_once_and_ctrl_c_says_how_to_resume(t
 
 # -- item: auto_tune killed right after a restart ----------------------------
 
-def test_auto_tune_killed_right_after_a_restart_rebuilds_that_runs_record(
-        parse, restarting_search, tmp_path, monkeypatch):
-    auto_tune.main(parse(auto_tune, *restarting_search, f"--run_dir={tmp_path / 'reference'}"))
+@pytest.fixture(scope="module")
+def uninterrupted_search(tmp_path_factory) -> pathlib.Path:
+    """The run directory of the restarting search (`conftest.RESTARTING_SEARCH`), never killed."""
+    path = tmp_path_factory.mktemp("auto_tune") / "reference"
+    flags.FLAGS.unparse_flags()
+    try:
+        auto_tune.main(flags.FLAGS([auto_tune.__name__, *RESTARTING_SEARCH, f"--run_dir={path}"]))
+    finally:
+        flags.FLAGS.unparse_flags()
+    return path
 
-    def killed(record):  # the first thing after the restart is saved
-        raise KeyboardInterrupt
+
+def _killed_in(module, name: str, when) -> tuple:
+    """(module, name, replacement): `module.name` raising KeyboardInterrupt when `when(args)`."""
+    original = getattr(module, name)
+
+    def replacement(*args, **kwargs):
+        if when(*args):
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+    return module, name, replacement
+
+
+# Where the search is killed around its restart of run 0 after epoch 1:
+KILL_POINTS = {
+    # the first thing after the restart is saved, before run 0 commits epoch 1
+    "after the restart": lambda: _killed_in(auto_tune, "restart_scalars", lambda *a: True),
+    # run 0 ended epoch 1, the restart's epoch, which it commits with its result (without a
+    # checkpoint), but has not measured its conflicts.csv
+    "before run 0's conflicts": lambda: _killed_in(
+        trial_code, "write_conflicts", lambda directory, *a: directory.path.name == "run00"),
+    # run 0 is done and its checkpoints are deleted; run 1 has no checkpoint yet
+    "before run 1 begins": lambda: _killed_in(
+        trial_code, "begin_trial", lambda directory, *a: directory.path.name == "run01"),
+}
+
+
+@pytest.mark.parametrize("kill_point", KILL_POINTS)
+def test_auto_tune_killed_around_a_restart_ends_as_the_uninterrupted_search(
+        parse, tmp_path, monkeypatch, uninterrupted_search, kill_point):
+    run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(auto_tune, "restart_scalars", killed)
+        patch.setattr(*KILL_POINTS[kill_point]())
         with pytest.raises(KeyboardInterrupt):
-            auto_tune.main(parse(auto_tune, *restarting_search, f"--run_dir={tmp_path / 'run'}"))
-    killed_runs = json.loads((tmp_path / "run" / "search.json").read_text())["runs"]
-    assert killed_runs[0]["restart"] and killed_runs[0]["summary"] is None
-    auto_tune.main(parse(auto_tune, *restarting_search, f"--run_dir={tmp_path / 'run'}"))
+            auto_tune.main(parse(auto_tune, *RESTARTING_SEARCH, f"--run_dir={run_dir}"))
+    killed_runs = json.loads((run_dir / "search.json").read_text())["runs"]
+    assert killed_runs[0]["restart"] and len(killed_runs) == 2
+    killed_trial = json.loads((run_dir / "run00" / "state.json").read_text())
+    if kill_point == "before run 1 begins":
+        assert killed_runs[0]["summary"] is not None and killed_trial["finished"]
+    else:  # the rerun trains run 0's epoch 1 again, from the seed
+        assert killed_runs[0]["summary"] is None and killed_trial["completed_epochs"] == 0
+    assert not list((run_dir / "run00").glob("checkpoints/*"))
+    auto_tune.main(parse(auto_tune, *RESTARTING_SEARCH, f"--run_dir={run_dir}"))
 
-    reference, resumed = (json.loads((tmp_path / name / "results.json").read_text())
-                          for name in ("reference", "run"))
+    reference, resumed = (json.loads((path / "results.json").read_text())
+                          for path in (uninterrupted_search, run_dir))
     assert len(resumed["runs"]) == len(reference["runs"]) == 2
     for ran, expected in zip(resumed["runs"], reference["runs"]):
         assert ran["test_accuracy"] == pytest.approx(expected["test_accuracy"], rel=1e-5)
@@ -283,10 +326,12 @@ def test_auto_tune_killed_right_after_a_restart_rebuilds_that_runs_record(
             value = expected["summary"][key]
             assert ran["summary"][key] == (pytest.approx(value, rel=1e-5)
                                            if isinstance(value, float) else value), key
-    assert (tmp_path / "run" / "run00" / "conflicts.csv").read_text() == \
-        (tmp_path / "reference" / "run00" / "conflicts.csv").read_text()
-    assert [p.name for p in (tmp_path / "run" / "run00" / "checkpoints").iterdir()] == [
-        "epoch_0001.weights.h5"]
+    assert (run_dir / "run00" / "conflicts.csv").read_text() == \
+        (uninterrupted_search / "run00" / "conflicts.csv").read_text()
+    for path in (run_dir, uninterrupted_search):  # the restarted run keeps no checkpoint
+        assert not list((path / "run00").glob("checkpoints/*"))
+        assert sorted(p.name for p in (path / "run01" / "checkpoints").iterdir()) == [
+            "epoch_0001.weights.h5", "epoch_0002.weights.h5"]
 
 
 # -- item: a full disk ---------------------------------------------------------

@@ -358,8 +358,8 @@ class RunDir:
             files.sync(target.parent)
         return relative
 
-    def prune_checkpoints(self, keep: int, protect: int) -> None:
-        """Delete all but the newest `keep` checkpoints (never epoch `protect`)."""
+    def prune_checkpoints(self, keep: int, protect: int | None = None) -> None:
+        """Delete all but the newest `keep` checkpoints (never epoch `protect`); 0 keeps none."""
         if not self.writer:
             return
         epochs = list(self.checkpoints().items())

@@ -41,11 +41,18 @@ class EpochCommit(keras.callbacks.Callback):
             `state` is the committed one after each epoch
             (`TrialState.commit_epoch`).
         keep: checkpoints to keep.
+        checkpoint_stopped: False: an epoch at which an earlier callback
+            stopped training (``model.stop_training``) gets no checkpoint and
+            no state.json: it goes into `state` only (``checkpoint`` None), for
+            the trial to commit with its result (`train_trial`); a kill before
+            then resumes from the epoch before and trains the stopped one again.
     """
 
-    def __init__(self, trial: RunDir, state: TrialState, keep: int):
+    def __init__(self, trial: RunDir, state: TrialState, keep: int,
+                 checkpoint_stopped: bool = True):
         super().__init__()
         self.trial, self.state, self.keep = trial, state, keep
+        self.checkpoint_stopped = checkpoint_stopped
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -55,11 +62,13 @@ class EpochCommit(keras.callbacks.Callback):
         done = epoch + 1
         row = {"epoch": done, **{k: number(v) for k, v in (logs or {}).items()},
                "seconds": round(time.monotonic() - self._started, 3)}
-        checkpoint = self.trial.save_checkpoint(self.model, done)
+        committed = self.checkpoint_stopped or not self.model.stop_training
+        checkpoint = self.trial.save_checkpoint(self.model, done) if committed else None
         self.state = self.state.commit_epoch(row, checkpoint)
         write_metrics(self.trial, self.state.history)
-        self.trial.write_json(STATE_FILE, self.state.to_dict())
-        self.trial.prune_checkpoints(self.keep, protect=done)
+        if committed:
+            self.trial.write_json(STATE_FILE, self.state.to_dict())
+            self.trial.prune_checkpoints(self.keep, protect=done)
 
 
 class ScalarSummaries(keras.callbacks.Callback):

@@ -63,7 +63,7 @@ class TrialState:
         """The state with `row` (``epoch=0``: measured at initialization) as its history."""
         return dataclasses.replace(self, history=(row,))
 
-    def commit_epoch(self, row: dict[str, Any], checkpoint: str) -> "TrialState":
+    def commit_epoch(self, row: dict[str, Any], checkpoint: str | None) -> "TrialState":
         """The state after epoch ``row["epoch"]``: its row replaces any of that epoch or later."""
         done = row["epoch"]
         return dataclasses.replace(

@@ -240,7 +240,8 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
                 seed: int, strategy: Placement, label: str = "",
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
-                before_training: BeforeTraining | None = None) -> dict[str, Any]:
+                before_training: BeforeTraining | None = None,
+                checkpoint_stopped: bool = True) -> dict[str, Any]:
     """Train one network with one seed, resumably; returns its result.
 
     Args:
@@ -259,6 +260,10 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
         before_training: called once, with the untrained network and the
             numbers measured at initialization, before the first epoch of a
             new trial (`begin_trial`); True: do not train.
+        checkpoint_stopped: False: the epoch at which a callback stops
+            training is committed with the trial's result, without a
+            checkpoint (`EpochCommit`), for a trial whose network nobody
+            loads once it stopped (auto_tune's restarted runs).
 
     Returns:
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
@@ -287,7 +292,7 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
         state, stopped = begin_trial(
             trial, state, model, *data.sample(seed, 0), num_classes=info.num_classes,
             cfg=cfg, before_training=before_training)
-    commit = EpochCommit(trial, state, cfg.keep_checkpoints)
+    commit = EpochCommit(trial, state, cfg.keep_checkpoints, checkpoint_stopped)
     epoch_callbacks = [
         TestEvaluation(data.test, cfg.test_every, cfg.trained_epochs,
                        cfg.epoch_accounting.last_epochs),
