@@ -144,20 +144,23 @@ def branch_block() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
 
 
-def test_branch_tap_is_the_formula_in_backend_ops_bit_for_bit_per_forward_batch():
+def test_branch_tap_is_the_formula_in_float32_bit_for_bit_per_forward_batch():
     model = branch_block()
     x = np.random.default_rng(2).normal(size=(40, 6, 6, 2)).astype("float32")
     y = np.arange(40) % 3
     batch = 16
     convs = keras.Model(model.input, [model.get_layer("c1").output,
                                       model.get_layer("c2").output])
-    ops = keras.ops
+    ops, f = keras.ops, np.float32
+
+    def scale(c):  # the backend's variance; then IEEE float32 operations (NumPy's)
+        variance = f(ops.convert_to_numpy(ops.var(ops.cast(c, "float32"))))
+        return f(1.0) / np.sqrt(variance + f(BRANCH_SCALE_EPSILON))
+
     expected = []
     for start in range(0, 40, batch):
         c1, c2 = convs(x[start:start + batch])
-        s1 = 1.0 / ops.sqrt(ops.var(ops.cast(c1, "float32")) + BRANCH_SCALE_EPSILON)
-        s2 = 1.0 / ops.sqrt(ops.var(ops.cast(c2, "float32")) + BRANCH_SCALE_EPSILON)
-        formula = ops.convert_to_numpy((ops.cast(c2, "float32") * s2) * s1)
+        formula = (ops.convert_to_numpy(ops.cast(c2, "float32")) * scale(c2)) * scale(c1)
         tapped = ops.convert_to_numpy(probe(model)(x[start:start + batch])["branch_tap"])
         np.testing.assert_array_equal(tapped.view(np.int32), formula.view(np.int32))
         expected.append(formula)
