@@ -1,7 +1,7 @@
 """Benchmarks: ``python -m benchmarks.bench_*``; each states its goal as a ratio of one run.
 
 They run with the commands' TensorFlow process defaults (experiments/__init__.py)
-(on TensorFlow; `bench_backends` also runs on JAX).
+(on TensorFlow; `bench_backends` also runs on JAX and PyTorch).
 """
 
 import os

@@ -1,7 +1,7 @@
-"""The Keras backends side by side on this machine: TensorFlow and JAX, one table.
+"""The Keras backends side by side on this machine: TensorFlow, JAX and PyTorch, one table.
 
 Run: ``python -m benchmarks.bench_backends [--python tensorflow=PY] [--python jax=PY]
-[--repeats 3] [--samples 512] [--size 32] [--out FILE.json]``
+[--python torch=PY] [--repeats 3] [--samples 512] [--size 32] [--out FILE.json]``
 
 Each backend runs in its own process (``KERAS_BACKEND`` is read once, when
 Keras starts), with the interpreter given for it (default: this one; a
@@ -19,8 +19,8 @@ times, after one untimed warm-up call (tracing and compilation):
   every backend (the papers' optimizer is compared in its own benchmark),
   the second epoch's seconds.
 
-It prints one row per measurement: seconds per backend and the ratio
-jax / tensorflow (goal: <= 1.2).
+It prints one row per measurement: seconds per backend and the ratios
+jax / tensorflow (goal: <= 1.2) and torch / tensorflow.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 
 FEATURES = (10, 4096, 16384)
 BLOCKS = (3, 6, 12, 3)
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -96,16 +96,18 @@ def run_backend(backend: str, python: str, args: argparse.Namespace) -> dict | s
 
 
 def table(results: dict[str, dict | str]) -> str:
-    """Rows of seconds per backend and the jax / tensorflow ratio."""
+    """Rows of seconds per backend and each other backend's ratio to tensorflow."""
     timed = {b: r for b, r in results.items() if isinstance(r, dict)}
-    rows = [f"{'':28}" + "".join(f"{b:>12}" for b in results) + f"{'jax/tf':>9}"]
+    others = [b for b in results if b != "tensorflow"]
+    rows = [f"{'':28}" + "".join(f"{b:>12}" for b in results)
+            + "".join(f"{b[:5] + '/tf':>10}" for b in others)]
     names = next(iter(timed.values()), {})
     for name in names:
         cells = "".join(f"{timed[b][name]:12.3f}" if b in timed else f"{'-':>12}"
                         for b in results)
-        ratio = (f"{timed['jax'][name] / timed['tensorflow'][name]:9.2f}"
-                 if {"jax", "tensorflow"} <= set(timed) else f"{'-':>9}")
-        rows.append(f"{name:28}{cells}{ratio}")
+        ratios = "".join(f"{timed[b][name] / timed['tensorflow'][name]:10.2f}"
+                         if {b, "tensorflow"} <= set(timed) else f"{'-':>10}" for b in others)
+        rows.append(f"{name:28}{cells}{ratios}")
     rows += [f"{b}: not run ({r})" for b, r in results.items() if not isinstance(r, dict)]
     return "\n".join(rows)
 

@@ -51,6 +51,12 @@ COMMANDS = {
 }
 
 
+# The Keras backends the commands run on (docs/experiments.md#on-jax). cb_keras
+# itself runs on every backend of `cb_keras._backend`; the commands' placement
+# (tf.distribute or keras.distribution) exists on these two.
+BACKENDS = ("tensorflow", "jax")
+
+
 def command_list() -> str:
     """The usage text with one line per command."""
     lines = [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
@@ -66,6 +72,11 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         print(f"Unknown command {command!r}.\n\n{command_list()}", file=sys.stderr)
         return 2
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend not in BACKENDS:
+        return _message(command, f"error: the experiment commands need KERAS_BACKEND="
+                                 f"{' or '.join(BACKENDS)}, not {backend!r} (cb_keras's "
+                                 "measure, callback and pruning work on every backend).", 2)
     if _start_keras_quietly() == "tensorflow":
         experiments.configure_tensorflow()
     module = importlib.import_module(COMMANDS[command][0])

@@ -10,6 +10,7 @@ from cb_keras.paper.spec import NetworkSpec
 from cb_keras.taps import strip_taps
 
 MOMENTUM = 0.99  # Keras's default, the reference's
+numpy = keras.ops.convert_to_numpy  # np.asarray fails on a PyTorch tensor that tracks gradients
 
 
 def _batch_norms(model: keras.Model) -> list:
@@ -28,7 +29,7 @@ def test_papers_networks_move_toward_the_unbiased_batch_variance(kind):
     x = rng.normal(size=(6, 8, 8, 3)).astype("float32")
     y = np.arange(6) % 4
     # The inputs of every batch normalization in the training forward pass.
-    inputs = [np.asarray(batch, np.float64).reshape(-1, batch.shape[-1]) for batch in
+    inputs = [numpy(batch).astype(np.float64).reshape(-1, batch.shape[-1]) for batch in
               keras.Model(model.inputs, [layer.input for layer in layers])(x, training=True)]
     old = []
     for layer, batch in zip(layers, inputs):
@@ -88,7 +89,7 @@ def test_inference_is_keras_and_serving_layer_copies_it():
     copy = layer.serving_layer()
     assert type(copy) is keras.layers.BatchNormalization
     assert (copy.name, copy.momentum, copy.epsilon) == ("bn", 0.9, 1e-2)
-    np.testing.assert_array_equal(copy(x, training=False), layer(x, training=False))
+    np.testing.assert_array_equal(numpy(copy(x, training=False)), numpy(layer(x, training=False)))
     copy.moving_variance.assign(np.ones(5, "float32"))  # a copy, not shared
     assert not np.array_equal(np.array(layer.moving_variance), np.ones(5))
 
@@ -101,7 +102,7 @@ def test_strip_taps_replaces_it_by_plain_batch_normalization():
         layer.name for layer in _batch_norms(model))
     assert all(type(layer) is keras.layers.BatchNormalization for layer in layers)
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 1)).astype("float32")
-    np.testing.assert_array_equal(stripped(x), model(x))
+    np.testing.assert_array_equal(numpy(stripped(x)), numpy(model(x)))
 
 
 @pytest.mark.parametrize("kwargs", [{"renorm": True}, {"synchronized": True}])

@@ -37,6 +37,17 @@ def test_without_a_command_it_lists_the_commands():
     assert "Unknown command 'trian'" in wrong.stderr and "fnn_map" in wrong.stderr
 
 
+def test_a_backend_the_commands_do_not_support_is_one_line():
+    done = subprocess.run([sys.executable, "-m", "experiments", "train", "--dataset=digits"],
+                          cwd=ROOT, env={**ENV, "KERAS_BACKEND": "torch"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "train: error: the experiment commands need KERAS_BACKEND=tensorflow or jax, not "
+        "'torch' "
+        "(cb_keras's measure, callback and pruning work on every backend)."]
+
+
 @pytest.mark.parametrize("grappler, disabled", [(None, True), ("0", True), ("1", False)])
 def test_commands_run_tensorflow_with_onednn_and_without_grappler_unless_told(
         grappler, disabled):

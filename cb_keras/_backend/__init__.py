@@ -4,8 +4,8 @@ Everything else in cb_keras is written once, with NumPy and ``keras.ops``.
 The kernels of the running backend (``keras.backend.backend()``) are the
 module `kernels`: `cb_keras._backend.tf_kernels` on TensorFlow (the
 reference's bit-exact float ops, `tf.function`), `cb_keras._backend.jax_kernels`
-on JAX (`jax.jit`). Both modules offer the same functions; see
-`cb_keras.bundles` for what they compute.
+on JAX (`jax.jit`), `cb_keras._backend.torch_kernels` on PyTorch (eager). All
+offer the same functions; see `cb_keras.bundles` for what they compute.
 
 TensorFlow-only features (TFDS data sets, SavedModel export,
 ``tf.distribute``) import TensorFlow where they are used, through
@@ -23,7 +23,7 @@ from typing import Any
 import keras
 
 NAME = keras.backend.backend()
-_KERNEL_MODULES = {"tensorflow": "tf_kernels", "jax": "jax_kernels"}
+_KERNEL_MODULES = {"tensorflow": "tf_kernels", "jax": "jax_kernels", "torch": "torch_kernels"}
 
 if NAME not in _KERNEL_MODULES:
     raise ImportError(

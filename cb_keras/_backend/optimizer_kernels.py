@@ -19,6 +19,9 @@ checks the result bit for bit against float32 NumPy on the CPU. (On GPUs,
 XLA's float32 division is not correctly rounded, so there the updates agree
 with it to about one unit in the last place.)
 
+PyTorch's float32 square root is not correctly rounded on the CPU, so there
+`sqrt` is `cb_keras._backend.torch_kernels.sqrt`, which is.
+
 `update_if` is the one other part that differs by backend: Lookahead's
 conditional update of all weights, which on TensorFlow goes through
 ``tf.distribute`` (for ``MirroredStrategy``) and one ``tf.cond``.
@@ -36,6 +39,10 @@ if _BACKEND == "tensorflow":
     import tensorflow as tf
 elif _BACKEND == "jax":
     import jax
+if _BACKEND == "torch":  # its float32 square root is not correctly rounded
+    from cb_keras._backend.torch_kernels import sqrt
+else:
+    sqrt = ops.sqrt
 _INTEGER_OF_WIDTH = {2: "int16", 4: "int32", 8: "int64"}
 _WIDTH = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
@@ -107,7 +114,7 @@ def _radam(gradient, m, v, variable, c: dict, decay: bool):
     v = (_rounded(c["beta_2"] * v, zero)
          + _rounded(c["one_minus_beta_2"] * ops.square(gradient), zero))
     m_hat = quotient(m, c["bias_1"], zero)
-    v_hat = ops.sqrt(quotient(v, c["bias_2"], zero))
+    v_hat = sqrt(quotient(v, c["bias_2"], zero))
     # A select, not a conditional: while rho_t < 5 the rectifier is NaN and
     # the select takes m_hat.
     update = ops.where(c["rectify"], c["rectifier"] * m_hat / (v_hat + c["epsilon"]), m_hat)

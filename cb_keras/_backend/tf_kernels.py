@@ -11,7 +11,7 @@ fingerprint is compiled with XLA.
 The fingerprint of a row: its float32 bit pattern split into 2D 16-bit
 halves h, and ``sum_d h_d * r_d`` for each of 4 sets of fixed pseudo-random
 integer weights ``r_d`` in ``[0, 2^k)``, held in float64 with k chosen so that
-every partial sum stays below ``2^53`` (``k = min(24, 37 - ceil(log2(2D)))``):
+every partial sum stays below ``2^53`` (`cb_keras._backend.constants.weight_bits`):
 the product is then exact in any summation order, on any device, by one BLAS
 matrix product. One fingerprint collides with probability at most ``2^-k``
 per pair of distinct rows, all four with at most ``2^-4k`` (<= 2^-64).
@@ -19,14 +19,11 @@ per pair of distinct rows, all four with at most ``2^-4k`` (<= 2^-64).
 
 from __future__ import annotations
 
-import math
-
 import tensorflow as tf
 
 from cb_keras._backend.constants import (BRANCH_SCALE_EPSILON, ENTROPY_EPSILON,
-                                         FINGERPRINT_HASHES)
+                                         FINGERPRINT_HASHES, weight_bits)
 
-MAX_WEIGHT_BITS = 24
 _HASH_SEED = (20201104, 21030467)
 _EXPONENT_MASK = 0x7F800000  # all exponent bits set: inf or NaN
 
@@ -55,15 +52,7 @@ def fingerprint(activations, weight_amplitude, learning_rate, inverse_batch_size
                 features: int) -> tf.Tensor:
     """(N, 4) int64 fingerprints of `transform`'s rows (-1 rows: NaN or inf)."""
     t = transform(activations, weight_amplitude, learning_rate, inverse_batch_size)
-    return _hash_rows(tf.bitcast(t, tf.int32), _weight_bits(features))
-
-
-def _weight_bits(features: int) -> int:
-    """Bits k of the hash weights so that every sum stays below 2^53 (exact in float64).
-
-    A sum has 2 * features terms, each below 2^16 * 2^k.
-    """
-    return min(MAX_WEIGHT_BITS, 53 - 16 - math.ceil(math.log2(2 * features)))
+    return _hash_rows(tf.bitcast(t, tf.int32), weight_bits(features))
 
 
 @tf.function(jit_compile=True)

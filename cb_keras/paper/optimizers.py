@@ -137,7 +137,7 @@ class RAdam(keras.optimizers.Optimizer):
             "beta_2": beta_2, "one_minus_beta_2": 1.0 - beta_2,
             "bias_1": 1.0 - beta_1_power, "bias_2": 1.0 - beta_2_power,
             "rectify": rho_t >= RECTIFICATION_THRESHOLD,
-            "rectifier": ops.sqrt(rectifier_squared),
+            "rectifier": optimizer_kernels.sqrt(rectifier_squared),
             "epsilon": ops.cast(self.epsilon, dtype),
             "weight_decay": ops.cast(self.weight_decay or 0.0, dtype),
             "zero": zero,
