@@ -158,6 +158,7 @@ def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
     trials = sorted((path.parent for path in run.path.rglob(rundir.STATE_FILE)),
                     key=lambda path: [int(part) if part.isdigit() else part
                                       for part in re.split(r"(\d+)", str(path))])
+    trials = [path for path in trials if _has_checkpoints_or_is_unfinished(run, path)]
     if not trials:
         raise rundir.RunDirError(f"{run.path} holds no trained network yet; train it first.")
     data = recipe.trial_data(trained_with)
@@ -170,6 +171,18 @@ def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
         "run": str(run.path), "finished": run.results is not None, "trials": results,
         **trial.mean_std(results, ["test_accuracy"])})
     return results
+
+
+def _has_checkpoints_or_is_unfinished(run: rundir.RunDir, path) -> bool:
+    """False, with a line saying so, for a finished trial that kept no checkpoint: an
+    auto_tune run that restarted, whose numbers are in search.json."""
+    trial_dir = rundir.RunDir(path, writer=False)
+    state = TrialState.from_dict(trial_dir.read_json(rundir.STATE_FILE))
+    if state.finished and not trial_dir.checkpoints():
+        print(f"evaluate: skipping {path.relative_to(run.path)}: it restarted and kept no "
+              "checkpoint (its numbers are in search.json)", flush=True)
+        return False
+    return True
 
 
 def main(argv: list[str]) -> None:

@@ -364,3 +364,15 @@ def test_a_full_disk_is_one_line_without_temporary_files_and_the_rerun_resumes(t
         assert json.loads((run_dir / "results.json").read_text())["trials"][0]["epochs"] == 3
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_evaluate_of_a_search_skips_the_restarted_runs_that_kept_no_checkpoint(
+        parse, tmp_path, uninterrupted_search, capsys):
+    output = tmp_path / "evaluation"
+    evaluate.main(parse(evaluate, f"--run_dir={uninterrupted_search}",
+                        f"--output_dir={output}"))
+    evaluated = json.loads((output / evaluate.EVALUATION_FILE).read_text())["trials"]
+    assert [pathlib.Path(t["dir"]).name for t in evaluated] == ["run01"]
+    assert evaluated[0]["epochs"] == [1, 2]
+    assert ("evaluate: skipping run00: it restarted and kept no checkpoint (its numbers are "
+            "in search.json)") in capsys.readouterr().out
