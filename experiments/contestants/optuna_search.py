@@ -142,14 +142,6 @@ def _results(directory: RunDir, study, trials_dir: RunDir, cfg: tuner.Search) ->
             "train_seconds": result["train_seconds"],
             "stopped_by_check": pruned and cfg.check,
             "stopped_by_pruner": pruned and not cfg.check})
-    done = [r for r in records if r["score"] is not None]
-    if not done:
+    if all(r["score"] is None for r in records):
         raise console.CommandError(f"{directory.path}: the study completed no trial.")
-    best = max(done, key=lambda r: (r["score"], -r["trial"]))
-    return {
-        "blocks": best["blocks"], "parameters": best["parameters"],
-        "test_accuracy": best["test_accuracy"],
-        "epochs": sum(r["epochs"] for r in records),
-        "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
-        "trials": records, "stopped_trials": sum(r["score"] is None for r in records),
-    }
+    return tuner.search_cell(records, stopped_trials=sum(r["score"] is None for r in records))

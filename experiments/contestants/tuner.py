@@ -121,13 +121,20 @@ def search(directory: RunDir, cfg: Search, data: recipe.TrialData,
         raise console.CommandError(f"{directory.path}: the tuner finished no trial.")
     records = [_trial_record(trials_dir.sub(f"trial_{t.trial_id}"), t, cfg) for t in
                sorted(done, key=lambda t: t.trial_id)]
-    best = max(records, key=lambda r: (r["score"], -r["trial"]))
+    return search_cell(records, stopped_trials=sum(r["stopped_by_check"] for r in records))
+
+
+def search_cell(records: list[dict[str, Any]], stopped_trials: int) -> dict[str, Any]:
+    """A search contestant's cell: its best scored trial (the earlier one on a tie) and
+    what all its `records` (one per trial, with ``score`` None if it has none) cost."""
+    best = max((r for r in records if r["score"] is not None),
+               key=lambda r: (r["score"], -r["trial"]))
     return {
         "blocks": best["blocks"], "parameters": best["parameters"],
         "test_accuracy": best["test_accuracy"],
         "epochs": sum(r["epochs"] for r in records),
         "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
-        "trials": records, "stopped_trials": sum(r["stopped_by_check"] for r in records),
+        "trials": records, "stopped_trials": stopped_trials,
     }
 
 
