@@ -17,6 +17,7 @@ import pytest
 from cb_keras import autotune
 from cb_keras.autotune import rules
 from cb_keras.paper import data
+from cb_keras.paper.spec import NetworkSpec
 from cb_keras.autotune.trainer import TrainRequest, fit_trainer
 
 TINY_LR = 1e-7
@@ -62,8 +63,12 @@ def test_bad_options_say_what_is_wrong(options, message):
 # ------------------------------------------------------------ the whole search
 
 
-def test_search_on_digits_restarts_saves_its_state_and_retrains_the_result(sample):
+def test_search_on_digits_restarts_saves_its_state_and_retrains_the_result(sample, monkeypatch):
     train, test, info = data.load("digits", batch_size=64, augment=False, shuffle_seed=0)
+    built, build = [], NetworkSpec.build
+    monkeypatch.setattr(NetworkSpec, "build",
+                        lambda spec, *args, **kwargs: built.append(spec.blocks)
+                        or build(spec, *args, **kwargs))
     config = autotune.AutoTuneConfig(
         start_blocks=(1, 1, 1, 1), epochs=2, check_window=1, max_restarts=1,
         final_epochs=1, learning_rate=TINY_LR, seed=7)
@@ -85,6 +90,10 @@ def test_search_on_digits_restarts_saves_its_state_and_retrains_the_result(sampl
     assert 0.0 <= result.test_accuracy <= 1.0
     assert not any(layer.name.startswith("stage1") for layer in result.model.layers)
     assert result.final_parameters == result.model.count_params() < result.start_parameters
+    # the start network is built once, by run 0; the result reads its parameters from there
+    assert built.count((1, 1, 1, 1)) == 1
+    assert result.start_parameters == build(NetworkSpec("vgg", (1, 1, 1, 1)),
+                                            info.input_shape, 10).count_params()
     assert lines[0].startswith("restart 1: run 0 conflicts after epoch 1")
     assert any("training it from scratch for 1 epochs" in line for line in lines)
 

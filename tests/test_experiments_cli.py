@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -182,9 +183,15 @@ def test_installing_adds_no_top_level_experiments_package_and_the_checkout_wins(
     """`pip install` puts only cb_keras on the path, and ``python -m experiments``
     run from the checkout finds its own mains even when another package named
     ``experiments`` is installed."""
-    wheel_dir = tmp_path / "wheel"
+    source, wheel_dir = tmp_path / "source", tmp_path / "wheel"
+    source.mkdir()  # a copy: setuptools writes its build/ folder into the source tree
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for package in ("cb_keras", "experiments"):
+        shutil.copytree(ROOT / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", str(wheel_dir), str(ROOT)], check=True, capture_output=True,
+                    "-q", "-w", str(wheel_dir), str(source)], check=True, capture_output=True,
                    timeout=300)
     (wheel,) = wheel_dir.glob("cb_keras-*.whl")
     with zipfile.ZipFile(wheel) as archive:

@@ -245,7 +245,7 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
             state = state.with_final_run()
             save_state(state)
             continue
-        return _result(state, outcome.load_model(), num_classes)
+        return _result(state, outcome.load_model())
 
 
 def _check_callback(config: AutoTuneConfig, state: SearchState, sample: Sample,
@@ -263,16 +263,14 @@ def _check_callback(config: AutoTuneConfig, state: SearchState, sample: Sample,
         on_restart=restart, log=log, at_init=config.check_at_init)
 
 
-def _result(state: SearchState, model: keras.Model, num_classes: int) -> AutoTuneResult:
+def _result(state: SearchState, model: keras.Model) -> AutoTuneResult:
     """The result of a finished search state."""
     config = state.config
-    start = NetworkSpec(config.kind, config.start_blocks).build(
-        tuple(model.inputs[0].shape[1:]), num_classes)
     return AutoTuneResult(
         start_blocks=config.start_blocks, final_blocks=state.current.blocks,
         kind=config.kind, restarts=state.restarts, total_epochs=state.total_epochs,
         test_accuracy=state.current.test_accuracy,
-        start_parameters=int(start.count_params()),
+        start_parameters=int(state.runs[0].summary["parameters"]),
         final_parameters=int(model.count_params()), runs=state.runs, model=model)
 
 

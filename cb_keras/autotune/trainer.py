@@ -71,7 +71,9 @@ class TrainOutcome:
     Attributes:
         completed_epochs: epochs the run trained (fewer than asked on a restart).
         test_accuracy: mean test accuracy over its last 5 epochs, or None.
-        summary: any other JSON-able numbers of the run (stored with it).
+        summary: JSON-able numbers of the run (stored with it), at least
+            ``parameters``, its network's parameter count (the search reports
+            run 0's as the start network's, without building it again).
         load_model: returns the trained network (called for the final run only).
     """
 
