@@ -152,7 +152,7 @@ def test_auto_tune_restarts_and_saves_its_final_network(folder):
 
 def test_compare_runs_its_contestants(folder):
     run_dir = folder / "compare"
-    experiments(folder, "compare", *TINY, *VGG, "--runs=1", "--fixed_depths=4",
+    experiments(folder, "compare", *TINY, *VGG, "--seeds=1", "--fixed_depths=4",
                 "--contestants=fixed", f"--run_dir={run_dir}")
     assert [c["contestant"] for c in rows(run_dir / "cells.csv")] == ["vgg-d4"]
     assert (run_dir / "compare.png").exists()
