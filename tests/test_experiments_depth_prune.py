@@ -11,7 +11,7 @@ from absl import app
 
 from cb_keras import pruning
 from experiments import depth_prune
-from test_residual_kinds import ResidualMLP
+from test_residual_kinds import ResidualMLP, residual_mlp
 
 FLAGFILE = pathlib.Path(__file__).resolve().parents[1] / "flags" / "depth_prune_digits.cfg"
 TINY_RUN = ["--dataset=digits", "--vit_blocks=3", "--vit_dim=8", "--resnet_blocks=2,1,0,0",
@@ -73,12 +73,7 @@ def test_means_and_areas():
 
 
 def test_healing_the_lesioned_network_equals_healing_the_pruned_one():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((6,))
-    h = keras.layers.Dense(8, name="embed")(inputs)
-    for i in range(3):
-        h = ResidualMLP(name=f"mlp{i}")(h)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    model = residual_mlp(features=6, width=8, blocks=3, seed=0)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 3, 64)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

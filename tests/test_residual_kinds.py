@@ -26,6 +26,17 @@ class ResidualMLP(keras.layers.Layer):
         return x + self.out(self.hidden(x))
 
 
+def residual_mlp(features: int, width: int, blocks: int, seed: int) -> keras.Model:
+    """``(batch, features) -> (batch, 3)``: an embedding, `blocks` ResidualMLP layers
+    ``mlp0``, ``mlp1``, ... of `width` units, and a head; initialized with `seed`."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((features,))
+    h = keras.layers.Dense(width, name="embed")(inputs)
+    for i in range(blocks):
+        h = ResidualMLP(name=f"mlp{i}")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+
+
 def nested_block(width: int, name: str) -> keras.Model:
     """A residual block as a nested functional model of standard layers (x + f(x))."""
     inputs = keras.Input((None, width))
@@ -91,12 +102,7 @@ def test_lesion_gates_are_exact_when_open(model, x):
 
 
 def test_a_custom_residual_layer_is_pruned_to_a_working_smaller_model():
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((5,))
-    h = keras.layers.Dense(12, name="embed")(inputs)
-    for i in range(4):
-        h = ResidualMLP(name=f"mlp{i}")(h)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    model = residual_mlp(features=5, width=12, blocks=4, seed=1)
     pruned = pruning.remove_blocks(model, ["mlp1", "mlp3"], layers=ResidualMLP)
     assert [layer.name for layer in pruned.layers if isinstance(layer, ResidualMLP)] \
         == ["mlp0", "mlp2"]
