@@ -186,7 +186,9 @@ def test_bad_flags_are_rejected_with_what_to_do(parse, module, argv, message):
 
 def test_errors_of_main_say_what_to_do(command, tmp_path):
     for argv, message in ((["--model=vgg"], "needs either --depth"),
-                          (["--model=fnn"], "needs --depth"),
+                          (["--model=fnn"], r"needs --depth \(number of hidden layers\), e.g."),
+                          (["--model=fnn", "--depth=2", "--blocks=1,1,1,1"],
+                           "--blocks is for --model=vgg or resnet"),
                           (["--model=resnet", "--depth=10", "--blocks=1,1,1,1"], "not both"),
                           (["--model=vgg", "--depth=7"], r"known depths: \[4, 10")):
         with pytest.raises(app.UsageError, match=message):

@@ -37,9 +37,12 @@ def model_spec() -> NetworkSpec:
             papers do not define.
     """
     if MODEL.value == "fnn":
-        if DEPTH.value is None or BLOCKS.value:
-            raise app.UsageError("--model=fnn needs --depth (number of hidden layers) and "
-                                 "--width, not --blocks.")
+        if BLOCKS.value:
+            raise app.UsageError("--blocks is for --model=vgg or resnet; --model=fnn takes "
+                                 "--depth (number of hidden layers) and --width.")
+        if DEPTH.value is None:
+            raise app.UsageError("--model=fnn needs --depth (number of hidden layers), e.g. "
+                                 "--depth=5 (and --width, 50 by default).")
         return NetworkSpec("fnn", depth=DEPTH.value, width=WIDTH.value)
     if (DEPTH.value is None) == (not BLOCKS.value):
         raise app.UsageError(
