@@ -1,7 +1,7 @@
 """The NumPy pipeline of digits and mnist5k (`cb_keras.paper.array_data`), used off TensorFlow.
 
 Backend-neutral tests of its semantics, and (TensorFlow only) its
-preprocessing against `cb_keras.paper.data`'s tf.data pipeline.
+preprocessing against the tf.data pipeline of `cb_keras.paper.tf_data`.
 """
 
 import keras

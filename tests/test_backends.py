@@ -3,9 +3,10 @@
 The metric on the golden cases, the probe, `measure`, the residual branch
 tap and the callback inside ``model.fit``, on the backend the session runs
 (``KERAS_BACKEND``), and the guarantees of the other backends in
-subprocesses: no TensorFlow import on JAX and PyTorch, the transform's
-rounding under a compiler that contracts multiply-adds (JAX) and PyTorch's
-square root.
+subprocesses: no TensorFlow import on JAX and PyTorch (loading digits
+included), the tf.data pipeline imported on TensorFlow only when a call
+needs it, the transform's rounding under a compiler that contracts
+multiply-adds (JAX) and PyTorch's square root.
 """
 
 import os
@@ -31,8 +32,8 @@ def golden_cases():
         return {key: data[key] for key in data.files}
 
 
-MODULE_OF_BACKEND = {"jax": "jax", "torch": "torch"}
-LIBRARY = {"jax": "JAX", "torch": "PyTorch"}
+MODULE_OF_BACKEND = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+LIBRARY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
 def run_on(backend: str, code: str, **environment: str) -> subprocess.CompletedProcess:
@@ -77,6 +78,34 @@ def test_import_measure_and_fit_load_no_other_backend(backend):
     """)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_digits_load_off_tensorflow_without_the_tf_data_pipeline(backend):
+    result = run_on(backend, """
+        import sys
+        from cb_keras.paper import data
+        data.load("digits", batch_size=64, shuffle_seed=0)
+        data.measurement_sample("digits", 64)
+        data.augmented_sample("digits", 64, batch_size=64, seed=0)
+        print(sorted(m for m in sys.modules if m == "cb_keras.paper.tf_data"
+                     or m.split(".")[0] in {"tensorflow", "tensorflow_datasets"}))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tensorflow_imports_the_tf_data_pipeline_only_when_a_call_needs_it():
+    result = run_on("tensorflow", """
+        import sys
+        from cb_keras.paper import data
+        pipeline = ("cb_keras.paper.tf_data", "tensorflow_datasets")
+        print([m in sys.modules for m in pipeline])
+        data.load("digits", batch_size=64)
+        print([m in sys.modules for m in pipeline])
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-2:] == ["[False, False]", "[True, True]"]
 
 
 def test_jax_transform_rounds_like_separate_float32_operations_under_fast_math():

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cb_keras.paper import data
+from cb_keras.paper import data, tf_data
 
 MOCK_EXAMPLES = 70  # two full batches of 32 and a remainder of 6
 BATCH = 32
@@ -185,7 +185,7 @@ def test_digits_needs_no_download_and_splits_stratified():
 def test_digits_augmentation_shifts_by_at_most_one_pixel():
     image = np.zeros((8, 8, 1), np.float32)
     image[3, 4] = 1.0
-    shifted = {tuple(np.argwhere(data.crop(8)(data.zero_pad(10)(image, None), seed)[..., 0]
+    shifted = {tuple(np.argwhere(tf_data.crop(8)(tf_data.zero_pad(10)(image, None), seed)[..., 0]
                                  .numpy())[0])
                for seed in tf.random.split(tf.constant([1, 2]), 60)}
     assert shifted == {(3 + dy, 4 + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}

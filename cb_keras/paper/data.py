@@ -54,21 +54,23 @@ Training batches are shuffled with a buffer of ``shuffle_buffer`` examples
 (default 10,000; the reference shuffled mnist with a buffer of 10).
 
 Randomness: ``shuffle_seed`` seeds both the shuffle order and the
-augmentation (stateless random ops fed by ``tf.data.Dataset.random``); both
-change every epoch. Like every tf.data seed it combines with TensorFlow's
-global seed (``keras.utils.set_random_seed``). ``None`` (default) draws
-fresh seeds. `measurement_sample` depends on its own ``seed`` only.
+augmentation; both change every epoch. On TensorFlow, like every tf.data
+seed, it combines with TensorFlow's global seed
+(``keras.utils.set_random_seed``). ``None`` (default) draws fresh seeds.
+`measurement_sample` depends on its own ``seed`` only.
 
 No downloads: TFDS data sets must be prepared beforehand and mnist5k needs
 its optional package (see `DatasetNotPreparedError`); cb_keras fails fast
 instead of trying the network.
 
-Backends: on TensorFlow the pipelines are ``tf.data`` as above. On every
-other Keras backend, digits and mnist5k come from the NumPy pipeline of
-`cb_keras.paper.array_data` (same preprocessing, augmentation and seed semantics,
-other random numbers; `load` returns `keras.utils.PyDataset` batches and
-`measurement_sample` the same arrays as on TensorFlow), and the TFDS data
-sets need TensorFlow.
+Backends: on TensorFlow the pipelines are the ``tf.data`` ones of
+`cb_keras.paper.tf_data`, imported only when a call needs one (importing
+this module imports neither it nor tensorflow_datasets). On every other
+Keras backend, digits and mnist5k come from the NumPy pipeline of
+`cb_keras.paper.array_data` (same preprocessing, augmentation and seed
+semantics, other random numbers; `load` returns `keras.utils.PyDataset`
+batches and `measurement_sample` the same arrays as on TensorFlow), and the
+TFDS data sets need TensorFlow.
 """
 
 from __future__ import annotations
@@ -83,13 +85,8 @@ import numpy as np
 from cb_keras import _backend, validation
 from cb_keras.paper import array_data
 
-if _backend.NAME == "tensorflow":
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
 SHUFFLE_BUFFER = 10_000
 MEASUREMENT_STREAM = 1  # keeps measurement seeds apart from the training seeds of (seed, epoch)
-BRIGHTNESS_DELTA = 0.25
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 DIGITS_MAX_VALUE = 16.0
@@ -100,8 +97,6 @@ IMAGENETTE_DEFAULT_CONFIG = "full-size"
 # TFDS configs of imagenette: the original release and split (the
 # reference's), then the 2019 re-split.
 IMAGENETTE_CONFIGS = ("full-size", "320px", "160px", "full-size-v2", "320px-v2", "160px-v2")
-
-Step = Callable[["tf.Tensor", "tf.Tensor"], "tf.Tensor"]  # (image, seed (2,) int64) -> image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,95 +127,36 @@ class DatasetNotPreparedError(FileNotFoundError):
     """
 
 
-# Preprocessing steps: each maps (image, seed) to an image.
-def convert(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """uint8 [0, 255] -> float32 [0, 1]; float images pass unchanged."""
-    del seed
-    return tf.image.convert_image_dtype(image, tf.float32)
-
-
-def standardize(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Per-image standardisation to mean 0, standard deviation 1."""
-    del seed
-    return tf.image.per_image_standardization(image)
-
-
-def pad(size: int) -> Step:
-    """``tf.image.resize_with_pad`` to size x size (aspect ratio kept)."""
-    def step(image, seed):
-        del seed
-        return tf.image.resize_with_pad(image, size, size)
-    return step
-
-
-def zero_pad(size: int) -> Step:
-    """Centre the image on a size x size canvas of zeros (no resampling)."""
-    def step(image, seed):
-        del seed
-        offset = (size - image.shape[0]) // 2
-        return tf.image.pad_to_bounding_box(image, offset, offset, size, size)
-    return step
-
-
-def crop(size: int) -> Step:
-    """Random crop to size x size, all channels."""
-    def step(image, seed):
-        shape = tf.concat([[size, size], tf.shape(image)[-1:]], axis=0)
-        return tf.image.stateless_random_crop(image, shape, seed)
-    return step
-
-
-def flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Random left-right flip with probability 1/2."""
-    return tf.image.stateless_random_flip_left_right(image, seed)
-
-
-def bright(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Add a random delta in [-0.25, 0.25) to every pixel."""
-    return tf.image.stateless_random_brightness(image, BRIGHTNESS_DELTA, seed)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Recipe:
-    """Where a data set comes from and how its images are preprocessed."""
+    """What a data set's images become and which TFDS split is its test split.
+
+    The preprocessing steps of the module docstring's table are the
+    pipelines' own: ``RECIPES`` of `cb_keras.paper.tf_data` and of
+    `cb_keras.paper.array_data`, under the same names.
+    """
 
     input_shape: tuple[int, int, int]
-    train: tuple[Step, ...]
-    test: tuple[Step, ...]
     test_split: str = "test"
 
 
-_MNIST = _Recipe((28, 28, 1), (convert, pad(32), crop(28), bright), (convert,))
 _RECIPES = {
-    "mnist": _MNIST,
-    "cifar10": _Recipe((32, 32, 3), (convert, standardize, pad(38), crop(32), flip, bright),
-                       (convert, standardize)),
-    "svhn_cropped": _Recipe((32, 32, 3), (convert, pad(36), crop(32), standardize, bright),
-                            (convert, standardize)),
-    "imagenette": _Recipe((128, 128, 3),
-                          (convert, pad(138), crop(128), flip, standardize, bright),
-                          (convert, pad(128), standardize), test_split="validation"),
-    "digits": _Recipe((8, 8, 1), (zero_pad(10), crop(8)), ()),
-    "mnist5k": _MNIST,
+    "mnist": _Recipe((28, 28, 1)),
+    "cifar10": _Recipe((32, 32, 3)),
+    "svhn_cropped": _Recipe((32, 32, 3)),
+    "imagenette": _Recipe((128, 128, 3), test_split="validation"),
+    "digits": _Recipe((8, 8, 1)),
+    "mnist5k": _Recipe((28, 28, 1)),
 }
 SUPPORTED = tuple(_RECIPES)
 # Every name `load` accepts: SUPPORTED and the imagenette variants.
 NAMES = SUPPORTED + tuple(f"imagenette/{config}" for config in IMAGENETTE_CONFIGS)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Source:
-    """Unprocessed splits: (image, label) examples, images uint8 or float32."""
-
-    train: "tf.data.Dataset"
-    test: "tf.data.Dataset"
-    num_classes: int
-
-
 def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | None = None,
          shuffle_seed: int | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
          drop_test_remainder: bool = False,
-         ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
+         ) -> tuple[Any, Any, DataInfo]:
     """Training and test batches of a data set, preprocessed as in the papers.
 
     Args:
@@ -261,32 +197,21 @@ def load(name: str, *, batch_size: int, augment: bool = True, data_dir: str | No
     if _backend.NAME != "tensorflow":
         return _array_load(name, recipe, batch_size, augment, shuffle_seed, shuffle_buffer,
                            drop_test_remainder)
-    source = _source(name, data_dir)
+    from cb_keras.paper import tf_data
+
+    source = _tf_source(name, data_dir)
     info = DataInfo(name, source.num_classes, recipe.input_shape,
-                    _cardinality(source.train), _cardinality(source.test))
+                    tf_data.cardinality(source.train), tf_data.cardinality(source.test))
     if info.train_size < batch_size:
         raise ValueError(
             f"The {name} training split holds {info.train_size} examples, fewer than "
             f"batch_size={batch_size}; every batch would be dropped. Lower batch_size.")
-    steps = recipe.train if augment else recipe.test
-    train = _training_batches(source.train, steps, recipe.input_shape, batch_size, shuffle_seed,
-                              shuffle_buffer)
-    test = (_unseeded(source.test, recipe).batch(batch_size, drop_remainder=drop_test_remainder)
-            .prefetch(tf.data.AUTOTUNE))
+    train_steps, test_steps = tf_data.RECIPES[_row(name)]
+    train = tf_data.training_batches(source.train, train_steps if augment else test_steps,
+                                     recipe.input_shape, batch_size, shuffle_seed, shuffle_buffer)
+    test = tf_data.in_order_batches(source.test, test_steps, recipe.input_shape, batch_size,
+                                    drop_test_remainder)
     return train, test, info
-
-
-def _training_batches(split: tf.data.Dataset, steps: tuple[Step, ...],
-                      input_shape: tuple[int, int, int], batch_size: int,
-                      seed: int | None, buffer: int) -> tf.data.Dataset:
-    """Shuffle every epoch, preprocess with fresh per-example seeds, drop the remainder."""
-    shuffled = split.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return (tf.data.Dataset.zip(shuffled, seeds)
-            .map(functools.partial(_preprocess_seeded, steps, input_shape),
-                 num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE))
 
 
 def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
@@ -316,14 +241,12 @@ def measurement_sample(name: str, samples: int, *, data_dir: str | None = None,
         chosen = _sample_mask(name, len(y_train), samples, seed)
         return (array_data.preprocess(x_train[:len(chosen)][chosen], array_data.RECIPES[name][1]),
                 y_train[:len(chosen)][chosen].astype(np.int32))
-    source = _source(name, data_dir)
-    chosen = tf.constant(_sample_mask(name, _cardinality(source.train), samples, seed))
-    pool = len(chosen)
-    sample = (source.train.take(pool).enumerate()
-              .filter(lambda index, example: chosen[index])
-              .map(lambda index, example: example))
-    x, y = next(iter(_unseeded(sample, recipe).batch(samples)))
-    return x.numpy(), y.numpy()
+    from cb_keras.paper import tf_data
+
+    source = _tf_source(name, data_dir)
+    chosen = _sample_mask(name, tf_data.cardinality(source.train), samples, seed)
+    return tf_data.sample(source.train, chosen, tf_data.RECIPES[_row(name)][1],
+                          recipe.input_shape)
 
 
 def augmented_sample(name: str, samples: int, *, batch_size: int, seed: int,
@@ -388,13 +311,19 @@ def sampler(name: str, samples: int, *, augmented: bool = False, batch_size: int
         seed=int(np.random.SeedSequence([seed, epochs, MEASUREMENT_STREAM]).generate_state(1)[0]))
 
 
-def _recipe(name: str) -> _Recipe:
-    """The recipe of a name of `NAMES`; ValueError listing them otherwise."""
+def _row(name: str) -> str:
+    """The recipe tables' row of a name of `NAMES` ("imagenette/<config>": "imagenette");
+    ValueError listing the names otherwise."""
     if name not in NAMES:
         raise ValueError(
             f"Unknown data set {name!r}; supported: {list(SUPPORTED)}, and imagenette "
             f"as 'imagenette/<config>' with a config of {list(IMAGENETTE_CONFIGS)}.")
-    return _RECIPES[name.partition("/")[0]]
+    return name.partition("/")[0]
+
+
+def _recipe(name: str) -> _Recipe:
+    """The recipe of a name of `NAMES`; ValueError listing them otherwise."""
+    return _RECIPES[_row(name)]
 
 
 def _sample_mask(name: str, available: int, samples: int, seed: int) -> np.ndarray:
@@ -442,36 +371,18 @@ def _array_load(name: str, recipe: _Recipe, batch_size: int, augment: bool,
     return train, array_data.InOrderBatches(x_test, y_test, test_steps, batch_size), info
 
 
-def _source(name: str, data_dir: str | None) -> _Source:
-    """The unprocessed splits of a data set."""
+def _tf_source(name: str, data_dir: str | None) -> Any:
+    """The unprocessed splits of a data set, a `cb_keras.paper.tf_data.Source` (TensorFlow only)."""
+    from cb_keras.paper import tf_data
+
     if name in _ARRAYS:
-        return _arrays_source(*_ARRAYS[name]())
+        return tf_data.arrays_source(*_ARRAYS[name]())
     if name == "imagenette":
         name = f"imagenette/{IMAGENETTE_DEFAULT_CONFIG}"
-    return _tfds_source(name, data_dir, _recipe(name).test_split)
-
-
-def _tfds_source(tfds_name: str, data_dir: str | None, test_split: str) -> _Source:
-    """TFDS splits as (uint8 image, label) datasets, read in a fixed order."""
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
     try:
-        train = builder.as_dataset(split="train", as_supervised=True, shuffle_files=False)
-        test = builder.as_dataset(split=test_split, as_supervised=True, shuffle_files=False)
-    except AssertionError as error:  # TFDS's "could not find data in <data_dir>"
-        raise DatasetNotPreparedError(_not_prepared_message(tfds_name, builder)) from error
-    return _Source(train, test, builder.info.features["label"].num_classes)
-
-
-def _not_prepared_message(tfds_name: str, builder: "tfds.core.DatasetBuilder") -> str:
-    root = builder.data_dir_root
-    return (
-        f"TFDS data set '{tfds_name}' is not prepared in data_dir {root} (looked for "
-        f"{builder.data_dir}), and cb_keras never downloads. On a machine with internet "
-        f"access run\n    tfds build {tfds_name} --data_dir=/some/dir\n(or "
-        f"tfds.load('{tfds_name}', data_dir='/some/dir', download=True)), then copy "
-        f"/some/dir/{builder.name}/ into {root}/ on this machine, or pass "
-        "data_dir=... / set TFDS_DATA_DIR to where it is. To try cb_keras without "
-        "any download, use the data set 'digits'.")
+        return tf_data.tfds_source(name, data_dir, _recipe(name).test_split)
+    except tf_data.NotPrepared as error:
+        raise DatasetNotPreparedError(str(error)) from error
 
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
@@ -516,38 +427,3 @@ def _mnist5k_arrays() -> Split:
 
 # Data sets held in memory as NumPy arrays, by name.
 _ARRAYS: dict[str, Callable[[], Split]] = {"digits": _digits_arrays, "mnist5k": _mnist5k_arrays}
-
-
-def _arrays_source(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                   y_test: np.ndarray) -> _Source:
-    """NumPy splits as datasets of (image, label) examples."""
-    return _Source(tf.data.Dataset.from_tensor_slices((x_train, y_train)),
-                   tf.data.Dataset.from_tensor_slices((x_test, y_test)),
-                   num_classes=int(y_train.max()) + 1)
-
-
-def _cardinality(dataset: tf.data.Dataset) -> int:
-    """Number of examples of an unbatched split (TFDS and tensors know it)."""
-    return int(dataset.cardinality())
-
-
-def _unseeded(dataset: tf.data.Dataset, recipe: _Recipe) -> tf.data.Dataset:
-    """Apply the deterministic test preprocessing to (image, label) examples."""
-    no_seed = tf.zeros([2], tf.int64)
-    return dataset.map(
-        lambda image, label: _preprocess_seeded(recipe.test, recipe.input_shape,
-                                                (image, label), no_seed),
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _preprocess_seeded(steps: tuple[Step, ...], input_shape: tuple[int, int, int],
-                       example: tuple[tf.Tensor, tf.Tensor],
-                       seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Run `steps` on one image, each with its own seed; label to int32."""
-    image, label = example
-    if steps:
-        seeds = tf.random.experimental.stateless_split(seed, num=len(steps))
-        for index, step in enumerate(steps):
-            image = step(image, seeds[index])
-    image = tf.ensure_shape(tf.cast(image, tf.float32), input_shape)
-    return image, tf.cast(label, tf.int32)
