@@ -20,7 +20,7 @@ splits its wall time into phases by timing the functions that do the work
 first step of each network (tracing), training steps, measurement (a^L
 checks and all-block measurements), test evaluation, checkpoints, export and
 latency; ``other`` is the rest (data pipelines, files, callbacks). It also
-prints the first and the median later epoch of every run, the ratio of the
+prints the first and the median later epoch of every attempt, the ratio of the
 wall time to the time in training steps (the main job's goal: at most 1.5,
 docs/performance.md) and the bytes the run directory holds at the end, then
 deletes the run directory (``--keep_run_dir``: keeps it and prints its path,
@@ -201,11 +201,12 @@ def run_search(flagfile: str, extra_flags: list[str]) -> tuple[float, PhaseClock
 
 
 def epoch_seconds(run_dir: str) -> list[tuple[str, float, float | None, int]]:
-    """Per run: (name, first epoch s, median later epoch s or None, epochs) from metrics.csv."""
+    """Per attempt: (name, first epoch s, median later epoch s or None, epochs) from
+    metrics.csv."""
     rows = []
     for name in sorted(os.listdir(run_dir)):
         path = os.path.join(run_dir, name, "metrics.csv")
-        if name.startswith("run") and os.path.exists(path):
+        if name.startswith("attempt") and os.path.exists(path):
             with open(path, newline="") as file:
                 seconds = [float(r["seconds"]) for r in csv.DictReader(file)
                            if r.get("seconds")]
@@ -216,14 +217,15 @@ def epoch_seconds(run_dir: str) -> list[tuple[str, float, float | None, int]]:
 
 
 def report_search(flagfile: str, extra_flags: list[str], keep_run_dir: bool = False) -> None:
-    """Print the main job's wall time by phase, its epoch times per run and its run directory."""
+    """Print the main job's wall time by phase, its epoch times per attempt and its run
+    directory."""
     wall, clock, run_dir = run_search(flagfile, extra_flags)
     print(f"\nmain job ({flagfile} {' '.join(extra_flags)}): {wall:.1f} s wall, "
           f"{wall / clock.seconds['training steps']:.2f} x the training steps")
     print(f"{'phase':>20} {'seconds':>8} {'share':>6} {'calls':>6}")
     for name, seconds in clock.seconds.most_common():
         print(f"{name:>20} {seconds:8.1f} {seconds / wall:6.1%} {clock.calls[name]:6d}")
-    print(f"{'run':>20} {'epochs':>6} {'first epoch s':>14} {'later epoch s':>14}")
+    print(f"{'attempt':>20} {'epochs':>6} {'first epoch s':>14} {'later epoch s':>14}")
     for name, first, later, count in epoch_seconds(run_dir):
         later_text = f"{later:14.2f}" if later is not None else f"{'-':>14}"
         print(f"{name:>20} {count:6d} {first:14.2f} {later_text}", flush=True)

@@ -104,7 +104,7 @@ def main_job(quick: bool) -> str:
     from cb_keras.autotune import trainer
     from cb_keras.paper import data
 
-    # flags/auto_tune_digits.cfg's setting (--quick: a small start, 1 epoch per run).
+    # flags/auto_tune_digits.cfg's setting (--quick: a small start, 1 epoch per attempt).
     train, test, info = data.load("digits", batch_size=64, shuffle_seed=0)
     x, y = data.measurement_sample("digits", 64)
     config = autotune.AutoTuneConfig(start_blocks=(1, 1, 1, 1) if quick else (3, 6, 12, 3),
@@ -157,7 +157,7 @@ def pruning_setting(epochs: int, quick: bool) -> list[tuple[str, str]]:
             ("pruning: lesion", f"largest single-block drop {worst[0]:+.4f} ({worst[1]})")]
 
 
-def attempt(name: str, part) -> list[tuple[str, str]]:
+def part_rows(name: str, part) -> list[tuple[str, str]]:
     """The rows of `part`, or one row with its error: the next part still runs."""
     try:
         rows = part()
@@ -176,11 +176,11 @@ def main() -> None:
     epochs = 1 if args.quick else args.epochs
     devices = keras.distribution.list_devices()
     rows = [("backend", f"{keras.backend.backend()} on {devices}")]
-    rows += attempt("golden", golden)
-    rows += attempt("measure", lambda: measure_and_predict(samples, size, blocks))
-    rows += attempt("callback share", lambda: callback_share(samples, blocks))
-    rows += attempt("main job", lambda: main_job(args.quick))
-    rows += attempt("pruning", lambda: pruning_setting(epochs, args.quick))
+    rows += part_rows("golden", golden)
+    rows += part_rows("measure", lambda: measure_and_predict(samples, size, blocks))
+    rows += part_rows("callback share", lambda: callback_share(samples, blocks))
+    rows += part_rows("main job", lambda: main_job(args.quick))
+    rows += part_rows("pruning", lambda: pruning_setting(epochs, args.quick))
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:{width}}  {value}" for name, value in rows))
 

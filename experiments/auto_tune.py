@@ -4,40 +4,41 @@
 
 Starts from the network of --model (vgg or resnet) and --depth/--blocks (the
 papers: ``--model=vgg --depth=120``, blocks 3,12,41,3) and runs
-`cb_keras.autotune.auto_tune`: every training run is a trial of the `train`
-command's code (`experiments.trials.trial.train_trial`, --epochs epochs, seed
-``--seed + run``); after each of its first --check_window epochs a^L is
-measured on --measure_samples training images (the papers: 64; see
---measure_sample_source); on a conflict the architecture shrinks by --prune_rule (a
-version of the rule, `cb_keras.autotune.rules.VERSIONS`, docs/reproduction.md, which also
-sets --check_window and --check_at_init) and training restarts from scratch. --max_restarts caps the
-restarts; --final_epochs retrains the found network from scratch.
+`cb_keras.autotune.auto_tune`: every attempt of the search (one training, numbered
+0, 1, ...) is a trial of the `train` command's code
+(`experiments.trials.trial.train_trial`, --epochs epochs, seed ``--seed +
+attempt``); after each of its first --check_window epochs a^L is measured on
+--measure_samples training images (the papers: 64; see --measure_sample_source); on
+a conflict the architecture shrinks by --prune_rule (a version of the rule,
+`cb_keras.autotune.rules.VERSIONS`, docs/reproduction.md, which also sets
+--check_window and --check_at_init) and training restarts from scratch.
+--max_restarts caps the restarts; --final_epochs retrains the found network from scratch.
 
 Run directory (besides flags.json):
 
 - ``search.json``: the search state (`cb_keras.autotune.SearchState.to_dict`):
-  every run with its blocks, epochs, restart record and summary. Written
+  every attempt with its blocks, epochs, restart record and summary. Written
   atomically after every change; rerunning the command resumes from it and
-  the current run's trial resumes after its last committed epoch.
-- ``run00/``, ``run01/``, ...: one trial directory per training run
+  the current attempt's trial resumes after its last committed epoch.
+- ``attempt00/``, ``attempt01/``, ...: one trial directory per attempt
   (state.json, metrics.csv, checkpoints/, tensorboard/, conflicts.csv/png);
-  a run that restarted loses its checkpoints once its numbers are in
+  an attempt that restarted loses its checkpoints once its numbers are in
   search.json (`drop_restarted_checkpoints`).
 - ``restarts.csv``: one row per restart (`RESTART_COLUMNS`).
-- ``tensorboard/``: per restart (step = restart number = conflicting run + 1) the scalars
+- ``tensorboard/``: per restart (step = restart number = conflicting attempt + 1) the scalars
   ``epoch_restart_conflict_epoch``, ``epoch_restart_layers_after`` and
   ``epoch_restart_blocks_stage{1..4}``.
 - ``export/`` (SavedModel, with --export) and ``final.keras``: the final network.
-- ``search.png``: the blocks per stage of every run (stacked bars), with the
+- ``search.png``: the blocks per stage of every attempt (stacked bars), with the
   epoch and block of each conflict and the final test accuracy.
 - ``results.json``: ``finished``, ``command`` ("auto_tune"), ``dataset``,
   ``kind``, ``start_blocks``, ``final_blocks``, ``start_layers``,
   ``final_layers``, ``num_restarts``, ``restarts`` (the records),
-  ``total_epochs`` (all runs), ``test_accuracy`` (final run, mean of its
+  ``total_epochs`` (all attempts), ``test_accuracy`` (last attempt, mean of its
   last 5 epochs, 4 with --accounting=reference), ``accounting``, ``start_parameters``, ``final_parameters``,
   ``start_latency_ms``, ``final_latency_ms`` (median of --latency_repeats
   inference calls on one test batch of --batch_size images),
-  ``train_seconds`` (all runs), ``runs`` (the search state's runs).
+  ``train_seconds`` (all attempts), ``attempts`` (the search state's attempts).
 """
 
 from __future__ import annotations
@@ -75,18 +76,19 @@ PRUNE_RULE = flags.DEFINE_enum(
     "its non-conflicting blocks, checks after epochs 1..10.")
 CHECK_WINDOW = flags.DEFINE_integer(
     "check_window", None,
-    "Check a^L after each of the first N epochs of every run (default: the --prune_rule "
+    "Check a^L after each of the first N epochs of every attempt (default: the --prune_rule "
     "version's, 10 or 9).", lower_bound=1)
 CHECK_AT_INIT = flags.DEFINE_bool(
     "check_at_init", None,
-    "Also check a^L before the first epoch of every run (default: the --prune_rule "
+    "Also check a^L before the first epoch of every attempt (default: the --prune_rule "
     "version's, true only for all_non_conflicting).")
 MAX_RESTARTS = flags.DEFINE_integer(
     "max_restarts", None, "At most this many restarts (default: no limit).", lower_bound=0)
 FINAL_EPOCHS = flags.DEFINE_integer(
     "final_epochs", None,
-    "Default: the run that passes the check is the result (the papers). N: then train the "
-    "found network once more from scratch for N epochs, unchecked, and report that run.",
+    "Default: the attempt that passes the check is the result (the papers). N: then train "
+    "the found network once more from scratch for N epochs, unchecked, and report that "
+    "attempt.",
     lower_bound=1)
 flags.adopt_module_key_flags(run_flags)
 flags.adopt_module_key_flags(strategy_flags)
@@ -98,7 +100,7 @@ SEARCH_FILE = "search.json"
 RESTARTS_FILE = "restarts.csv"
 KERAS_FILE = "final.keras"
 PLOT_FILE = "search.png"
-RESTART_COLUMNS = ("restart", "run", "epoch", "layer", "bundle_entropy",
+RESTART_COLUMNS = ("restart", "attempt", "epoch", "layer", "bundle_entropy",
                    "first_conflicting_block", "conflicting_blocks", "blocks_before",
                    "blocks_after")
 SUMMARY_COLUMNS = (
@@ -153,7 +155,7 @@ def read_flags() -> Config:
     training = training_flags.training_config()
     if training.seeds != 1:
         raise app.UsageError(
-            f"auto_tune trains one network per run; got --seeds={training.seeds}. Drop --seeds "
+            f"auto_tune trains one network per attempt; got --seeds={training.seeds}. Drop --seeds "
             "(repeat the search with other --seed values instead).")
     return config_from_flags(run_flags.run_config("auto_tune", __name__), training)
 
@@ -188,72 +190,74 @@ def config_from_flags(run: RunConfig, training: TrainConfig) -> Config:
 
 def trial_trainer(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
                   dist: Placement) -> trainer.Trainer:
-    """A resumable trainer: run k is a `train` trial in ``run/run<k>``."""
-    return lambda request: train_run(run, cfg, data, dist, request)
+    """A resumable trainer: attempt k is a `train` trial in ``run/attempt<k>``."""
+    return lambda request: train_attempt(run, cfg, data, dist, request)
 
 
-def train_run(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
+def train_attempt(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
               dist: Placement, request: trainer.TrainRequest,
               until: int | None = None) -> trainer.TrainOutcome:
-    """Train (or resume) run ``request.run`` as a trial in ``run/run<k>``, up to epoch `until`."""
-    directory = run.sub(f"run{request.run:02d}")
+    """Train (or resume) attempt ``request.attempt`` as a trial in ``run/attempt<k>``, up to
+    epoch `until`."""
+    directory = run.sub(_trial_dir_name(request.attempt))
     result = trial.train_trial(
         directory, request.network,
         dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
         data, seed=request.seed, strategy=dist,
-        label=f"[run {request.run} {request.network.label}]", callbacks=request.callbacks,
+        label=f"[attempt {request.attempt} {request.network.label}]", callbacks=request.callbacks,
         until=until, before_training=request.before_training, checkpoint_stopped=False)
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
                                 lambda: trained.load_trial(directory.path, data).model)
 
 
-def finish_restarted_runs(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
-                          data: recipe.TrialData,
-                          dist: Placement) -> autotune.SearchState:
-    """Finish the runs whose restart is in `state` but whose trial is not done.
+def finish_restarted_attempts(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
+                              data: recipe.TrialData,
+                              dist: Placement) -> autotune.SearchState:
+    """Finish the attempts whose restart is in `state` but whose trial is not done.
 
-    A search killed right after saving a restart has not finished that run's
+    A search killed right after saving a restart has not finished that attempt's
     trial (no conflicts.csv, no numbers in search.json). Its trial resumes
     from its checkpoints up to the restart's epoch, as the uninterrupted
     search trained it.
 
     Returns:
-        `state` with the numbers of those runs (`state` itself if there were none).
+        `state` with the numbers of those attempts (`state` itself if there were none).
     """
-    for record in [r for r in state.runs if r.restart and r.summary is None]:
+    for record in [a for a in state.attempts if a.restart and a.summary is None]:
         request = trainer.TrainRequest(
-            run=record.run, kind=cfg.spec.kind, blocks=record.blocks,
-            epochs=record.epochs, seed=cfg.training.seed + record.run,
+            attempt=record.attempt, kind=cfg.spec.kind, blocks=record.blocks,
+            epochs=record.epochs, seed=cfg.training.seed + record.attempt,
             **cfg.training.metric_step, callbacks=())
-        outcome = train_run(run, cfg.training, data, dist, request, until=record.restart.epoch)
-        state = state.ended(record.run, outcome)
+        outcome = train_attempt(run, cfg.training, data, dist, request,
+                                until=record.restart.epoch)
+        state = state.ended(record.attempt, outcome)
     return state
 
 
 def drop_restarted_checkpoints(run: rundir.RunDir, state: autotune.SearchState) -> None:
-    """Delete the checkpoints of every run that restarted and whose trial is done.
+    """Delete the checkpoints of every attempt that restarted and whose trial is done.
 
-    A restarted run's checkpoints serve only to finish its trial after a kill
-    (`finish_restarted_runs`: the epochs up to the restart, then its
+    A restarted attempt's checkpoints serve only to finish its trial after a kill
+    (`finish_restarted_attempts`: the epochs up to the restart, then its
     conflicts.csv and numbers). Once `state` holds its numbers, its trial's
     state.json is finished and a rerun reads the numbers from there, so the
     checkpoints (model and optimizer state, by far the largest files of the
     run directory) are of no further use. Called after `state` is saved, so a
     kill during the deletion leaves a state that a rerun completes.
     """
-    for record in state.runs:
+    for record in state.attempts:
         if record.restart and record.summary is not None:
-            run.sub(f"run{record.run:02d}").prune_checkpoints(keep=0)
+            run.sub(_trial_dir_name(record.attempt)).prune_checkpoints(keep=0)
 
 
 def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState | None:
     """search.json, checked against the search settings and the trial directories beside it.
 
     A search resumes only from a state that an uninterrupted search could
-    have saved: it was saved with these settings, its runs follow one
-    another (every run but the last ended with a restart, or passed the
-    check before the --final_epochs run), and it knows every run whose trial
-    directory ``run<k>/`` exists and every restart whose trial stopped early.
+    have saved: it was saved with these settings, its attempts follow one
+    another (every attempt but the last ended with a restart, or passed the
+    check before the --final_epochs attempt), and it knows every attempt whose
+    trial directory ``attempt<k>/`` exists and every restart whose trial stopped early.
 
     Returns:
         The state, or None for a search that has not started (no search.json,
@@ -263,7 +267,7 @@ def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState |
         rundir.RunDirError: the state is missing, damaged or edited (the
             message names search.json and what is wrong).
     """
-    trials = sorted(int(match.group(1)) for path in run.path.glob("run*")
+    trials = sorted(int(match.group(1)) for path in run.path.glob("attempt*")
                     if (match := _TRIAL_DIR.fullmatch(path.name)) and path.is_dir())
     data = run.read_json(SEARCH_FILE)
     if data is None and not trials:
@@ -271,15 +275,15 @@ def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState |
     state, problem = None, None
     if data is None:
         problem = (f"is missing, but the run directory holds the trials "
-                   f"{', '.join(f'run{k:02d}' for k in trials)} of a search")
+                   f"{', '.join(_trial_dir_name(k) for k in trials)} of a search")
     elif not isinstance(data, dict) or data.get("config") != cfg.search_config.to_dict():
         problem = "is not a search state of these flags (its 'config' differs or is missing)"
     else:
         try:
             state = autotune.SearchState.from_dict(data, cfg.search_config)
         except ValueError:
-            problem = (f"lacks its runs, or a run lacks one of the fields "
-                       f"{list(autotune.state.RUN_FIELDS)}")
+            problem = (f"lacks its attempts, or an attempt lacks one of the fields "
+                       f"{list(autotune.state.ATTEMPT_FIELDS)}")
         else:
             problem = _search_state_problem(run, state, cfg, trials)
     if problem:
@@ -290,33 +294,41 @@ def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState |
     return state
 
 
-_TRIAL_DIR = re.compile(r"run(\d{2,})")
+_TRIAL_DIR = re.compile(r"attempt(\d{2,})")
+
+
+def _trial_dir_name(attempt: int) -> str:
+    """The name of attempt `attempt`'s trial directory: ``attempt00``, ``attempt01``, ..."""
+    return f"attempt{attempt:02d}"
 
 
 def _search_state_problem(run: rundir.RunDir, state: autotune.SearchState, cfg: Config,
                           trials: list[int]) -> str | None:
     """What makes `state` not the state of this search with these trials, or None."""
-    runs = state.runs
-    if [r.run for r in runs] != list(range(len(runs))) or runs[0].blocks != cfg.spec.blocks:
-        return "does not number its runs 0, 1, ... or does not start from --blocks"
-    for record, following in zip(runs, runs[1:] + (None,)):
+    attempts = state.attempts
+    if [a.attempt for a in attempts] != list(range(len(attempts))) or \
+            attempts[0].blocks != cfg.spec.blocks:
+        return "does not number its attempts 0, 1, ... or does not start from --blocks"
+    for record, following in zip(attempts, attempts[1:] + (None,)):
         restart = record.restart
         if restart is None and following is not None and not (
                 following.final and record.summary is not None):
-            return f"has run {following.run} after run {record.run}, which did not restart"
+            return (f"has attempt {following.attempt} after attempt {record.attempt}, which "
+                    "did not restart")
         if restart is not None and following is None:
-            return (f"ends with the restart of run {record.run} but lacks the run "
-                    f"that restart began (run {record.run + 1})")
+            return (f"ends with the restart of attempt {record.attempt} but lacks the attempt "
+                    f"that restart began (attempt {record.attempt + 1})")
         if restart is not None and following.blocks != restart.blocks_after:
-            return f"has run {following.run} with other blocks than its restart gave"
-        ran = run.sub(f"run{record.run:02d}").read_json(rundir.STATE_FILE) or {}
+            return f"has attempt {following.attempt} with other blocks than its restart gave"
+        ran = run.sub(_trial_dir_name(record.attempt)).read_json(rundir.STATE_FILE) or {}
         if restart is None and ran.get("finished") and \
                 ran.get("completed_epochs", 0) < record.epochs:
-            return (f"lacks the restart of run {record.run}, whose trial stopped after "
-                    f"epoch {ran['completed_epochs']} of {record.epochs}")
-    missing = [k for k in trials if k >= len(runs)]
+            return (f"lacks the restart of attempt {record.attempt}, whose trial stopped "
+                    f"after epoch {ran['completed_epochs']} of {record.epochs}")
+    missing = [k for k in trials if k >= len(attempts)]
     if missing:
-        return f"lacks run {missing[0]}, whose trial directory run{missing[0]:02d} exists"
+        return (f"lacks attempt {missing[0]}, whose trial directory {_trial_dir_name(missing[0])} "
+                "exists")
     return None
 
 
@@ -348,12 +360,13 @@ def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
         drop_restarted_checkpoints(run, state)
 
     def on_restart(record: check.Restart) -> None:
-        # Only checked runs restart and each restart adds one run: run k's is number k + 1.
-        summaries.on_epoch_end(record.run, restart_scalars(record))
+        # Only checked attempts restart and each restart adds one attempt: attempt k's is
+        # number k + 1.
+        summaries.on_epoch_end(record.attempt, restart_scalars(record))
 
     state = read_search_state(run, cfg)
     if state is not None:
-        finished = finish_restarted_runs(run, state, cfg, data, dist)
+        finished = finish_restarted_attempts(run, state, cfg, data, dist)
         if finished is not state:
             save_state(finished)
         state = finished
@@ -374,8 +387,8 @@ def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
         "accounting": cfg.training.accounting, **result.to_dict(),
         "start_latency_ms": serving.latency_ms(start, batch, cfg.latency_repeats),
         "final_latency_ms": serving.latency_ms(result.model, batch, cfg.latency_repeats),
-        "train_seconds": round(sum((r.summary or {}).get("train_seconds", 0.0)
-                                   for r in result.runs), 1),
+        "train_seconds": round(sum((a.summary or {}).get("train_seconds", 0.0)
+                                   for a in result.attempts), 1),
     }
     if run.writer:
         files.save_png(search_figure(results), run.file(PLOT_FILE))
@@ -383,26 +396,26 @@ def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
 
 
 def search_figure(results: dict[str, Any]):
-    """A matplotlib Figure: blocks per stage of each run, why it ended, the final accuracy."""
+    """A matplotlib Figure: blocks per stage of each attempt, why it ended, the final accuracy."""
     from matplotlib.figure import Figure
 
-    runs = results["runs"]
-    figure = Figure(figsize=(max(5.0, 1.3 * len(runs) + 2.0), 4.5), layout="constrained")
+    attempts = results["attempts"]
+    figure = Figure(figsize=(max(5.0, 1.3 * len(attempts) + 2.0), 4.5), layout="constrained")
     axes = figure.subplots()
-    positions = list(range(len(runs)))
-    bottoms = [0] * len(runs)
-    for stage in range(len(runs[0]["blocks"])):
-        counts = [r["blocks"][stage] for r in runs]
+    positions = list(range(len(attempts)))
+    bottoms = [0] * len(attempts)
+    for stage in range(len(attempts[0]["blocks"])):
+        counts = [a["blocks"][stage] for a in attempts]
         axes.bar(positions, counts, bottom=bottoms, label=f"stage {stage + 1}")
         bottoms = [b + c for b, c in zip(bottoms, counts)]
-    for position, r, height in zip(positions, runs, bottoms):
-        restart = r["restart"]
+    for position, a, height in zip(positions, attempts, bottoms):
+        restart = a["restart"]
         label = (f"conflict after\nepoch {restart['epoch']} at\n"
                  f"{restart['first_conflicting_block']}" if restart else
                  f"final\ntest acc {console.format_value(results['test_accuracy'], '.3f')}")
         axes.annotate(label, (position, height), ha="center", va="bottom", fontsize=8,
                       xytext=(0, 3), textcoords="offset points")
-    axes.set_xticks(positions, [f"run {r['run']}" for r in runs])
+    axes.set_xticks(positions, [f"attempt {a['attempt']}" for a in attempts])
     axes.set_ylabel("blocks")
     axes.set_ylim(0, max(bottoms) * 1.35 + 1)
     axes.set_title(f"auto_tune on {results['dataset']}: {results['start_layers']} -> "
@@ -419,14 +432,14 @@ def summary_text(results: dict[str, Any]) -> str:
              "parameters": results[f"{name}_parameters"],
              "latency_ms": results[f"{name}_latency_ms"]} for name in ("start", "final")]
     restarts = "\n".join(
-        f"  restart {row['restart']}: run {row['run']} conflicted after epoch "
+        f"  restart {row['restart']}: attempt {row['attempt']} conflicted after epoch "
         f"{row['epoch']}, first conflicting block {row['first_conflicting_block']}: "
         f"{row['blocks_before']} -> {row['blocks_after']}"
         for row in restart_rows([check.Restart.from_dict(r) for r in results["restarts"]]))
     accuracy = console.format_value(results["test_accuracy"], ".4f")
     return (f"auto_tune on {results['dataset']}: {results['num_restarts']} restarts, "
             f"{results['total_epochs']} epochs in all ({results['train_seconds']} s of "
-            f"training), test accuracy {accuracy} (final run, mean of its last "
+            f"training), test accuracy {accuracy} (last attempt, mean of its last "
             f"{evaluation.accounting(results.get('accounting', 'cb_keras')).last_epochs} "
             "epochs)\n"
             + (restarts + "\n" if restarts else "") + console.table(rows, SUMMARY_COLUMNS))

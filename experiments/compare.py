@@ -37,13 +37,13 @@ Run directory (besides flags.json):
   ``tuner/`` (Keras Tuner) or ``optuna.journal`` (Optuna)) and ``cell.json``, its result once finished. Rerunning the
   command skips finished cells and resumes the unfinished one after its
   last committed epoch (a resumed cell's ``wall_seconds`` counts only the
-  attempt that finished it, and its ``resumed`` is true).
+  process that finished it, and its ``resumed`` is true).
 - ``cells.csv``: one row per contestant and seed (`CELL_COLUMNS`).
 - ``compare.csv``: one row per contestant (`ROW_COLUMNS`): mean and std of
   the test accuracy over seeds, the networks found, their mean parameters
   and latency (median of --latency_repeats calls on one test batch of
   --batch_size images, measured after all training), mean epochs and wall
-  time (over the cells that ran in one attempt; empty if none did).
+  time (over the cells that ran in one process; empty if none did).
 - ``compare.png``: test accuracy (mean, std as error bar) against the epochs
   trained (a cost that does not depend on the machine or its load) and
   against parameters.

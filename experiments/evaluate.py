@@ -175,7 +175,7 @@ def evaluate_run(run: rundir.RunDir, output: rundir.RunDir, cfg: Config,
 
 def _has_checkpoints_or_is_unfinished(run: rundir.RunDir, path) -> bool:
     """False, with a line saying so, for a finished trial that kept no checkpoint: an
-    auto_tune run that restarted, whose numbers are in search.json."""
+    auto_tune attempt that restarted, whose numbers are in search.json."""
     trial_dir = rundir.RunDir(path, writer=False)
     state = TrialState.from_dict(trial_dir.read_json(rundir.STATE_FILE))
     if state.finished and not trial_dir.checkpoints():

@@ -150,8 +150,8 @@ def command():
 
 
 # A small auto_tune search that restarts once: --learning_rate=1e-7 makes a^L one
-# bundle, so run 0 (blocks 1,1,0,0) restarts after epoch 1 as 0,1,0,0, and
-# --max_restarts=1 lets run 1 train its 2 epochs unchecked.
+# bundle, so attempt 0 (blocks 1,1,0,0) restarts after epoch 1 as 0,1,0,0, and
+# --max_restarts=1 lets attempt 1 train its 2 epochs unchecked.
 RESTARTING_SEARCH = (
     "--dataset=digits", "--model=vgg", "--blocks=1,1,0,0", "--epochs=2", "--check_window=1",
     "--max_restarts=1", "--learning_rate=1e-7", "--measure_every=0", "--measure_samples=64",

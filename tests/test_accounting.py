@@ -125,8 +125,8 @@ def test_a_config_trains_the_epochs_asked_for_in_its_accounting():
     assert dataclasses.replace(cfg, accounting="cb_keras").trained_epochs == 120
 
 
-def test_auto_tune_counts_every_run_in_the_reference_accounting(parse, tmp_path):
-    # lr 1e-7 makes a^L one bundle after epoch 1: one restart, then the final run.
+def test_auto_tune_counts_every_attempt_in_the_reference_accounting(parse, tmp_path):
+    # lr 1e-7 makes a^L one bundle after epoch 1: one restart, then the last attempt.
     run_dir = tmp_path / "search"
     auto_tune.main(parse(
         auto_tune, "--accounting=reference", "--epochs=6", "--dataset=digits", "--model=vgg",
@@ -135,10 +135,10 @@ def test_auto_tune_counts_every_run_in_the_reference_accounting(parse, tmp_path)
         "--noexport", f"--run_dir={run_dir}"))
     results = json.loads((run_dir / "results.json").read_text())
     assert results["accounting"] == "reference" and results["num_restarts"] == 1
-    assert results["total_epochs"] == 1 + 5  # the restarted run's 1, then 6 - 1
-    final = [int(r["epoch"]) for r in read_csv(run_dir / "run01" / "metrics.csv")]
+    assert results["total_epochs"] == 1 + 5  # the restarted attempt's 1, then 6 - 1
+    final = [int(r["epoch"]) for r in read_csv(run_dir / "attempt01" / "metrics.csv")]
     assert final == [0, 1, 2, 3, 4, 5]
-    rows = read_csv(run_dir / "run01" / "metrics.csv")
+    rows = read_csv(run_dir / "attempt01" / "metrics.csv")
     assert results["test_accuracy"] == pytest.approx(
         np.mean([float(r["test_accuracy"]) for r in rows[2:]]))  # epochs 2..5
 

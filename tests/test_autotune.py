@@ -83,24 +83,24 @@ def test_search_on_digits_restarts_saves_its_state_and_retrains_the_result(sampl
     assert result.num_restarts == 1 and list(result.restarts) == restarts
     assert restarts[0].epoch == 1 and restarts[0].blocks_after == (0, 1, 1, 1)
     assert result.final_blocks == (0, 1, 1, 1)
-    # run 0 stopped after epoch 1; run 1 (no restarts left) trained 2; the retrain 1
-    assert [(r.blocks, r.epochs, r.final, r.completed_epochs) for r in result.runs] == \
+    # attempt 0 stopped after epoch 1; attempt 1 (no restarts left) trained 2; the retrain 1
+    assert [(a.blocks, a.epochs, a.final, a.completed_epochs) for a in result.attempts] == \
         [((1, 1, 1, 1), 2, False, 1), ((0, 1, 1, 1), 2, False, 2), ((0, 1, 1, 1), 1, True, 1)]
     assert result.total_epochs == 4
     assert 0.0 <= result.test_accuracy <= 1.0
     assert not any(layer.name.startswith("stage1") for layer in result.model.layers)
     assert result.final_parameters == result.model.count_params() < result.start_parameters
-    # the start network is built once, by run 0; the result reads its parameters from there
+    # the start network is built once, by attempt 0; the result reads its parameters from there
     assert built.count((1, 1, 1, 1)) == 1
     assert result.start_parameters == build(NetworkSpec("vgg", (1, 1, 1, 1)),
                                             info.input_shape, 10).count_params()
-    assert lines[0].startswith("restart 1: run 0 conflicts after epoch 1")
+    assert lines[0].startswith("restart 1: attempt 0 conflicts after epoch 1")
     assert any("training it from scratch for 1 epochs" in line for line in lines)
 
     final_state = autotune.SearchState.from_dict(json.loads(saved[-1]), config)
-    assert final_state.runs == result.runs
-    assert json.loads(saved[-1])["runs"] == result.to_dict()["runs"]
-    assert json.loads(saved[1])["runs"][1]["completed_epochs"] is None  # saved before training
+    assert final_state.attempts == result.attempts
+    assert json.loads(saved[-1])["attempts"] == result.to_dict()["attempts"]
+    assert json.loads(saved[1])["attempts"][1]["completed_epochs"] is None  # saved before training
     assert json.dumps(result.to_dict())  # plain JSON
     with pytest.raises(ValueError, match=r"another config \(differs in \['epochs'\]\)"):
         autotune.auto_tune(autotune.AutoTuneConfig(start_blocks=(1, 1, 1, 1), epochs=3,
@@ -129,10 +129,11 @@ def test_the_dec_2020_version_restarts_before_training_and_draws_a_sample_per_ch
         return data.sampler("digits", 64, augmented=True, batch_size=64)(seed, epochs)
 
     result = autotune.auto_tune(config, trainer, num_classes=10, sampler=sampler, log=print)
-    assert [(r.run, r.epoch, r.blocks_after) for r in result.restarts] == [(0, 0, (2, 2, 1, 0))]
-    assert [(r.blocks, r.completed_epochs) for r in result.runs] == \
+    assert [(r.attempt, r.epoch, r.blocks_after) for r in result.restarts] == \
+        [(0, 0, (2, 2, 1, 0))]
+    assert [(a.blocks, a.completed_epochs) for a in result.attempts] == \
         [((2, 2, 2, 2), 0), ((2, 2, 1, 0), 1)]
-    assert result.total_epochs == 1 and draws == [(3, 0)]  # run 1 is not checked
+    assert result.total_epochs == 1 and draws == [(3, 0)]  # attempt 1 is not checked
     with pytest.raises(ValueError, match="not both"):
         autotune.auto_tune(config, trainer, *data.measurement_sample("digits", 64),
                            num_classes=10, sampler=sampler)
@@ -142,7 +143,7 @@ def test_the_trainer_trains_with_the_learning_rate_and_batch_size_the_search_mea
     train, test, info = data.load("digits", batch_size=64, augment=False, shuffle_seed=0)
     trainer = fit_trainer(train, test, input_shape=info.input_shape, num_classes=10,
                           verbose=0)
-    request = TrainRequest(run=0, kind="vgg", blocks=(1, 0, 0, 0), epochs=1, seed=0,
+    request = TrainRequest(attempt=0, kind="vgg", blocks=(1, 0, 0, 0), epochs=1, seed=0,
                            learning_rate=TINY_LR, batch_size=64, callbacks=())
     model = trainer(request).load_model()
     assert float(model.optimizer.learning_rate.numpy()) == np.float32(TINY_LR)
@@ -169,7 +170,7 @@ def test_the_trainer_traces_its_train_step_once():
 
     trainer = fit_trainer(train.take(2), test.take(1), input_shape=info.input_shape,
                           num_classes=10, verbose=0)
-    trainer(TrainRequest(run=0, kind="vgg", blocks=(1, 0, 0, 0), epochs=2, seed=0,
+    trainer(TrainRequest(attempt=0, kind="vgg", blocks=(1, 0, 0, 0), epochs=2, seed=0,
                          learning_rate=1e-3, batch_size=64, callbacks=(),
                          before_training=count_traces))
     assert len(traces) == 1

@@ -28,7 +28,7 @@ def check_callback(sample, blocks, restarts, lines, window=1, kind="vgg",
     model = NetworkSpec(kind, blocks).build(x.shape[1:], 10)
     check = ConflictCheck(
         lambda epochs: sample, num_classes=10, learning_rate=learning_rate, batch_size=64,
-        run=3, blocks=blocks, kind=kind, rule=rule, window=window,
+        attempt=3, blocks=blocks, kind=kind, rule=rule, window=window,
         on_restart=restarts.append, log=lines.append, at_init=at_init)
     check.set_model(model)
     return check, model
@@ -45,7 +45,7 @@ def test_the_check_restarts_a_conflicting_network_inside_its_window_only(sample)
     assert logs["check_bundle_entropy"] > 0 and logs["check_num_bundles"] == 1
     assert model.stop_training and restarts == [check.restart] and not lines
     record = check.restart
-    assert (record.run, record.epoch, record.layer) == (3, 2, "stage4_block1_tap")
+    assert (record.attempt, record.epoch, record.layer) == (3, 2, "stage4_block1_tap")
     assert record.first_conflicting_block == "stage1_block1"
     assert record.conflicting_blocks == ("stage1_block1", "stage2_block1", "stage4_block1")
     assert (record.blocks_before, record.blocks_after) == ((1, 1, 0, 1), (0, 1, 0, 1))
@@ -143,7 +143,7 @@ def test_a_diverged_a_L_is_not_a_conflict(nan_fed_relu_model):
     restarts, lines, logs = [], [], {}
     check = ConflictCheck(
         lambda epochs: (x, np.arange(16) % 3), num_classes=3, learning_rate=1e-3,
-        batch_size=16, run=0, blocks=[1, 0, 0, 0], kind="vgg", rule="first_conflict",
+        batch_size=16, attempt=0, blocks=[1, 0, 0, 0], kind="vgg", rule="first_conflict",
         window=1, on_restart=restarts.append, log=lines.append)
     check.set_model(nan_fed_relu_model)
     check.on_epoch_end(0, logs)

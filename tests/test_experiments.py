@@ -275,7 +275,7 @@ def test_checkpoints_are_listed_by_epoch_and_pruned(tmp_path):
     run_dir.prune_checkpoints(keep=2, protect=10)
     assert list(run_dir.checkpoints()) == [3, 10]
     assert os.path.exists(folder / ".tmp-epoch_0011.weights.h5")
-    run_dir.prune_checkpoints(keep=0)  # a restarted auto_tune run keeps none
+    run_dir.prune_checkpoints(keep=0)  # a restarted auto_tune attempt keeps none
     assert run_dir.checkpoints() == {}
 
 

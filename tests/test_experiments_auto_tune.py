@@ -1,9 +1,9 @@
 """`python -m experiments auto_tune`: the run directory, SIGKILL and resume, flag errors.
 
 A tiny learning rate forces the conflict (see tests/test_autotune.py): with
---learning_rate=1e-7 the a^L of every network is one bundle, so run 0
+--learning_rate=1e-7 the a^L of every network is one bundle, so attempt 0
 (blocks 1,1,1,1) restarts after epoch 1 as 0,1,1,1; --max_restarts=1 then
-lets run 1 train all its epochs unchecked.
+lets attempt 1 train all its epochs unchecked.
 """
 
 from __future__ import annotations
@@ -46,17 +46,17 @@ def state_of(path: pathlib.Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def start_and_kill_in_run1(run_dir: pathlib.Path) -> None:
-    """Start the command; SIGKILL it once run 1 has committed an epoch but not its last."""
+def start_and_kill_in_attempt1(run_dir: pathlib.Path) -> None:
+    """Start the command; SIGKILL it once attempt 1 has committed an epoch but not its last."""
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments", "auto_tune", *ARGV, f"--run_dir={run_dir}"],
         cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
-        while state_of(run_dir / "run01" / "state.json").get("completed_epochs", 0) < 1:
+        while state_of(run_dir / "attempt01" / "state.json").get("completed_epochs", 0) < 1:
             assert process.poll() is None, f"auto_tune ended early:\n{process.stderr.read()}"
-            assert time.monotonic() < deadline, "run 1 committed no epoch in time"
+            assert time.monotonic() < deadline, "attempt 1 committed no epoch in time"
             time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)
@@ -67,18 +67,19 @@ def start_and_kill_in_run1(run_dir: pathlib.Path) -> None:
 def test_auto_tune_restarts_resumes_after_sigkill_and_exports(
         parse, tmp_path, capsys, tensorboard_tags):
     run_dir = tmp_path / "run"
-    start_and_kill_in_run1(run_dir)
+    start_and_kill_in_attempt1(run_dir)
     killed = state_of(run_dir / "search.json")
-    assert [r["blocks"] for r in killed["runs"]] == [[1, 1, 1, 1], [0, 1, 1, 1]]
+    assert [r["blocks"] for r in killed["attempts"]] == [[1, 1, 1, 1], [0, 1, 1, 1]]
     assert not (run_dir / "results.json").exists()
-    # run 1 has a checkpoint: the restarted run 0 keeps none (its numbers are in search.json)
-    assert killed["runs"][0]["summary"] is not None
-    assert not list((run_dir / "run00").glob("checkpoints/*"))
+    # attempt 1 has a checkpoint: the restarted attempt 0 keeps none (its numbers are in
+    # search.json)
+    assert killed["attempts"][0]["summary"] is not None
+    assert not list((run_dir / "attempt00").glob("checkpoints/*"))
 
     auto_tune.main(parse(*ARGV, f"--run_dir={run_dir}"))  # resume in this process
     out = capsys.readouterr().out
-    assert f"resuming {run_dir}" in out and "[run 1 vgg-0-1-1-1] resuming" in out
-    assert "[run 0" not in out  # the finished restart is not repeated
+    assert f"resuming {run_dir}" in out and "[attempt 1 vgg-0-1-1-1] resuming" in out
+    assert "[attempt 0" not in out  # the finished restart is not repeated
     assert "epoch 4/4" in out and "1 restarts, 5 epochs in all" in out
 
     results = state_of(run_dir / "results.json")
@@ -87,12 +88,12 @@ def test_auto_tune_restarts_resumes_after_sigkill_and_exports(
     assert results["final_parameters"] < results["start_parameters"]
     assert results["start_latency_ms"] > 0 and results["final_latency_ms"] > 0
     assert 0.0 <= results["test_accuracy"] <= 1.0
-    assert state_of(run_dir / "search.json")["runs"] == results["runs"]
-    with open(run_dir / "run01" / "metrics.csv", newline="") as f:
+    assert state_of(run_dir / "search.json")["attempts"] == results["attempts"]
+    with open(run_dir / "attempt01" / "metrics.csv", newline="") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3, 4]  # 0: init
     with open(run_dir / "restarts.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["restart"], r["run"], r["epoch"], r["first_conflicting_block"],
+    assert [(r["restart"], r["attempt"], r["epoch"], r["first_conflicting_block"],
              r["blocks_before"], r["blocks_after"]) for r in rows] == \
         [("1", "0", "1", "stage1_block1", "1 1 1 1", "0 1 1 1")]
     assert {"epoch_restart_conflict_epoch", "epoch_restart_blocks_stage1"} <= \
@@ -106,7 +107,7 @@ def test_auto_tune_restarts_resumes_after_sigkill_and_exports(
 
     auto_tune.main(parse(*ARGV, f"--run_dir={run_dir}"))  # finished: prints, trains nothing
     out = capsys.readouterr().out
-    assert "already finished" in out and "[run " not in out and "restart 1: run 0" in out
+    assert "already finished" in out and "[attempt " not in out and "restart 1: attempt 0" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -133,14 +134,14 @@ def test_the_dec_2020_version_restarts_at_initialization_on_augmented_batches(
         "--dataset=digits", "--model=vgg", "--blocks=2,2,2,2", "--epochs=1", "--seed=3",
         "--prune_rule=all_non_conflicting", "--measure_sample_source=augmented", "--max_restarts=1",
         "--measure_samples=64", "--latency_repeats=2", "--noexport", f"--run_dir={run_dir}"))
-    assert "restart 1: run 0 conflicts after epoch 0" in capsys.readouterr().out
+    assert "restart 1: attempt 0 conflicts after epoch 0" in capsys.readouterr().out
     with open(run_dir / "restarts.csv", newline="") as f:
         assert [(r["epoch"], r["blocks_before"], r["blocks_after"]) for r in csv.DictReader(f)] \
             == [("0", "2 2 2 2", "2 2 1 0")]
-    for trial, epochs in (("run00", [0]), ("run01", [0, 1])):  # run 0 never trained
+    for trial, epochs in (("attempt00", [0]), ("attempt01", [0, 1])):  # attempt 0 never trained
         with open(run_dir / trial / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         assert [int(row["epoch"]) for row in rows] == epochs
-    assert float(rows[0]["bundle_entropy"]) >= 0.0  # run 1 measured at initialization
+    assert float(rows[0]["bundle_entropy"]) >= 0.0  # attempt 1 measured at initialization
     results = state_of(run_dir / "results.json")
     assert results["total_epochs"] == 1 and results["final_blocks"] == [2, 2, 1, 0]

@@ -128,7 +128,7 @@ def test_aggregate_means_over_seeds_and_lists_the_networks():
          "test_accuracy": 0.6, "epochs": 40, "train_seconds": 7.0, "wall_seconds": 8.0},
         {"contestant": "a", "seed": 2, "blocks": [1, 0, 0, 0], "layers": 4, "parameters": 15,
          "test_accuracy": 0.7, "epochs": 35, "train_seconds": 6.0, "wall_seconds": 1.0,
-         "resumed": True},  # its wall time counts only its last attempt
+         "resumed": True},  # its wall time counts only its last process
     ]
     row, = compare.aggregate(cells, {"1,0,0,0": 1.0, "2,0,0,0": 4.0})
     assert row["networks"] == "1,0,0,0 | 2,0,0,0" and row["layers"] == "4 | 6"
@@ -238,6 +238,6 @@ def test_an_optuna_trial_left_running_by_a_killed_process_is_retried_in_its_dire
     assert "resuming" in capsys.readouterr().out  # after epoch 1, in the same directory
     states = [t.state for t in optuna.load_study(study_name="compare", storage=storage).trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
-    (record,) = found["trials"]  # the failed attempt is no result; its epoch is not redone
+    (record,) = found["trials"]  # the failed trial is no result; its epoch is not redone
     assert (record["trial"], record["blocks"], record["epochs"]) == (1, [1, 0, 0, 0], 2)
     assert found["epochs"] == 2 and found["test_accuracy"] == record["score"]

@@ -284,17 +284,17 @@ def _killed_in(module, name: str, when) -> tuple:
     return module, name, replacement
 
 
-# Where the search is killed around its restart of run 0 after epoch 1:
+# Where the search is killed around its restart of attempt 0 after epoch 1:
 KILL_POINTS = {
-    # the first thing after the restart is saved, before run 0 commits epoch 1
+    # the first thing after the restart is saved, before attempt 0 commits epoch 1
     "after the restart": lambda: _killed_in(auto_tune, "restart_scalars", lambda *a: True),
-    # run 0 ended epoch 1, the restart's epoch, which it commits with its result (without a
+    # attempt 0 ended epoch 1, the restart's epoch, which it commits with its result (without a
     # checkpoint), but has not measured its conflicts.csv
-    "before run 0's conflicts": lambda: _killed_in(
-        trial_code, "write_conflicts", lambda directory, *a: directory.path.name == "run00"),
-    # run 0 is done and its checkpoints are deleted; run 1 has no checkpoint yet
-    "before run 1 begins": lambda: _killed_in(
-        trial_code, "begin_trial", lambda directory, *a: directory.path.name == "run01"),
+    "before attempt 0's conflicts": lambda: _killed_in(
+        trial_code, "write_conflicts", lambda directory, *a: directory.path.name == "attempt00"),
+    # attempt 0 is done and its checkpoints are deleted; attempt 1 has no checkpoint yet
+    "before attempt 1 begins": lambda: _killed_in(
+        trial_code, "begin_trial", lambda directory, *a: directory.path.name == "attempt01"),
 }
 
 
@@ -306,31 +306,31 @@ def test_auto_tune_killed_around_a_restart_ends_as_the_uninterrupted_search(
         patch.setattr(*KILL_POINTS[kill_point]())
         with pytest.raises(KeyboardInterrupt):
             auto_tune.main(parse(auto_tune, *RESTARTING_SEARCH, f"--run_dir={run_dir}"))
-    killed_runs = json.loads((run_dir / "search.json").read_text())["runs"]
-    assert killed_runs[0]["restart"] and len(killed_runs) == 2
-    killed_trial = json.loads((run_dir / "run00" / "state.json").read_text())
-    if kill_point == "before run 1 begins":
-        assert killed_runs[0]["summary"] is not None and killed_trial["finished"]
-    else:  # the rerun trains run 0's epoch 1 again, from the seed
-        assert killed_runs[0]["summary"] is None and killed_trial["completed_epochs"] == 0
-    assert not list((run_dir / "run00").glob("checkpoints/*"))
+    killed_attempts = json.loads((run_dir / "search.json").read_text())["attempts"]
+    assert killed_attempts[0]["restart"] and len(killed_attempts) == 2
+    killed_trial = json.loads((run_dir / "attempt00" / "state.json").read_text())
+    if kill_point == "before attempt 1 begins":
+        assert killed_attempts[0]["summary"] is not None and killed_trial["finished"]
+    else:  # the rerun trains attempt 0's epoch 1 again, from the seed
+        assert killed_attempts[0]["summary"] is None and killed_trial["completed_epochs"] == 0
+    assert not list((run_dir / "attempt00").glob("checkpoints/*"))
     auto_tune.main(parse(auto_tune, *RESTARTING_SEARCH, f"--run_dir={run_dir}"))
 
     reference, resumed = (json.loads((path / "results.json").read_text())
                           for path in (uninterrupted_search, run_dir))
-    assert len(resumed["runs"]) == len(reference["runs"]) == 2
-    for ran, expected in zip(resumed["runs"], reference["runs"]):
+    assert len(resumed["attempts"]) == len(reference["attempts"]) == 2
+    for ran, expected in zip(resumed["attempts"], reference["attempts"]):
         assert ran["test_accuracy"] == pytest.approx(expected["test_accuracy"], rel=1e-5)
         assert ran["summary"].keys() == expected["summary"].keys()
         for key in expected["summary"].keys() - {"train_seconds", "dir"}:
             value = expected["summary"][key]
             assert ran["summary"][key] == (pytest.approx(value, rel=1e-5)
                                            if isinstance(value, float) else value), key
-    assert (run_dir / "run00" / "conflicts.csv").read_text() == \
-        (uninterrupted_search / "run00" / "conflicts.csv").read_text()
+    assert (run_dir / "attempt00" / "conflicts.csv").read_text() == \
+        (uninterrupted_search / "attempt00" / "conflicts.csv").read_text()
     for path in (run_dir, uninterrupted_search):  # the restarted run keeps no checkpoint
-        assert not list((path / "run00").glob("checkpoints/*"))
-        assert sorted(p.name for p in (path / "run01" / "checkpoints").iterdir()) == [
+        assert not list((path / "attempt00").glob("checkpoints/*"))
+        assert sorted(p.name for p in (path / "attempt01" / "checkpoints").iterdir()) == [
             "epoch_0001.weights.h5", "epoch_0002.weights.h5"]
 
 
@@ -366,13 +366,13 @@ def test_a_full_disk_is_one_line_without_temporary_files_and_the_rerun_resumes(t
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_evaluate_of_a_search_skips_the_restarted_runs_that_kept_no_checkpoint(
+def test_evaluate_of_a_search_skips_the_restarted_attempts_that_kept_no_checkpoint(
         parse, tmp_path, uninterrupted_search, capsys):
     output = tmp_path / "evaluation"
     evaluate.main(parse(evaluate, f"--run_dir={uninterrupted_search}",
                         f"--output_dir={output}"))
     evaluated = json.loads((output / evaluate.EVALUATION_FILE).read_text())["trials"]
-    assert [pathlib.Path(t["dir"]).name for t in evaluated] == ["run01"]
+    assert [pathlib.Path(t["dir"]).name for t in evaluated] == ["attempt01"]
     assert evaluated[0]["epochs"] == [1, 2]
-    assert ("evaluate: skipping run00: it restarted and kept no checkpoint (its numbers are "
+    assert ("evaluate: skipping attempt00: it restarted and kept no checkpoint (its numbers are "
             "in search.json)") in capsys.readouterr().out

@@ -18,7 +18,7 @@ from experiments.runtime import rundir
 
 @pytest.fixture(scope="module")
 def finished_search(command, tmp_path_factory, restarting_search) -> pathlib.Path:
-    """A finished search: run 0 restarted after epoch 1, run 1 is the result."""
+    """A finished search: attempt 0 restarted after epoch 1, attempt 1 is the result."""
     path = tmp_path_factory.mktemp("search") / "reference"
     command(auto_tune, *restarting_search, f"--run_dir={path}")
     results = json.loads((path / "results.json").read_text())
@@ -44,13 +44,13 @@ def test_a_search_whose_state_agrees_with_its_trials_finishes_as_before(
     assert resumed["num_restarts"] == 1 and resumed["total_epochs"] == reference["total_epochs"]
 
 
-def _drop_last_run(state):
-    state["runs"].pop()
+def _drop_last_attempt(state):
+    state["attempts"].pop()
     return state
 
 
 def _drop_field(state):
-    del state["runs"][1]["blocks"]
+    del state["attempts"][1]["blocks"]
     return state
 
 
@@ -59,22 +59,24 @@ def _other_config(state):
     return state
 
 
-def _forget_restart(state):  # as saved before run 0 stopped at its conflict
-    del state["runs"][1:]
-    state["runs"][0].update(restart=None, completed_epochs=None, summary=None)
+def _forget_restart(state):  # as saved before attempt 0 stopped at its conflict
+    del state["attempts"][1:]
+    state["attempts"][0].update(restart=None, completed_epochs=None, summary=None)
     return state
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("missing", "is missing, but the run directory holds the trials run00, run01"),
+    ("missing", "is missing, but the run directory holds the trials attempt00, attempt01"),
     ("{}", "is not a search state of these flags"),
-    (_drop_last_run, "ends with the restart of run 0 but lacks the run that restart began"),
-    (_drop_field, "a run lacks one of the fields"),
+    (_drop_last_attempt,
+     "ends with the restart of attempt 0 but lacks the attempt that restart began"),
+    (_drop_field, "an attempt lacks one of the fields"),
     (_other_config, "is not a search state of these flags"),
     ("truncated", "is not a valid run file"),
-    (_forget_restart, "lacks the restart of run 0, whose trial stopped after epoch 1 of 2"),
-], ids=["missing", "empty-object", "last-run-lost", "field-lost", "config-edited",
-        "truncated", "restart-lost"])
+    (_forget_restart, "lacks the restart of attempt 0, whose trial stopped after epoch 1 of 2"),
+    ("older-version", "lacks its attempts, or an attempt lacks one of the fields"),
+], ids=["missing", "empty-object", "last-attempt-lost", "field-lost", "config-edited",
+        "truncated", "restart-lost", "older-version"])
 def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_file(
         command, finished_search, tmp_path, damage, message, restarting_search):
     path = unfinished_copy(finished_search, tmp_path)
@@ -85,6 +87,10 @@ def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_fil
         search.write_text(search.read_text()[:200])
     elif damage == "{}":
         search.write_text("{}")
+    elif damage == "older-version":  # as cb_keras saved it before "run" became "attempt"
+        search.write_text(search.read_text().replace('"attempt', '"run'))
+        for trial in path.glob("attempt*"):
+            trial.rename(path / trial.name.replace("attempt", "run"))
     else:
         search.write_text(json.dumps(damage(json.loads(search.read_text()))))
     with pytest.raises(rundir.RunDirError) as refused:

@@ -2,8 +2,8 @@
 
 - `search`: `auto_tune`, the search loop, and its `AutoTuneConfig` / `AutoTuneResult`.
 - `rules`: the pruning rules (three versions: docs/reproduction.md).
-- `state`: `SearchState`, the runs of a search so far (what ``save_state`` saves), and
-  its `SearchRun` records.
+- `state`: `SearchState`, the attempts of a search so far (what ``save_state`` saves),
+  and its `SearchAttempt` records.
 - `check`: `ConflictCheck`, the a^(L) check during training, and its `Restart` record.
 - `trainer`: what the search calls to train one network (`fit_trainer`).
 
@@ -12,9 +12,9 @@ Built on the measuring core (`cb_keras`) and the papers' setting (`cb_keras.pape
 
 from cb_keras.autotune import check, rules, search, state, trainer
 from cb_keras.autotune.search import AutoTuneConfig, AutoTuneResult, auto_tune
-from cb_keras.autotune.state import SearchRun, SearchState
+from cb_keras.autotune.state import SearchAttempt, SearchState
 from cb_keras.autotune.trainer import TrainOutcome, TrainRequest, fit_trainer
 
-__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "SearchState", "SearchRun",
+__all__ = ["AutoTuneConfig", "AutoTuneResult", "auto_tune", "SearchState", "SearchAttempt",
            "fit_trainer", "TrainRequest", "TrainOutcome", "check", "rules", "search", "state",
            "trainer"]

@@ -28,8 +28,8 @@ class Restart:
     """One restart of the search: why it happened and what it changed.
 
     Attributes:
-        run: index of the run that conflicted (0: the starting network).
-        epoch: completed epochs of that run when a^(L) conflicted (0: at
+        attempt: index of the attempt that conflicted (0: the starting network).
+        epoch: completed epochs of that attempt when a^(L) conflicted (0: at
             initialization, before training).
         layer: name of a^(L); ``bundle_entropy`` its entropy (nats, > 0).
         first_conflicting_block: e.g. ``"stage3_block5"``.
@@ -37,7 +37,7 @@ class Restart:
         blocks_before, blocks_after: blocks per stage of the two networks.
     """
 
-    run: int
+    attempt: int
     epoch: int
     layer: str
     bundle_entropy: float
@@ -80,7 +80,7 @@ class ConflictCheck(keras.callbacks.Callback):
             check after `epochs` completed epochs (0: at initialization):
             float32 images ``(N, H, W, C)`` and int labels ``(N,)``.
         num_classes, learning_rate, batch_size: as for `cb_keras.measure`.
-        run: index of the run (recorded in the `Restart`).
+        attempt: index of the search's attempt (recorded in the `Restart`).
         blocks: blocks per stage of the trained network.
         kind: ``"vgg"`` or ``"resnet"``.
         rule: pruning rule (see `shrink`).
@@ -91,21 +91,21 @@ class ConflictCheck(keras.callbacks.Callback):
     """
 
     def __init__(self, sample: Sample, *, num_classes: int, learning_rate: float,
-                 batch_size: int, run: int, blocks: Sequence[int], kind: str, rule: str,
+                 batch_size: int, attempt: int, blocks: Sequence[int], kind: str, rule: str,
                  window: int, on_restart: Callable[[Restart], None],
                  log: Callable[[str], None] = print, at_init: bool = False):
         super().__init__()
         self.sample = sample
         self.metric = dict(num_classes=num_classes, learning_rate=learning_rate,
                            batch_size=batch_size)
-        self.run, self.blocks, self.kind, self.rule = run, tuple(blocks), kind, rule
+        self.attempt, self.blocks, self.kind, self.rule = attempt, tuple(blocks), kind, rule
         self.window, self.on_restart, self.log = window, on_restart, log
         self.at_init = at_init
         self.restart: Restart | None = None
         self._drawn: tuple = (None,)
 
     def before_training(self, model: keras.Model, logs: dict[str, Any]) -> bool:
-        """The check at initialization, before the first epoch of a run.
+        """The check at initialization, before the first epoch of an attempt.
 
         Args:
             model: the untrained network.
@@ -113,7 +113,7 @@ class ConflictCheck(keras.callbacks.Callback):
                 of a^(L)); the check adds its own keys.
 
         Returns:
-            True when a restart was decided: the run must not train.
+            True when a restart was decided: the attempt must not train.
         """
         self.set_model(model)
         logs.update(check_bundle_entropy=np.nan, check_num_bundles=np.nan)
@@ -156,7 +156,7 @@ class ConflictCheck(keras.callbacks.Callback):
                      f"{block_names(pattern) or 'none'}); training goes on.")
             return
         self.restart = Restart(
-            run=self.run, epoch=epoch, layer=report.last.name,
+            attempt=self.attempt, epoch=epoch, layer=report.last.name,
             bundle_entropy=float(report.last.bundle_entropy),
             first_conflicting_block=first_conflicting_block(pattern),
             conflicting_blocks=tuple(block_names(pattern)),

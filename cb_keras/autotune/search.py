@@ -7,10 +7,11 @@ once before the first epoch); if a^(L) is conflicting it measures every
 block, shrinks the architecture by a *pruning rule* (`cb_keras.autotune.rules`, which
 holds its three versions, `VERSIONS`: the papers' and two of the reference
 code's) and restarts training from scratch with the smaller network (`cb_keras.autotune.check.ConflictCheck` decides,
-and records a `Restart`). It stops when one training run reaches its last
-epoch without a restart. When a^(L) conflicts but the rule cannot shrink the
-network (no block conflicts, or every block would go), the run goes on
-without a restart and the search says so.
+and records a `Restart`); each training is one *attempt* of the search,
+numbered 0, 1, ... (`cb_keras.autotune.state.SearchAttempt`). It stops when
+one attempt reaches its last epoch without a restart. When a^(L) conflicts
+but the rule cannot shrink the network (no block conflicts, or every block
+would go), the attempt goes on without a restart and the search says so.
 
 The search has no training loop: a *trainer* (`cb_keras.autotune.trainer.Trainer`)
 trains one network per `TrainRequest`, which carries the config's learning
@@ -47,7 +48,7 @@ from cb_keras.paper import models, optimizers
 from cb_keras.paper.spec import NetworkSpec
 from cb_keras.autotune.check import ConflictCheck, Restart, Sample
 from cb_keras.autotune.rules import VERSIONS, check_kind, check_rule
-from cb_keras.autotune.state import SearchRun, SearchState
+from cb_keras.autotune.state import SearchAttempt, SearchState
 from cb_keras.autotune.trainer import Trainer, TrainRequest, fit_trainer
 
 # fit_trainer moved to cb_keras.autotune.trainer; the old path still works (CHANGELOG.md, 0.1.0).
@@ -62,27 +63,27 @@ class AutoTuneConfig:
         start_blocks: blocks per stage of the starting network; default
             ``(3, 12, 41, 3)``, the papers' 120-layer network.
         kind: ``"vgg"`` (plain, the papers') or ``"resnet"``.
-        epochs: epochs of every training run; default 120.
+        epochs: epochs of every attempt; default 120.
         rule: pruning rule, one of `cb_keras.autotune.rules.RULES`; default ``"first_conflict"``.
         check_window: a^(L) is checked after each of the first
-            `check_window` epochs of a run (epochs 1..check_window); default
+            `check_window` epochs of an attempt (epochs 1..check_window); default
             None: the rule's version (`cb_keras.autotune.rules.VERSIONS`: 10, or 9 for
             ``"all_non_conflicting"``).
-        check_at_init: a^(L) is also checked before the first epoch of a
-            run; default None: the rule's version (True only for
+        check_at_init: a^(L) is also checked before the first epoch of an
+            attempt; default None: the rule's version (True only for
             ``"all_non_conflicting"``).
         samples: size of the measurement sample; default 64.
         max_restarts: at most this many restarts; None (default): no limit.
-            Once reached, runs are no longer checked.
-        final_epochs: None (default, the papers): the run that passes the
+            Once reached, attempts are no longer checked.
+        final_epochs: None (default, the papers): the attempt that passes the
             check is the result. An int: then train the found network once
             more from scratch for this many epochs, without checks, and
-            report that run.
+            report that attempt.
         learning_rate: training learning rate, > 0 in float32
             (`cb_keras.bundles.check_learning_rate`): the trainer trains with
             it (`TrainRequest`) and the check measures with it.
         batch_size: training batch size, >= 1, likewise for both.
-        seed: run k initialises its network with ``seed + k``.
+        seed: attempt k initialises its network with ``seed + k``.
     """
 
     start_blocks: tuple[int, ...] = tuple(models.PAPER_BLOCKS[120])
@@ -136,11 +137,11 @@ class AutoTuneResult:
             found network.
         kind: ``"vgg"`` or ``"resnet"``.
         restarts: the `Restart` of every restart, in order.
-        total_epochs: training epochs spent over all runs (final run included).
-        test_accuracy: of the final run, mean over its last 5 epochs (None if
+        total_epochs: training epochs spent over all attempts (the final one included).
+        test_accuracy: of the last attempt, mean over its last 5 epochs (None if
             the trainer did not test).
         start_parameters, final_parameters: parameter counts of the two networks.
-        runs: every `SearchRun` of the search, in order.
+        attempts: every `SearchAttempt` of the search, in order.
         model: the trained final network.
     """
 
@@ -152,7 +153,7 @@ class AutoTuneResult:
     test_accuracy: float | None
     start_parameters: int
     final_parameters: int
-    runs: tuple[SearchRun, ...]
+    attempts: tuple[SearchAttempt, ...]
     model: keras.Model = dataclasses.field(repr=False, compare=False)
 
     @property
@@ -171,7 +172,7 @@ class AutoTuneResult:
                 "total_epochs": self.total_epochs, "test_accuracy": self.test_accuracy,
                 "start_parameters": self.start_parameters,
                 "final_parameters": self.final_parameters,
-                "runs": [r.to_dict() for r in self.runs]}
+                "attempts": [a.to_dict() for a in self.attempts]}
 
 
 def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = None,
@@ -185,20 +186,20 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
 
     Args:
         config: the search settings.
-        trainer: trains one run (`fit_trainer`, or a resumable one).
+        trainer: trains one attempt (`fit_trainer`, or a resumable one).
         x: training images without augmentation, ``(N, H, W, C)``, N >=
             ``config.samples``; the first ``config.samples`` are the fixed
             measurement sample of every check. y: their int labels ``(N,)``.
         num_classes: C.
         sampler: instead of `x` and `y`, ``sampler(seed, epochs) -> (x, y)``
-            draws the sample of each check: `seed` is the run's seed,
+            draws the sample of each check: `seed` is the attempt's seed,
             `epochs` its completed epochs (e.g. `cb_keras.paper.data.sampler` with
             ``augmented=True``, as the reference measured).
         state: a state saved by `save_state` to resume (e.g.
             ``SearchState.from_dict(saved, config)``); None (default) starts
             anew (`SearchState.start`). It must come from the same config.
         save_state: called with the `SearchState` after every change (a new
-            run, a restart, a finished run); write its ``to_dict()``
+            attempt, a restart, a finished attempt); write its ``to_dict()``
             atomically to resume.
         on_restart: called once per restart, after the state is saved
             (e.g. for logs).
@@ -215,14 +216,14 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
     state = SearchState.start(config) if state is None else state.check_config(config)
     save_state(state)
     while True:
-        run = state.current
-        seed = config.seed + run.run
+        attempt = state.current
+        seed = config.seed + attempt.attempt
 
         def restart(record: Restart) -> None:
             nonlocal state
             state = state.restarted(record)
             save_state(state)
-            log(f"restart {len(state.restarts)}: run {record.run} conflicts after epoch "
+            log(f"restart {len(state.restarts)}: attempt {record.attempt} conflicts after epoch "
                 f"{record.epoch} (a^L H={record.bundle_entropy:.4f}), first conflicting block "
                 f"{record.first_conflicting_block}: blocks {list(record.blocks_before)} -> "
                 f"{list(record.blocks_after)}")
@@ -231,18 +232,19 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
         check = _check_callback(config, state, functools.partial(sampler, seed), num_classes,
                                 restart, log)
         outcome = trainer(TrainRequest(
-            run=run.run, kind=config.kind, blocks=run.blocks, epochs=run.epochs,
+            attempt=attempt.attempt, kind=config.kind, blocks=attempt.blocks,
+            epochs=attempt.epochs,
             seed=seed, learning_rate=config.learning_rate, batch_size=config.batch_size,
             callbacks=(check,) if check else (),
             before_training=check.before_training if check and config.check_at_init else None))
-        state = state.ended(run.run, outcome)
+        state = state.ended(attempt.attempt, outcome)
         save_state(state)
         if check is not None and check.restart is not None:
-            continue  # the callback saved the restart and the next run
-        if config.final_epochs is not None and not run.final:
-            log(f"search done: {NetworkSpec(config.kind, run.blocks).label} passed the check; "
-                f"training it from scratch for {config.final_epochs} epochs")
-            state = state.with_final_run()
+            continue  # the callback saved the restart and the next attempt
+        if config.final_epochs is not None and not attempt.final:
+            log(f"search done: {NetworkSpec(config.kind, attempt.blocks).label} passed the "
+                f"check; training it from scratch for {config.final_epochs} epochs")
+            state = state.with_final_attempt()
             save_state(state)
             continue
         return _result(state, outcome.load_model())
@@ -251,14 +253,14 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
 def _check_callback(config: AutoTuneConfig, state: SearchState, sample: Sample,
                     num_classes: int, restart: Callable[[Restart], None],
                     log: Callable[[str], None]) -> ConflictCheck | None:
-    """The check of the current run, or None (final run, or no restarts left)."""
-    run = state.current
-    if run.final or (config.max_restarts is not None
+    """The check of the current attempt, or None (final attempt, or no restarts left)."""
+    attempt = state.current
+    if attempt.final or (config.max_restarts is not None
                      and len(state.restarts) >= config.max_restarts):
         return None
     return ConflictCheck(
         sample, num_classes=num_classes, learning_rate=config.learning_rate,
-        batch_size=config.batch_size, run=run.run, blocks=run.blocks,
+        batch_size=config.batch_size, attempt=attempt.attempt, blocks=attempt.blocks,
         kind=config.kind, rule=config.rule, window=config.check_window,
         on_restart=restart, log=log, at_init=config.check_at_init)
 
@@ -270,8 +272,8 @@ def _result(state: SearchState, model: keras.Model) -> AutoTuneResult:
         start_blocks=config.start_blocks, final_blocks=state.current.blocks,
         kind=config.kind, restarts=state.restarts, total_epochs=state.total_epochs,
         test_accuracy=state.current.test_accuracy,
-        start_parameters=int(state.runs[0].summary["parameters"]),
-        final_parameters=int(model.count_params()), runs=state.runs, model=model)
+        start_parameters=int(state.attempts[0].summary["parameters"]),
+        final_parameters=int(model.count_params()), attempts=state.attempts, model=model)
 
 
 def _sampler(x: np.ndarray | None, y: np.ndarray | None, sampler, samples: int

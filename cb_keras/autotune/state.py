@@ -1,17 +1,17 @@
-"""The state of an auto-tune search: its runs so far (`SearchState`, `SearchRun`).
+"""The state of an auto-tune search: its attempts so far (`SearchState`, `SearchAttempt`).
 
 `cb_keras.autotune.search.auto_tune` changes the state only through the
-methods of `SearchState` (a restart, the end of a run, the final run) and
+methods of `SearchState` (a restart, the end of an attempt, the final attempt) and
 hands every new state to ``save_state``; a caller that writes
 `SearchState.to_dict` atomically resumes the search with
 ``auto_tune(..., state=SearchState.from_dict(saved, config))``. The JSON
 layout (what ``search.json`` of the ``auto_tune`` command holds):
 
     {"config": {<AutoTuneConfig.to_dict()>},
-     "runs": [{"run": 0, "blocks": [3, 12, 41, 3], "epochs": 120, "final": false,
-               "restart": {<Restart.to_dict()>} or null,
-               "completed_epochs": 7 or null, "test_accuracy": 0.93 or null,
-               "summary": {...} or null}, ...]}
+     "attempts": [{"attempt": 0, "blocks": [3, 12, 41, 3], "epochs": 120, "final": false,
+                   "restart": {<Restart.to_dict()>} or null,
+                   "completed_epochs": 7 or null, "test_accuracy": 0.93 or null,
+                   "summary": {...} or null}, ...]}
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ if TYPE_CHECKING:
     from cb_keras.autotune.search import AutoTuneConfig
     from cb_keras.autotune.trainer import TrainOutcome
 
-# The fields of a run in the JSON layout, in order.
-RUN_FIELDS = ("run", "blocks", "epochs", "final", "restart", "completed_epochs",
-              "test_accuracy", "summary")
+# The fields of an attempt in the JSON layout, in order.
+ATTEMPT_FIELDS = ("attempt", "blocks", "epochs", "final", "restart", "completed_epochs",
+                  "test_accuracy", "summary")
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchRun:
-    """One training run of the search.
+class SearchAttempt:
+    """One attempt of the search: one training of one network.
 
     Attributes:
-        run: its index, 0 for the starting network; it is initialised with
-            seed ``config.seed + run``.
+        attempt: its index, 0 for the starting network; it is initialised with
+            seed ``config.seed + attempt``.
         blocks: blocks per stage of its network.
         epochs: epochs it was asked to train.
         final: the unchecked retraining of the found network (``final_epochs``).
@@ -47,7 +47,7 @@ class SearchRun:
             (`completed_epochs` is the restart's epoch once it restarted).
     """
 
-    run: int
+    attempt: int
     blocks: tuple[int, ...]
     epochs: int
     final: bool
@@ -60,89 +60,92 @@ class SearchRun:
         object.__setattr__(self, "blocks", tuple(self.blocks))
 
     def to_dict(self) -> dict[str, Any]:
-        """The run in the JSON layout (module docstring)."""
-        return {"run": self.run, "blocks": list(self.blocks), "epochs": self.epochs,
+        """The attempt in the JSON layout (module docstring)."""
+        return {"attempt": self.attempt, "blocks": list(self.blocks), "epochs": self.epochs,
                 "final": self.final,
                 "restart": None if self.restart is None else self.restart.to_dict(),
                 "completed_epochs": self.completed_epochs,
                 "test_accuracy": self.test_accuracy, "summary": self.summary}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchRun:
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchAttempt:
         """Inverse of `to_dict`.
 
         Raises:
-            ValueError: a field of `RUN_FIELDS` missing, or a restart that is
+            ValueError: a field of `ATTEMPT_FIELDS` missing, or a restart that is
                 not a `Restart` record.
         """
-        if not isinstance(data, Mapping) or not set(RUN_FIELDS) <= set(data):
-            raise ValueError(f"a run of the search state needs the fields {list(RUN_FIELDS)}, "
-                             f"got {data!r}.")
+        if not isinstance(data, Mapping) or not set(ATTEMPT_FIELDS) <= set(data):
+            raise ValueError(f"an attempt of the search state needs the fields "
+                             f"{list(ATTEMPT_FIELDS)}, got {data!r}.")
         try:
             restart = None if data["restart"] is None else Restart.from_dict(data["restart"])
-            return cls(**{**{key: data[key] for key in RUN_FIELDS}, "restart": restart})
+            return cls(**{**{key: data[key] for key in ATTEMPT_FIELDS}, "restart": restart})
         except (KeyError, TypeError) as error:
-            raise ValueError(f"run {data['run']!r} of the search state is damaged "
+            raise ValueError(f"attempt {data['attempt']!r} of the search state is damaged "
                              f"({error!r}).") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchState:
-    """The runs of one search so far; the last one is being trained (or is the result).
+    """The attempts of one search so far; the last one is being trained (or is the result).
 
     Attributes:
         config: the search's settings.
-        runs: every run in order, at least one; run k has index k.
+        attempts: every attempt in order, at least one; attempt k has index k.
     """
 
     config: AutoTuneConfig
-    runs: tuple[SearchRun, ...]
+    attempts: tuple[SearchAttempt, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "runs", tuple(self.runs))
-        if not self.runs:
-            raise ValueError("a search state holds at least one run (the starting network).")
+        object.__setattr__(self, "attempts", tuple(self.attempts))
+        if not self.attempts:
+            raise ValueError("a search state holds at least one attempt (the starting "
+                             "network).")
 
     @classmethod
     def start(cls, config: AutoTuneConfig) -> SearchState:
-        """The state of a search that has not started: run 0, the start network."""
-        return cls(config, (SearchRun(0, config.start_blocks, config.epochs, final=False),))
+        """The state of a search that has not started: attempt 0, the start network."""
+        return cls(config, (SearchAttempt(0, config.start_blocks, config.epochs, final=False),))
 
     @property
-    def current(self) -> SearchRun:
-        """The last run: the one being trained, or the result of a finished search."""
-        return self.runs[-1]
+    def current(self) -> SearchAttempt:
+        """The last attempt: the one being trained, or the result of a finished search."""
+        return self.attempts[-1]
 
     @property
     def restarts(self) -> tuple[Restart, ...]:
         """The `Restart` of every restart, in order."""
-        return tuple(r.restart for r in self.runs if r.restart is not None)
+        return tuple(a.restart for a in self.attempts if a.restart is not None)
 
     @property
     def total_epochs(self) -> int:
-        """Epochs trained over all runs (each must have ended)."""
-        return sum(r.completed_epochs for r in self.runs)
+        """Epochs trained over all attempts (each must have ended)."""
+        return sum(a.completed_epochs for a in self.attempts)
 
     def restarted(self, record: Restart) -> SearchState:
-        """The current run ends with `record`; a new run of its smaller network follows."""
+        """The current attempt ends with `record`; an attempt of its smaller network follows."""
         ended = dataclasses.replace(self.current, restart=record,
                                     completed_epochs=record.epoch)
-        following = SearchRun(len(self.runs), record.blocks_after, self.config.epochs,
-                              final=False)
-        return dataclasses.replace(self, runs=(*self.runs[:-1], ended, following))
+        following = SearchAttempt(len(self.attempts), record.blocks_after, self.config.epochs,
+                                  final=False)
+        return dataclasses.replace(self, attempts=(*self.attempts[:-1], ended, following))
 
-    def ended(self, run: int, outcome: TrainOutcome) -> SearchState:
-        """Run `run` has trained: its completed epochs, test accuracy and summary."""
-        done = dataclasses.replace(self.runs[run], completed_epochs=outcome.completed_epochs,
+    def ended(self, attempt: int, outcome: TrainOutcome) -> SearchState:
+        """Attempt `attempt` has trained: its completed epochs, test accuracy and summary."""
+        done = dataclasses.replace(self.attempts[attempt],
+                                   completed_epochs=outcome.completed_epochs,
                                    test_accuracy=outcome.test_accuracy,
                                    summary=outcome.summary)
-        return dataclasses.replace(self, runs=(*self.runs[:run], done, *self.runs[run + 1:]))
+        return dataclasses.replace(self, attempts=(*self.attempts[:attempt], done,
+                                                   *self.attempts[attempt + 1:]))
 
-    def with_final_run(self) -> SearchState:
-        """The current run passed the check: retrain its network for ``config.final_epochs``."""
-        final = SearchRun(len(self.runs), self.current.blocks, self.config.final_epochs,
-                          final=True)
-        return dataclasses.replace(self, runs=(*self.runs, final))
+    def with_final_attempt(self) -> SearchState:
+        """The current attempt passed the check: retrain its network for ``config.final_epochs``."""
+        final = SearchAttempt(len(self.attempts), self.current.blocks, self.config.final_epochs,
+                              final=True)
+        return dataclasses.replace(self, attempts=(*self.attempts, final))
 
     def check_config(self, config: AutoTuneConfig) -> SearchState:
         """This state, if it is a search with `config`.
@@ -156,7 +159,8 @@ class SearchState:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of the module docstring (what ``search.json`` holds)."""
-        return {"config": self.config.to_dict(), "runs": [r.to_dict() for r in self.runs]}
+        return {"config": self.config.to_dict(),
+                "attempts": [a.to_dict() for a in self.attempts]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config: AutoTuneConfig) -> SearchState:
@@ -164,13 +168,14 @@ class SearchState:
 
         Raises:
             ValueError: saved with another config (the message lists the
-                fields that differ), or no runs, or a damaged run.
+                fields that differ), or no attempts, or a damaged attempt.
         """
         _check_config(data.get("config") if isinstance(data, Mapping) else None, config)
-        runs = data.get("runs")
-        if not isinstance(runs, Sequence) or isinstance(runs, str) or not runs:
-            raise ValueError(f"the search state has no runs (got {runs!r}); it is damaged.")
-        return cls(config, tuple(SearchRun.from_dict(r) for r in runs))
+        attempts = data.get("attempts")
+        if not isinstance(attempts, Sequence) or isinstance(attempts, str) or not attempts:
+            raise ValueError(f"the search state has no attempts (got {attempts!r}); it is "
+                             "damaged.")
+        return cls(config, tuple(SearchAttempt.from_dict(a) for a in attempts))
 
 
 def _check_config(saved: Any, config: AutoTuneConfig) -> None:

@@ -29,12 +29,12 @@ from cb_keras.paper.evaluation import TestEvaluation
 
 @dataclasses.dataclass(frozen=True)
 class TrainRequest:
-    """One training run the search asks a trainer for.
+    """One attempt of the search: the training it asks a trainer for.
 
     Attributes:
-        run: index of the run, 0 for the starting network.
+        attempt: index of the attempt, 0 for the starting network.
         kind: ``"vgg"`` or ``"resnet"``; blocks: blocks per stage.
-        epochs: epochs to train (the run may stop earlier on a restart).
+        epochs: epochs to train (the attempt may stop earlier on a restart).
         seed: seed of the network's initialisation.
         learning_rate: the learning rate to train with (the metric measures
             with it too).
@@ -44,11 +44,11 @@ class TrainRequest:
         before_training: None, or a function the trainer calls once with
             the untrained network and the numbers it measured at
             initialization (a dict, may be empty) before the first epoch of
-            a run it starts from scratch; True means: do not train (a
+            an attempt it starts from scratch; True means: do not train (a
             restart was decided), return 0 completed epochs.
     """
 
-    run: int
+    attempt: int
     kind: str
     blocks: tuple[int, ...]
     epochs: int
@@ -66,15 +66,15 @@ class TrainRequest:
 
 @dataclasses.dataclass(frozen=True)
 class TrainOutcome:
-    """What a trainer returns for one run.
+    """What a trainer returns for one attempt.
 
     Attributes:
-        completed_epochs: epochs the run trained (fewer than asked on a restart).
+        completed_epochs: epochs the attempt trained (fewer than asked on a restart).
         test_accuracy: mean test accuracy over its last 5 epochs, or None.
-        summary: JSON-able numbers of the run (stored with it), at least
+        summary: JSON-able numbers of the attempt (stored with it), at least
             ``parameters``, its network's parameter count (the search reports
-            run 0's as the start network's, without building it again).
-        load_model: returns the trained network (called for the final run only).
+            attempt 0's as the start network's, without building it again).
+        load_model: returns the trained network (called for the last attempt only).
     """
 
     completed_epochs: int
@@ -113,14 +113,14 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
             (batched with ``drop_remainder=True``); it must be the request's
             batch size.
         test: test data for ``evaluate``, evaluated after each of the last 5
-            epochs of a run.
+            epochs of an attempt.
         input_shape: ``(H, W, C)`` of one image; num_classes: C.
         verbose: 1 prints one line per epoch, 0 nothing.
 
     Returns:
         A `Trainer` that trains with ``Lookahead(RAdam)`` at the request's
         learning rate. It keeps nothing on disk: a killed search restarts its
-        current run from epoch 0 (the experiments command resumes per epoch).
+        current attempt from epoch 0 (the experiments command resumes per epoch).
         It raises ValueError when `train`'s batch size is not the request's.
     """
     def trainer(request: TrainRequest) -> TrainOutcome:
@@ -148,10 +148,10 @@ def fit_trainer(train: Any, test: Any, *, input_shape: Sequence[int], num_classe
 
 
 def _epoch_line(request: TrainRequest, epoch: int, logs: dict[str, Any]) -> str:
-    """``[run 1 vgg-3-6-3-3] epoch 2/20  loss ..  acc ..  test_acc ..  H(a^L) ..``."""
+    """``[attempt 1 vgg-3-6-3-3] epoch 2/20  loss ..  acc ..  test_acc ..  H(a^L) ..``."""
     keys = (("loss", "loss"), ("accuracy", "acc"), ("test_accuracy", "test_acc"),
             ("check_bundle_entropy", "H(a^L)"))
     parts = [f"{label} {logs[key]:.4f}" for key, label in keys
              if key in logs and np.isfinite(logs[key])]
-    return f"[run {request.run} {request.network.label}] " \
+    return f"[attempt {request.attempt} {request.network.label}] " \
            f"epoch {epoch + 1}/{request.epochs}  " + "  ".join(parts)

@@ -198,7 +198,7 @@ def train_blocks(directory: RunDir, blocks: list[int], cfg: Search, data: recipe
         conflict = check.ConflictCheck(
             lambda epochs: data.sample(cfg.training.seed, epochs),
             num_classes=data.info.num_classes, **cfg.training.metric_step,
-            run=0, blocks=blocks, kind=cfg.kind, rule=cfg.rule, window=cfg.window,
+            attempt=0, blocks=blocks, kind=cfg.kind, rule=cfg.rule, window=cfg.window,
             on_restart=lambda restart: None, at_init=cfg.at_init,
             log=lambda line: print(f"{label} {line}", flush=True))
         callbacks, before = [conflict, *callbacks], conflict.before_training

@@ -110,8 +110,8 @@ def execute(cfg: RunConfig, readable: str, work: Work,
         cfg: the command, its flags and the run location.
         readable: short description for the default run name.
         work: ``work(run, strategy) -> results`` of an unfinished (new or
-            resumed) run; it resumes whatever the run directory holds of an
-            earlier attempt.
+            resumed) run; it resumes whatever an earlier, stopped process left
+            in the run directory.
         summary: the text printed for the results (also of a finished run).
         placement: the strategy to make; only its chief worker writes files.
         check: refuses flags the run cannot use before anything is written

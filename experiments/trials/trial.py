@@ -263,7 +263,7 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
         checkpoint_stopped: False: the epoch at which a callback stops
             training is committed with the trial's result, without a
             checkpoint (`EpochCommit`), for a trial whose network nobody
-            loads once it stopped (auto_tune's restarted runs).
+            loads once it stopped (auto_tune's restarted attempts).
 
     Returns:
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
