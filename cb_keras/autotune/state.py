@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cb_keras.autotune.check import Restart
+from cb_keras.autotune.config import AutoTuneConfig
 
 if TYPE_CHECKING:
-    from cb_keras.autotune.search import AutoTuneConfig
     from cb_keras.autotune.trainer import TrainOutcome
 
 # The fields of an attempt in the JSON layout, in order.
