@@ -205,7 +205,8 @@ def train_attempt(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
         dataclasses.replace(cfg.with_trained_epochs(request.epochs), export=False),
         data, seed=request.seed, strategy=dist,
         label=f"[attempt {request.attempt} {request.network.label}]", callbacks=request.callbacks,
-        until=until, before_training=request.before_training, checkpoint_stopped=False)
+        until=until, before_training=request.before_training, checkpoint_stopped=False,
+        measured=request.restart_report)
     return trainer.TrainOutcome(result["epochs"], result["test_accuracy"], result,
                                 lambda: trained.load_trial(directory.path, data).model)
 

@@ -145,3 +145,27 @@ def test_the_dec_2020_version_restarts_at_initialization_on_augmented_batches(
     assert float(rows[0]["bundle_entropy"]) >= 0.0  # attempt 1 measured at initialization
     results = state_of(run_dir / "results.json")
     assert results["total_epochs"] == 1 and results["final_blocks"] == [2, 2, 1, 0]
+
+
+def test_a_restart_measures_every_layer_once_and_its_conflicts_csv_is_that_report(
+        parse, tmp_path, monkeypatch, restarting_search):
+    # The check measures every layer to decide the restart; attempt 0's conflicts.csv is
+    # that report, not a second measurement (tests/test_experiments_reliability.py checks
+    # that a rerun measuring afresh writes the same file).
+    from cb_keras.autotune import check as check_code
+    from experiments.trials import trial as trial_code
+    every_layer = []
+    for module in (check_code, trial_code):
+        def counting(*args, _measure=module.measure, _where=module.__name__, **kwargs):
+            report = _measure(*args, **kwargs)
+            if kwargs.get("layers") == "auto":
+                every_layer.append((_where, report))
+            return report
+        monkeypatch.setattr(module, "measure", counting)
+    run_dir = tmp_path / "run"
+    auto_tune.main(parse(*restarting_search, f"--run_dir={run_dir}"))
+    # attempt 0's restart, then attempt 1's conflicts.csv at its end
+    assert [where for where, _ in every_layer] == [check_code.__name__, trial_code.__name__]
+    every_layer[0][1].save_csv(tmp_path / "check.csv")
+    assert (run_dir / "attempt00" / "conflicts.csv").read_text() == \
+        (tmp_path / "check.csv").read_text()

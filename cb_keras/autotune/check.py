@@ -73,7 +73,9 @@ class ConflictCheck(keras.callbacks.Callback):
     decision is saved before the epoch is committed) and sets
     ``model.stop_training``. The checked numbers of a^(L) go into the logs
     as ``check_bundle_entropy`` and ``check_num_bundles`` (NaN when not
-    checked).
+    checked). After a restart, ``restart`` holds its `Restart` and
+    ``restart_report`` the report of every layer it was decided on (the
+    network as it stopped, on ``sample(restart.epoch)``).
 
     Args:
         sample: ``sample(epochs) -> (x, y)``, the measurement sample of the
@@ -102,6 +104,7 @@ class ConflictCheck(keras.callbacks.Callback):
         self.window, self.on_restart, self.log = window, on_restart, log
         self.at_init = at_init
         self.restart: Restart | None = None
+        self.restart_report: ConflictReport | None = None
         self._drawn: tuple = (None,)
 
     def before_training(self, model: keras.Model, logs: dict[str, Any]) -> bool:
@@ -161,5 +164,6 @@ class ConflictCheck(keras.callbacks.Callback):
             first_conflicting_block=first_conflicting_block(pattern),
             conflicting_blocks=tuple(block_names(pattern)),
             blocks_before=self.blocks, blocks_after=after)
+        self.restart_report = report
         self.on_restart(self.restart)
         self.model.stop_training = True

@@ -161,7 +161,8 @@ def auto_tune(config: AutoTuneConfig, trainer: Trainer, x: np.ndarray | None = N
             epochs=attempt.epochs,
             seed=seed, learning_rate=config.learning_rate, batch_size=config.batch_size,
             callbacks=(check,) if check else (),
-            before_training=check.before_training if check and config.check_at_init else None))
+            before_training=check.before_training if check and config.check_at_init else None,
+            restart_report=lambda: check.restart_report if check else None))
         state = state.ended(attempt.attempt, outcome)
         save_state(state)
         if check is not None and check.restart is not None:

@@ -25,6 +25,7 @@ from cb_keras.inputs import dataset_batch_size
 from cb_keras.paper import optimizers
 from cb_keras.paper.spec import NetworkSpec
 from cb_keras.paper.evaluation import TestEvaluation
+from cb_keras.report import ConflictReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,12 @@ class TrainRequest:
             initialization (a dict, may be empty) before the first epoch of
             an attempt it starts from scratch; True means: do not train (a
             restart was decided), return 0 completed epochs.
+        restart_report: returns, once the attempt stopped for a restart,
+            the `cb_keras.report.ConflictReport` of every layer that the
+            check decided it on (the network as it stopped, on the attempt's
+            measurement sample after the restart's epochs), else None. A
+            trainer that records the network's conflicts at the end can
+            use it instead of measuring every layer again.
     """
 
     attempt: int
@@ -57,6 +64,7 @@ class TrainRequest:
     batch_size: int
     callbacks: tuple[keras.callbacks.Callback, ...]
     before_training: Callable[[keras.Model, dict[str, Any]], bool] | None = None
+    restart_report: Callable[[], ConflictReport | None] = lambda: None
 
     @property
     def network(self) -> NetworkSpec:

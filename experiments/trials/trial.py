@@ -139,10 +139,16 @@ def data_seed(seed: int, epoch: int) -> int:
 
 
 def write_conflicts(trial: RunDir, model: keras.Model, x: np.ndarray, y: np.ndarray,
-                    *, num_classes: int, cfg: TrainConfig) -> ConflictReport:
-    """Measure every layer of `model`; write conflicts.csv and conflicts.png."""
-    report = measure(model, x, y, num_classes=num_classes, **cfg.metric_step,
-                     layers="auto", samples=cfg.measure_samples)
+                    *, num_classes: int, cfg: TrainConfig,
+                    report: ConflictReport | None = None) -> ConflictReport:
+    """Measure every layer of `model` on ``(x, y)``; write conflicts.csv and conflicts.png.
+
+    `report`: that measurement, when a callback already made it (then
+    nothing is measured again).
+    """
+    if report is None:
+        report = measure(model, x, y, num_classes=num_classes, **cfg.metric_step,
+                         layers="auto", samples=cfg.measure_samples)
     if trial.writer:
         report.save_csv(trial.file(CONFLICTS_FILE))
         report.plot(trial.file(CONFLICTS_PLOT))
@@ -241,7 +247,8 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
                 callbacks: Sequence[keras.callbacks.Callback] = (),
                 until: int | None = None,
                 before_training: BeforeTraining | None = None,
-                checkpoint_stopped: bool = True) -> dict[str, Any]:
+                checkpoint_stopped: bool = True,
+                measured: Callable[[], ConflictReport | None] = lambda: None) -> dict[str, Any]:
     """Train one network with one seed, resumably; returns its result.
 
     Args:
@@ -264,6 +271,11 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
             training is committed with the trial's result, without a
             checkpoint (`EpochCommit`), for a trial whose network nobody
             loads once it stopped (auto_tune's restarted attempts).
+        measured: returns the report of every layer of the network as it
+            ends, measured by a callback on the trial's sample
+            (``data.sample(seed, completed epochs)``) with `cfg`'s metric
+            settings, or None; conflicts.csv then holds it instead of a
+            second measurement (auto_tune's check at a restart).
 
     Returns:
         ``seed``, ``spec``, ``dir``, ``parameters`` and the keys of
@@ -311,7 +323,7 @@ def train_trial(trial: RunDir, spec: NetworkSpec, cfg: TrainConfig, data: TrialD
             break
     state = commit.state
     report = write_conflicts(trial, model, *data.sample(seed, state.completed_epochs),
-                             num_classes=info.num_classes, cfg=cfg)
+                             num_classes=info.num_classes, cfg=cfg, report=measured())
     if cfg.export:
         serving.export(trial, model)
     state = state.finish({
