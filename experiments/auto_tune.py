@@ -265,14 +265,20 @@ def read_search_state(run: rundir.RunDir, cfg: Config) -> autotune.SearchState |
         no trial directory).
 
     Raises:
-        rundir.RunDirError: the state is missing, damaged or edited (the
-            message names search.json and what is wrong).
+        rundir.RunDirError: the state is missing, damaged or edited, or an
+            earlier cb_keras wrote it (the message names search.json and
+            what is wrong).
     """
     trials = sorted(int(match.group(1)) for path in run.path.glob("attempt*")
                     if (match := _TRIAL_DIR.fullmatch(path.name)) and path.is_dir())
     data = run.read_json(SEARCH_FILE)
     if data is None and not trials:
         return None
+    if isinstance(data, dict) and "runs" in data and "attempts" not in data:
+        raise rundir.RunDirError(
+            f"{run.file(SEARCH_FILE)} was written by an earlier cb_keras, which called the "
+            "search's attempts 'runs' (CHANGELOG.md, Renamed); this version does not resume it. "
+            f"Delete {run.path} to search anew, or finish it with the version that made it.")
     state, problem = None, None
     if data is None:
         problem = (f"is missing, but the run directory holds the trials "

@@ -74,7 +74,8 @@ def _forget_restart(state):  # as saved before attempt 0 stopped at its conflict
     (_other_config, "is not a search state of these flags"),
     ("truncated", "is not a valid run file"),
     (_forget_restart, "lacks the restart of attempt 0, whose trial stopped after epoch 1 of 2"),
-    ("older-version", "lacks its attempts, or an attempt lacks one of the fields"),
+    ("older-version", "was written by an earlier cb_keras, which called the search's attempts "
+                      "'runs'"),
 ], ids=["missing", "empty-object", "last-attempt-lost", "field-lost", "config-edited",
         "truncated", "restart-lost", "older-version"])
 def test_a_search_state_that_disagrees_with_its_trials_is_refused_naming_the_file(
