@@ -195,8 +195,8 @@ def trial_trainer(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
 
 
 def train_attempt(run: rundir.RunDir, cfg: TrainConfig, data: recipe.TrialData,
-              dist: Placement, request: trainer.TrainRequest,
-              until: int | None = None) -> trainer.TrainOutcome:
+                  dist: Placement, request: trainer.TrainRequest,
+                  until: int | None = None) -> trainer.TrainOutcome:
     """Train (or resume) attempt ``request.attempt`` as a trial in ``run/attempt<k>``, up to
     epoch `until`."""
     directory = run.sub(_trial_dir_name(request.attempt))
