@@ -155,7 +155,7 @@ def instrument(clock: PhaseClock) -> None:
 
     phases = {recipe.compile_model: "model build", measure: "measurement",
               serving.export: "export", serving.save_keras: "export",
-              serving.latency_ms: "latency"}
+              serving.latencies_ms: "latency"}
     for module in [m for name, m in sys.modules.items()
                    if name.startswith(("cb_keras", "experiments"))]:
         for attribute, value in list(vars(module).items()):

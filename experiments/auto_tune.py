@@ -37,7 +37,8 @@ Run directory (besides flags.json):
   ``total_epochs`` (all attempts), ``test_accuracy`` (last attempt, mean of its
   last 5 epochs, 4 with --accounting=reference), ``accounting``, ``start_parameters``, ``final_parameters``,
   ``start_latency_ms``, ``final_latency_ms`` (median of --latency_repeats
-  inference calls on one test batch of --batch_size images),
+  inference calls on one test batch of --batch_size images, the two networks
+  taking turns; the start network is built once more for it),
   ``train_seconds`` (all attempts), ``attempts`` (the search state's attempts).
 """
 
@@ -388,12 +389,12 @@ def search(run: rundir.RunDir, cfg: Config, data: recipe.TrialData,
     serving.save_keras(result.model, run.file(KERAS_FILE))
     start = NetworkSpec(result.kind, result.start_blocks).build(data.info.input_shape,
                                                                 data.info.num_classes)
-    batch = next(iter(data.test))[0]
+    start_ms, final_ms = serving.latencies_ms([start, result.model], next(iter(data.test))[0],
+                                              cfg.latency_repeats)
     results = {
         "command": "auto_tune", "dataset": cfg.training.dataset,
         "accounting": cfg.training.accounting, **result.to_dict(),
-        "start_latency_ms": serving.latency_ms(start, batch, cfg.latency_repeats),
-        "final_latency_ms": serving.latency_ms(result.model, batch, cfg.latency_repeats),
+        "start_latency_ms": start_ms, "final_latency_ms": final_ms,
         "train_seconds": round(sum((a.summary or {}).get("train_seconds", 0.0)
                                    for a in result.attempts), 1),
     }

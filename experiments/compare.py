@@ -42,7 +42,8 @@ Run directory (besides flags.json):
 - ``compare.csv``: one row per contestant (`ROW_COLUMNS`): mean and std of
   the test accuracy over seeds, the networks found, their mean parameters
   and latency (median of --latency_repeats calls on one test batch of
-  --batch_size images, measured after all training), mean epochs and wall
+  --batch_size images, measured after all training, the networks taking
+  turns), mean epochs and wall
   time (over the cells that ran in one process; empty if none did).
 - ``compare.png``: test accuracy (mean, std as error bar) against the epochs
   trained (a cost that does not depend on the machine or its load) and
@@ -280,15 +281,14 @@ def _mean(values: list[float]) -> float | None:
 
 def latencies(cfg: Config, data: recipe.TrialData,
               cells: list[dict[str, Any]]) -> dict[str, float]:
-    """Latency (ms) of every network found, by blocks text; untrained weights time the same."""
+    """Latency (ms) of every network found, by blocks text, the networks taking turns
+    (`experiments.runtime.serving.latencies_ms`); untrained weights time the same."""
     info = data.info
-    batch = next(iter(data.test))[0]
-    out = {}
-    for text in dict.fromkeys(blocks_text(c["blocks"]) for c in cells):
-        spec = NetworkSpec(cfg.search.spec.kind, [int(b) for b in text.split(",")])
-        model = spec.build(info.input_shape, info.num_classes)
-        out[text] = serving.latency_ms(model, batch, cfg.search.latency_repeats)
-    return out
+    texts = list(dict.fromkeys(blocks_text(c["blocks"]) for c in cells))
+    models = [NetworkSpec(cfg.search.spec.kind, [int(b) for b in text.split(",")])
+              .build(info.input_shape, info.num_classes) for text in texts]
+    return dict(zip(texts, serving.latencies_ms(models, next(iter(data.test))[0],
+                                                cfg.search.latency_repeats)))
 
 
 def compare(run: RunDir, cfg: Config, data: recipe.TrialData,

@@ -89,11 +89,6 @@ def accuracy(model: keras.Model, test: Any) -> float:
     return float(np.mean(np.argmax(outputs, axis=-1) == labels))
 
 
-def latency_ms(model: keras.Model, batch: Any, repeats: int) -> float:
-    """Median wall time of one inference call of `model` on `batch`, in ms (`latencies_ms`)."""
-    return latencies_ms([model], batch, repeats)[0]
-
-
 def _inference(model: keras.Model):
     """``model(images, training=False)`` compiled anew, traced on its first call.
 
