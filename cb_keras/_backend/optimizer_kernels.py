@@ -2,10 +2,10 @@
 
 The updates are element-wise chains of a dozen operations over every weight.
 Run as separate kernels, each one reads and writes the whole tensor, which
-made the papers' optimizer 1.2x slower per training step than Keras's AdamW
-on the main job's 50-layer network (many weights, small images). Compiled
-with XLA (``tf.function(jit_compile=True)`` on TensorFlow, ``jax.jit`` on
-JAX), each update is one pass over memory.
+costs most on networks with many weights and small images, such as the main
+job's (docs/performance.md, the papers' optimizer). Compiled with XLA
+(``tf.function(jit_compile=True)`` on TensorFlow, ``jax.jit`` on JAX), each
+update is one pass over memory.
 
 XLA's code generator would also contract a multiply followed by an add into
 one fused multiply-add, which rounds once instead of twice and so leaves the
