@@ -43,8 +43,8 @@ Run directory (besides flags.json):
   the test accuracy over seeds, the networks found, their mean parameters
   and latency (median of --latency_repeats calls on one test batch of
   --batch_size images, measured after all training, the networks taking
-  turns), mean epochs and wall
-  time (over the cells that ran in one process; empty if none did).
+  turns), mean epochs and wall time (over the cells that ran in one process;
+  empty if none did).
 - ``compare.png``: test accuracy (mean, std as error bar) against the epochs
   trained (a cost that does not depend on the machine or its load) and
   against parameters.
